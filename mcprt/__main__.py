@@ -1,0 +1,228 @@
+"""`python -m mcprt`: serve (the default), migrate, events, sessions, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from . import __version__
+from .clock import iso, parse_iso
+from .config import add_settings_arguments, parse_duration, settings_from_namespace
+
+COMMANDS = ("serve", "migrate", "events", "sessions", "bench")
+log = logging.getLogger("mcprt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mcprt", description=(
+        "mcprt: a real-time collaborative editing server. Without a command it serves "
+        "(python -m mcprt --port 3000 is python -m mcprt serve --port 3000)."))
+    parser.add_argument("--version", action="version", version=f"mcprt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve the API, the WebSocket and the demo (default)")
+    add_settings_arguments(serve)
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite database file")
+    migrate.add_argument("--list", action="store_true", help="list applied and pending migrations, change nothing")
+    events = sub.add_parser("events", help="read the event log (works while the server runs)")
+    events.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite database file")
+    for name in ("kind", "type", "severity", "session", "user", "document"):
+        events.add_argument(f"--{name}", help=f"only events with this {name}")
+    events.add_argument("--since", help="only events newer than this: a duration back from now (1h, 30m, 7d) "
+                        "or an RFC 3339 time")
+    events.add_argument("--limit", type=int, default=50, help="at most this many (newest), default 50")
+    events.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    events.add_argument("--follow", action="store_true", help="keep printing new events until interrupted")
+    sessions = sub.add_parser("sessions", help="list sessions from the database")
+    sessions.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite database file")
+    sessions.add_argument("--state", choices=("Pending", "Active", "Expired", "Invalidated"))
+    sessions.add_argument("--user", help="only this user's sessions")
+    sessions.add_argument("--limit", type=int, default=100, help="at most this many (newest), default 100")
+    sessions.add_argument("--json", action="store_true", help="JSON lines (with full session ids) instead of a table")
+    bench = sub.add_parser("bench", help="measure the server beside a bare Tornado baseline")
+    bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
+    bench.add_argument("--only", help="comma-separated benchmark names")
+    bench.add_argument("--json", action="store_true", help="print results as JSON too")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    return {"serve": cmd_serve, "migrate": cmd_migrate, "events": cmd_events, "sessions": cmd_sessions,
+            "bench": cmd_bench}[args.command](args)
+
+
+def setup_logging(level: str) -> None:
+    """One line per record on stderr, session ids masked in every message."""
+    from .app import MaskingFilter
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(MaskingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def cmd_serve(args) -> int:
+    settings = settings_from_namespace(args)
+    setup_logging(settings.log_level)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings) -> int:
+    from .app import Server
+    from .store import MigrationError
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = await Server(settings).start()
+    except MigrationError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+        return 2
+    log.info("mcprt %s serving http://%s:%d/ (database %s)", __version__,
+             "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host, server.port, settings.db)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def _open_store(path: str, must_exist: bool = True):
+    from .store import Store
+    if must_exist and not os.path.exists(path):
+        print(f"no database at {path} (start the server once, or run: python -m mcprt migrate --db {path})",
+              file=sys.stderr)
+        return None
+    return Store(path).open()
+
+
+def cmd_migrate(args) -> int:
+    from .store import MigrationError, discover_migrations
+    logging.basicConfig(level="INFO", format="%(message)s")
+
+    async def run() -> int:
+        from .store import Store
+        store = Store(args.db)
+        try:
+            if args.list:
+                if not os.path.exists(args.db):
+                    applied = {}
+                else:
+                    store = await store.open()
+                    applied = {m["version"]: m["applied_at"] for m in await store.applied_migrations()}
+                for m in discover_migrations():
+                    print(f"{m.version:04d}_{m.name}  {'applied ' + applied[m.version] if m.version in applied else 'pending'}")
+                return 0
+            await store.open()
+            rows = await store.applied_migrations()
+            print(f"{args.db}: schema at version {rows[-1]['version'] if rows else 0}")
+            return 0
+        except MigrationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await store.close()
+    return asyncio.run(run())
+
+
+def since_value(text: str | None) -> str | None:
+    """A --since argument (1h, 30m, 7d or RFC 3339) as a stored timestamp."""
+    if not text:
+        return None
+    try:
+        return iso(time.time() - parse_duration(text))
+    except ValueError:
+        return iso(parse_iso(text))
+
+
+def _event_line(row: dict) -> str:
+    session = (row["session_id"] or "-")[:8]
+    details = json.dumps(row["details"], ensure_ascii=False)
+    return (f"{row['time'][:23]}Z  {row['severity']:<8} {row['kind']:<10} {row['type']:<22} "
+            f"user={row['user_id'] or '-'} session={session} doc={row['document_id'] or '-'} "
+            f"addr={row['client_addr'] or '-'} {details[:160]}")
+
+
+def cmd_events(args) -> int:
+    try:
+        since = since_value(args.since)
+    except ValueError:
+        print(f"error: --since must be a duration (1h, 30m, 7d) or an RFC 3339 time, not {args.since!r}",
+              file=sys.stderr)
+        return 2
+
+    def show(row: dict) -> None:
+        print(json.dumps(row, ensure_ascii=False) if args.json else _event_line(row), flush=True)
+
+    async def run() -> int:
+        opening = _open_store(args.db)
+        if opening is None:
+            return 1
+        store = await opening
+        filters = {"kind": args.kind, "type": args.type, "severity": args.severity, "session_id": args.session,
+                   "user_id": args.user, "document_id": args.document}
+        try:
+            rows = await store.events(limit=args.limit, since=since, **filters)
+            if not args.json:
+                print(f"{len(rows)} event(s), oldest first" + (f" since {since}" if since else ""))
+            for row in reversed(rows):
+                show(row)
+            last = rows[0]["id"] if rows else (await store.events(limit=1) or [{"id": 0}])[0]["id"]
+            while args.follow:
+                await asyncio.sleep(0.5)
+                for row in await store.events(limit=1000, after_id=last, **filters):
+                    show(row)
+                    last = row["id"]
+            return 0
+        finally:
+            await store.close()
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_sessions(args) -> int:
+    async def run() -> int:
+        opening = _open_store(args.db)
+        if opening is None:
+            return 1
+        store = await opening
+        try:
+            rows = await store.list_sessions(user_id=args.user, state=args.state, limit=args.limit)
+        finally:
+            await store.close()
+        if args.json:
+            for row in rows:
+                print(json.dumps(row, ensure_ascii=False))
+            return 0
+        print(f"{'session':<10} {'state':<12} {'user':<20} {'created':<20} {'expires':<20} last_seen")
+        for r in rows:
+            print(f"{r['session_id'][:8]}… {r['state']:<12} {r['user_id'][:20]:<20} {r['created_at'][:19]:<20} "
+                  f"{r['expires_at'][:19]:<20} {(r['last_seen'] or '-')[:19]}")
+        print(f"{len(rows)} session(s)")
+        return 0
+    return asyncio.run(run())
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(quick=args.quick, only=args.only.split(",") if args.only else None, as_json=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""make_app(settings, *, store, clock): the route table and the only place collaborators are wired; Server runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from .audit import Audit
+from .clock import iso, system_clock
+from .config import Settings
+from .documents import DocumentService
+from .hub import Hub
+from .metrics import Metrics
+from .protocol import Registry
+from .ratelimit import KeyedWindows
+from .sessions import SessionService, mask
+from .store import Store
+from .handlers import rest, ws
+from .handlers.base import NotFoundHandler
+
+log = logging.getLogger("mcprt")
+access_log = logging.getLogger("mcprt.access")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+_SECRET_IN_QUERY = re.compile(r"(session_id=)([^&]{8})[^&]*")
+_UUID_IN_PATH = re.compile(r"([0-9a-fA-F]{8})-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
+def masked_uri(uri: str) -> str:
+    """A request URI with every session id cut to its first 8 characters."""
+    return _UUID_IN_PATH.sub(r"\1…", _SECRET_IN_QUERY.sub(r"\1\2…", uri))
+
+
+class MaskingFilter(logging.Filter):
+    """Masks session ids in every log record, whoever logs it (Tornado's own errors print URIs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = masked_uri(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One access-log line per request, session ids masked (Tornado's default prints query strings)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, masked_uri(request.uri),
+                   request.remote_ip, 1000.0 * request.request_time())
+
+
+@dataclass
+class Deps:
+    """The collaborators make_app built; the Server starts and stops them."""
+
+    settings: Settings
+    store: Store
+    clock: Callable[[], float]
+    registry: Registry
+    audit: Audit
+    sessions: SessionService
+    hub: Hub
+    documents: DocumentService
+    metrics: Metrics
+    create_limiter: KeyedWindows
+    buckets: dict  # session id -> TokenBucket shared by the session's sockets
+
+
+def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = system_clock) -> tornado.web.Application:
+    """The Tornado application with every route; `app.deps` holds the collaborators."""
+    registry = Registry()
+    audit = Audit(store, clock, settings.violation_threshold, settings.violation_window)
+    sessions = SessionService(store, clock, settings.session_ttl, settings.pending_ttl)
+    metrics = Metrics(store, sessions)
+    hub = Hub()
+    documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
+                                settings.snapshot_interval)
+    deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics,
+                KeyedWindows(60.0, settings.session_create_limit), {})
+    metrics.watch(audit, hub)
+    common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
+    routes = [
+        (r"/health", rest.HealthHandler, common),
+        (r"/api/sessions", rest.SessionsHandler, {**common, "create_limiter": deps.create_limiter}),
+        (r"/api/sessions/([^/]+)", rest.SessionHandler, common),
+        (r"/api/sessions/([^/]+)/activate", rest.ActivateHandler, common),
+        (r"/api/documents", rest.DocumentsHandler, {**common, "documents": documents}),
+        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, "documents": documents}),
+        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, "documents": documents}),
+        (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "documents": documents, "hub": hub}),
+        (r"/api/events", rest.EventsHandler, common),
+        (r"/ws", ws.EditorSocket, {"deps": deps}),
+        (r"/", tornado.web.RedirectHandler, {"url": "/static/index.html", "permanent": False})
+        if not (STATIC_DIR / "index.html").exists() else (r"/()", ws.IndexHandler, {"path": str(STATIC_DIR)}),
+    ]
+    if settings.metrics_port is None:
+        routes.append((r"/metrics", rest.MetricsHandler, {**common, "metrics": metrics}))
+    app = tornado.web.Application(
+        routes, static_path=str(STATIC_DIR), default_handler_class=NotFoundHandler,
+        default_handler_args=common, log_function=log_request, mcprt=settings,
+        websocket_max_message_size=max(1 << 20, 8 * settings.max_message_bytes),
+        websocket_ping_interval=settings.ping_interval, websocket_ping_timeout=settings.ping_timeout)
+    app.deps = deps
+    return app
+
+
+def make_metrics_app(deps: Deps) -> tornado.web.Application:
+    """/metrics alone, for a separate (loopback) port."""
+    app = tornado.web.Application([(r"/metrics", rest.MetricsHandler, {
+        "store": deps.store, "clock": deps.clock, "registry": deps.registry, "audit": deps.audit,
+        "sessions": deps.sessions, "metrics": deps.metrics, "open_metrics": True})],
+        log_function=log_request, mcprt=deps.settings)
+    app.deps = deps
+    return app
+
+
+class Server:
+    """A running mcprt: the store, the HTTP server, and the periodic sweeper."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = system_clock):
+        self.settings, self.clock = settings, clock
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._servers: list[tornado.httpserver.HTTPServer] = []
+        self._sweeper: asyncio.Task | None = None
+        self.app: tornado.web.Application | None = None
+        self._stopped = False
+
+    @property
+    def deps(self) -> Deps:
+        return self.app.deps
+
+    async def start(self) -> "Server":
+        """Open and migrate the database, listen, and start sweeping."""
+        store = await Store(self.settings.db).open()
+        self.app = make_app(self.settings, store=store, clock=self.clock)
+        self.port = self._listen(self.app, self.settings.host, self.settings.port)
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self._listen(make_metrics_app(self.deps), "127.0.0.1", self.settings.metrics_port)
+        self.deps.sessions.on_end.append(self._session_ended)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self.deps.audit.event("system", "server_started", "info",
+                              {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer})
+        return self
+
+    def _listen(self, app: tornado.web.Application, host: str, port: int) -> int:
+        server = tornado.httpserver.HTTPServer(app, max_body_size=max(1 << 20, 4 * self.settings.max_body_bytes),
+                                              xheaders=False)
+        sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_INET if ":" not in host else socket.AF_UNSPEC)
+        server.add_sockets(sockets)
+        self._servers.append(server)
+        return sockets[0].getsockname()[1]
+
+    def _session_ended(self, session, reason: str) -> None:
+        self.deps.audit.forget(session.session_id)
+        ws.close_session_sockets(self.deps, session.session_id, reason)
+
+    async def sweep(self) -> None:
+        """Expire sessions past their deadline, prune old events, and drop idle counters."""
+        deps = self.deps
+        await deps.sessions.sweep()
+        now = self.clock()
+        deps.audit.prune()
+        deps.create_limiter.prune(now)
+        cutoff = iso(now - self.settings.event_retention)
+        if await deps.store.events(limit=1, until=cutoff):
+            await deps.store.prune_events(cutoff)
+            deps.audit.event("system", "events_pruned", "info", {"before": cutoff})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:  # the sweeper must outlive one bad round
+                log.exception("sweep failed")
+
+    async def stop(self) -> None:
+        """Stop accepting, close sockets with 1001, flush the event log, close the database."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for server in self._servers:
+            server.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.app is None:
+            return
+        await ws.close_all(self.deps, 1001, "server_shutdown")
+        for server in self._servers:
+            await server.close_all_connections()
+        self.deps.audit.event("system", "server_stopped", "info", {})
+        await self.deps.documents.flush()
+        await self.deps.store.close()
+        log.info("stopped; event log flushed")
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+__all__ = ["make_app", "Server", "masked_uri", "mask"]

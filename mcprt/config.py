@@ -1,0 +1,111 @@
+"""One frozen Settings object, built from command-line flags and MCPRT_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from '90', '30s', '10m', '24h' or '90d'."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 24h, 90d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _origins(text: str | tuple) -> tuple[str, ...]:
+    if isinstance(text, tuple):
+        return text
+    return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; each field is a flag --name-with-dashes and MCPRT_NAME."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=3000, metadata={"help": "port to listen on (0: any free port)"})
+    db: str = field(default="mcprt.db", metadata={"help": "SQLite database file, created and migrated on start"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    allowed_origins: tuple = field(default=(), metadata={
+        "help": "comma-separated origins allowed to open WebSockets besides the server's own", "type": _origins})
+    admin_token: str | None = field(default=None, metadata={
+        "help": "bearer token for operator endpoints; unset, they answer 401"})
+    session_ttl: float = field(default=86400.0, metadata={
+        "help": "lifetime of an active session (e.g. 24h)", "type": parse_duration})
+    pending_ttl: float = field(default=600.0, metadata={
+        "help": "time a pending session has to be activated (e.g. 10m)", "type": parse_duration})
+    max_message_bytes: int = field(default=10240, metadata={"help": "largest inbound WebSocket message"})
+    max_body_bytes: int = field(default=16384, metadata={"help": "largest REST request body"})
+    rate_limit: float = field(default=50.0, metadata={"help": "WebSocket messages per second per session"})
+    rate_burst: int = field(default=100, metadata={"help": "WebSocket message burst per session"})
+    session_create_limit: int = field(default=30, metadata={
+        "help": "sessions one client address may create per minute"})
+    max_connections_per_session: int = field(default=10, metadata={"help": "live sockets per session"})
+    max_connections: int = field(default=10000, metadata={"help": "live sockets in total"})
+    violation_threshold: int = field(default=5, metadata={
+        "help": "medium-or-worse security events per session that trigger the violation action"})
+    violation_window: float = field(default=300.0, metadata={
+        "help": "window for counting violations (e.g. 5m)", "type": parse_duration})
+    violation_action: str = field(default="disconnect", metadata={
+        "help": "what too many violations do: disconnect, or invalidate (disconnect and end the session)"})
+    sanitizer: str = field(default="bleach", metadata={"help": "HTML sanitizer engine: bleach or nh3"})
+    max_document_bytes: int = field(default=1_000_000, metadata={"help": "largest document (UTF-8 bytes)"})
+    snapshot_interval: int = field(default=100, metadata={"help": "store a document snapshot every N revisions"})
+    event_retention: float = field(default=90 * 86400.0, metadata={
+        "help": "how long events are kept (e.g. 90d)", "type": parse_duration})
+    sweep_interval: float = field(default=5.0, metadata={
+        "help": "how often expiry and retention run (e.g. 5s)", "type": parse_duration})
+    ping_interval: float = field(default=20.0, metadata={
+        "help": "WebSocket ping interval; peers that miss pongs are dropped", "type": parse_duration})
+    ping_timeout: float = field(default=30.0, metadata={
+        "help": "drop a peer that has not answered a ping for this long", "type": parse_duration})
+    metrics_port: int | None = field(default=None, metadata={
+        "help": "serve /metrics without a token on this separate port (loopback); unset: /metrics needs the admin token"})
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _env_name(f: dataclasses.Field) -> str:
+    return "MCPRT_" + f.name.upper()
+
+
+def _converter(f: dataclasses.Field):
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    if f.type in ("int", "int | None"):
+        return int
+    if f.type == "float":
+        return float
+    return str
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, environ=None) -> None:
+    """Add one flag per Settings field; defaults come from MCPRT_* variables when set."""
+    environ = os.environ if environ is None else environ
+    for f in dataclasses.fields(Settings):
+        convert = _converter(f)
+        default = environ.get(_env_name(f))
+        default = convert(default) if default is not None else f.default
+        parser.add_argument(_flag(f), dest=f.name, type=convert, default=default,
+                            help=f"{f.metadata['help']} [env {_env_name(f)}; default {f.default!r}]")
+
+
+def settings_from_namespace(ns: argparse.Namespace) -> Settings:
+    """Settings from parsed arguments (extra attributes ignored)."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    return Settings(**{k: v for k, v in vars(ns).items() if k in names})

@@ -1,0 +1,279 @@
+"""Document state and revisions: edits transformed over what landed since their base, sanitized, stored, snapshotted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import sanitize
+from .clock import iso
+from .ot import OpError, TextOperation, diff, from_delta, span, to_delta
+from .protocol import AppError, ErrorCode
+from .store import Store
+
+DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+FORMATS = ("html", "text")
+HISTORY_WINDOW = 1000  # ops kept in memory for transforming stale edits and answering sync_request
+
+
+@dataclass
+class Document:
+    """One open document: its content at `revision` and the recent ops that led there."""
+
+    document_id: str
+    format: str
+    content: str
+    revision: int
+    history: list[TextOperation] = field(default_factory=list)  # ops for revisions (revision-len+1 .. revision]
+
+    @property
+    def oldest_known(self) -> int:
+        """The earliest base revision an edit may name and still be transformed here."""
+        return self.revision - len(self.history)
+
+    def ops_since(self, base: int) -> list[TextOperation]:
+        """The ops that landed after revision `base` (base >= oldest_known)."""
+        return self.history[len(self.history) - (self.revision - base):] if base < self.revision else []
+
+    def state(self) -> dict:
+        """The document_state payload fields (participants are added by the caller)."""
+        return {"document_id": self.document_id, "format": self.format, "content": self.content,
+                "revision": self.revision}
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who made an edit, as stamped by the server."""
+
+    user_id: str
+    peer_id: str
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The result of one accepted edit."""
+
+    document: Document
+    revision: int
+    op: TextOperation              # what the document actually went through (transformed, then corrected)
+    correction: TextOperation | None  # what sanitizing added after the sender's (transformed) op
+    removed: tuple[str, ...]       # dangerous things sanitizing removed
+    content: str
+
+
+def check_document_id(document_id: str) -> str:
+    """The id itself, or INVALID_MESSAGE."""
+    if not isinstance(document_id, str) or not DOCUMENT_ID.match(document_id):
+        raise AppError(ErrorCode.INVALID_MESSAGE, "document_id must be 1-128 characters of A-Z a-z 0-9 . _ -",
+                       {"pointer": "document_id"})
+    return document_id
+
+
+class DocumentService:
+    """Loads documents into memory while someone edits them, applies edits, and answers history queries."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], engine: str, max_bytes: int, snapshot_every: int):
+        self.store, self.clock = store, clock
+        self.engine, self.max_bytes, self.snapshot_every = engine, max_bytes, snapshot_every
+        self._open: dict[str, Document] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._pending: set[asyncio.Future] = set()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    async def open(self, document_id: str, format_: str = "html") -> Document:
+        """The live document, loaded from SQLite (created as `format_` if new) on first use."""
+        if document_id in self._open:
+            return self._open[document_id]
+        if document_id in self._loading:
+            return await asyncio.shield(self._loading[document_id])
+        future = asyncio.get_running_loop().create_future()
+        self._loading[document_id] = future
+        try:
+            document = await self._load(document_id) or await self._create(document_id, format_)
+            self._open[document_id] = document
+            future.set_result(document)
+            return document
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed here; waiters get it through shield
+            raise
+        finally:
+            del self._loading[document_id]
+
+    def release(self, document_id: str) -> None:
+        """Free a document nobody is editing (it stays in SQLite)."""
+        self._open.pop(document_id, None)
+
+    async def create(self, document_id: str, format_: str) -> Document:
+        """A new document, or CONFLICT if the id is taken."""
+        if document_id in self._open or await self.store.get_document(document_id):
+            raise AppError(ErrorCode.CONFLICT, f"document {document_id!r} already exists",
+                           {"document_id": document_id})
+        return await self._create(document_id, format_)
+
+    async def _create(self, document_id: str, format_: str) -> Document:
+        now = iso(self.clock())
+        await asyncio.gather(self.store.insert_document(document_id, format_, now),
+                             self.store.insert_snapshot(document_id, 0, "", now))
+        row = await self.store.get_document(document_id)
+        if row["format"] != format_:  # created concurrently by someone else: theirs stands
+            return await self._load(document_id)
+        return Document(document_id, format_, "", 0)
+
+    async def _load(self, document_id: str) -> Document | None:
+        row = await self.store.get_document(document_id)
+        if row is None:
+            return None
+        content, revision = await self._content_at(document_id, None)
+        document = Document(document_id, row["format"], content, revision)
+        recent = await self.store.ops(document_id, max(0, revision - HISTORY_WINDOW), revision)
+        document.history = [TextOperation.from_json(json.loads(r["op"])) for r in recent]
+        return document
+
+    async def _content_at(self, document_id: str, revision: int | None) -> tuple[str, int]:
+        snapshot = await self.store.latest_snapshot(document_id, revision)
+        content, at = (snapshot["content"], snapshot["revision"]) if snapshot else ("", 0)
+        for row in await self.store.ops(document_id, at, revision):
+            content = TextOperation.from_json(json.loads(row["op"])).apply(content)
+            at = row["revision"]
+        return content, at
+
+    async def read(self, document_id: str, revision: int | None = None) -> dict:
+        """{document_id, format, content, revision}: now, or as it was at `revision`."""
+        document = self._open.get(document_id)
+        if document is not None and revision in (None, document.revision):
+            return document.state()
+        row = await self.store.get_document(document_id)
+        if row is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
+        latest = document.revision if document else await self.store.last_revision(document_id)
+        if revision is not None and revision > latest:
+            raise AppError(ErrorCode.NOT_FOUND, f"document {document_id!r} has no revision {revision} "
+                           f"(latest is {latest})", {"document_id": document_id, "latest": latest})
+        content, at = await self._content_at(document_id, revision)
+        return {"document_id": document_id, "format": row["format"], "content": content, "revision": at}
+
+    async def history(self, document_id: str, since: int, limit: int) -> list[dict]:
+        """Stored ops after revision `since`, oldest first."""
+        if await self.store.get_document(document_id) is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
+        rows = await self.store.ops(document_id, since, None, limit)
+        return [{"revision": r["revision"], "op": json.loads(r["op"]), "user_id": r["user_id"],
+                 "peer_id": r["peer_id"], "message_id": r["message_id"], "time": r["time"]} for r in rows]
+
+    def ops_since(self, document: Document, since: int) -> list[dict] | None:
+        """Ops after `since` as {revision, op}, or None when `since` is older than memory holds."""
+        if since < document.oldest_known or since > document.revision:
+            return None
+        first = since + 1
+        return [{"revision": first + i, "op": op.to_json()} for i, op in enumerate(document.ops_since(since))]
+
+    # -- edits -----------------------------------------------------------
+
+    def check_base(self, document: Document, base: int) -> int:
+        """The base revision itself, or the error a client must see (ahead: INVALID_MESSAGE, too old: CONFLICT)."""
+        if base > document.revision:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"base_revision {base} is ahead of the document "
+                           f"(revision {document.revision})", {"pointer": "/payload/base_revision",
+                                                               "revision": document.revision})
+        if base < document.oldest_known:
+            raise AppError(ErrorCode.CONFLICT, f"base_revision {base} is too old to transform; send sync_request",
+                           {"oldest": document.oldest_known, "revision": document.revision})
+        return base
+
+    async def base_content(self, document: Document, base: int) -> str:
+        """The content at an earlier revision, for a content-only edit made against it."""
+        self.check_base(document, base)
+        return (await self._content_at(document.document_id, base))[0]
+
+    def base_op(self, document: Document, payload: dict, base_content: str) -> tuple[TextOperation, int]:
+        """The sender's op against its base revision, from change_delta or (content-only) a diff."""
+        base = self.check_base(document, payload.get("base_revision", document.revision))
+        try:
+            if "change_delta" in payload:
+                landed = document.ops_since(base)
+                length = landed[0].base_length if landed else len(document.content)
+                op = from_delta(self._clean_inserts(payload["change_delta"], document.format), length)
+            else:
+                op = diff(base_content, self._check(payload["content"], document.format))
+        except OpError as exc:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"change_delta does not fit revision {base}: {exc}",
+                           {"pointer": "/payload/change_delta", "length": len(base_content)}) from None
+        return op, base
+
+    def _clean_inserts(self, delta, format_: str):
+        parts = delta if isinstance(delta, list) else [delta]
+        cleaned = [{**p, "insert": self._check(p["insert"], format_)} if "insert" in p else p for p in parts]
+        return cleaned if isinstance(delta, list) else cleaned[0]
+
+    @staticmethod
+    def _check(text: str, format_: str) -> str:
+        try:
+            return sanitize.check_text(text) if format_ == "text" else sanitize.normalize(text)
+        except sanitize.UnsafeText as exc:
+            raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload"}) from None
+
+    def apply(self, document: Document, op: TextOperation, base: int, author: Author,
+              message_id: str | None) -> tuple[Applied, asyncio.Future]:
+        """Transform, apply, sanitize and bump the revision now; the future resolves once it is durable."""
+        for landed in document.ops_since(base):
+            op, _ = TextOperation.transform(op, landed)
+        content = op.apply(document.content)
+        correction, removed = None, ()
+        if document.format == "html" and not self._inert(document.content, op):
+            cleaned = sanitize.clean_html(content, self.engine)
+            removed = cleaned.removed
+            if cleaned.html != content:
+                correction = diff(content, cleaned.html)
+                content = cleaned.html
+        if len(content) > self.max_bytes or len(content.encode("utf-8")) > self.max_bytes:
+            raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"the document would exceed {self.max_bytes} bytes",
+                           {"limit": self.max_bytes})
+        full = op.compose(correction) if correction is not None else op
+        document.content = content
+        document.revision += 1
+        document.history.append(full)
+        if len(document.history) > HISTORY_WINDOW:
+            del document.history[: len(document.history) - HISTORY_WINDOW]
+        durable = self._persist(document, full, author, message_id)
+        return Applied(document, document.revision, full, correction, tuple(removed), content), durable
+
+    def _inert(self, before: str, op: TextOperation) -> bool:
+        edit = span(op)
+        return edit is not None and sanitize.edit_is_inert(before, *edit)
+
+    def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None) -> asyncio.Future:
+        now = iso(self.clock())
+        durable = self.store.insert_op(document.document_id, document.revision, json.dumps(op.to_json()),
+                                       author.user_id, author.peer_id, message_id, now)
+        if document.revision % self.snapshot_every == 0:
+            self.store.insert_snapshot(document.document_id, document.revision, document.content, now)
+        self._pending.add(durable)
+        durable.add_done_callback(self._pending.discard)
+        return durable
+
+    async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
+        """Write the content of an old revision as a new revision."""
+        old = await self.read(document_id, revision)
+        document = await self.open(document_id)
+        applied, durable = self.apply(document, diff(document.content, old["content"]), document.revision,
+                                      author, None)
+        await durable
+        return applied
+
+    async def flush(self) -> None:
+        """Wait until every applied edit is durable."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def delta_of(op: TextOperation) -> list[dict]:
+    """The wire change_delta of an op."""
+    return to_delta(op)

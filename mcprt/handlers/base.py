@@ -1,0 +1,105 @@
+"""The JSON handler base: dependencies by initialize(), one write_error, body limits, admin gating."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import traceback
+
+import tornado.web
+
+from ..protocol import AppError, ErrorCode, error_body
+from ..sessions import Client
+
+log = logging.getLogger("mcprt.http")
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """Every REST handler: JSON in, JSON out, errors in the one shape."""
+
+    def initialize(self, **deps) -> None:
+        for name, value in deps.items():
+            setattr(self, name, value)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        limit = self.settings["mcprt"].max_body_bytes
+        if len(self.request.body) > limit:
+            raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"request body over {limit} bytes",
+                           {"limit": limit, "size": len(self.request.body)})
+
+    def client_info(self) -> Client:
+        """The caller's address and user agent, for the event log."""
+        return Client(self.request.remote_ip, (self.request.headers.get("User-Agent") or "")[:256] or None)
+
+    def json_body(self, schema: str) -> dict:
+        """The request body, decoded and validated against schemas/<schema>.json."""
+        return self.registry.parse_json(self.request.body or b"", schema)
+
+    def bearer(self) -> str | None:
+        """The token of an `Authorization: Bearer` header."""
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    def require_admin(self) -> None:
+        """Operators only: the admin token from the settings, compared in constant time."""
+        expected = self.settings["mcprt"].admin_token
+        given = self.bearer()
+        if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            self.audit.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "admin token"},
+                                client_addr=self.request.remote_ip,
+                                user_agent=self.request.headers.get("User-Agent"))
+            raise AppError(ErrorCode.UNAUTHORIZED, "this endpoint needs the operator token "
+                           "(Authorization: Bearer <admin token>)" if expected else
+                           "operator endpoints are disabled: the server has no admin token")
+
+    def write_json(self, value, status: int = 200) -> None:
+        """Write a JSON reply."""
+        self.set_status(status)
+        self.finish(json.dumps(value, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, AppError):
+            body = error_body(exc.code, exc.message, exc.details)
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_MESSAGE,
+                    413: ErrorCode.MESSAGE_TOO_LARGE}.get(status_code, ErrorCode.INVALID_MESSAGE)
+            body = error_body(code, exc.log_message or self._reason, {"status": status_code})
+        else:
+            body = error_body(ErrorCode.SERVER_ERROR, "internal server error", {})
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": body}))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, AppError):
+            if self._finished:
+                return
+            self.clear()
+            self.set_default_headers()
+            self.set_status(e.status)
+            self.write_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        if not isinstance(e, tornado.web.HTTPError):
+            log.error("unhandled error in %s %s:\n%s", self.request.method, self.request.path,
+                      "".join(traceback.format_exception(e)))
+        super()._handle_request_exception(e)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return  # the access log already says it; no stack trace for a client's mistake
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(ApiHandler):
+    """Any path nobody serves: a JSON 404."""
+
+    def prepare(self) -> None:
+        raise AppError(ErrorCode.NOT_FOUND, f"no such endpoint: {self.request.method} {self.request.path}",
+                       {"path": self.request.path})

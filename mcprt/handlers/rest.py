@@ -1,0 +1,189 @@
+"""Thin REST handlers: health, sessions, documents, events; each parses, makes one call, writes."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from .. import __version__
+from ..clock import iso, iso_seconds, parse_iso
+from ..documents import Author, check_document_id
+from ..protocol import AppError, ErrorCode
+from ..sessions import STATES
+from .base import ApiHandler
+from .ws import publish_edit
+
+SERVICE_NAME = "mcprt-realtime-editing"
+
+
+class HealthHandler(ApiHandler):
+    async def get(self) -> None:
+        """The reference's health body plus `checks`; 503 when the database does not answer."""
+        try:
+            await self.store.ping()
+            database = "ok"
+        except Exception as exc:  # any failure means unhealthy, whatever its type
+            database = f"error: {type(exc).__name__}"
+        healthy = database == "ok"
+        self.write_json({"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
+                         "timestamp": iso_seconds(self.clock()), "version": __version__,
+                         "checks": {"database": database}}, 200 if healthy else 503)
+
+
+def int_arg(handler: ApiHandler, name: str, default: int | None, low: int = 0, high: int = 10**12) -> int | None:
+    """An integer query argument within bounds, or INVALID_MESSAGE."""
+    raw = handler.get_query_argument(name, None)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be an integer",
+                       {"pointer": f"?{name}"}) from None
+    if not low <= value <= high:
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be in {low}..{high}",
+                       {"pointer": f"?{name}"})
+    return value
+
+
+def time_arg(handler: ApiHandler, name: str) -> str | None:
+    """An RFC 3339 query argument, normalized to the stored form."""
+    raw = handler.get_query_argument(name, None)
+    if not raw:
+        return None
+    try:
+        return iso(parse_iso(raw))
+    except ValueError:
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be an RFC 3339 time",
+                       {"pointer": f"?{name}"}) from None
+
+
+def page(handler: ApiHandler, key: str, rows: list[dict], limit: int) -> dict:
+    """A keyset page: the rows and, when more may follow, the cursor and URL of the next page."""
+    cursor = rows[-1]["id"] if len(rows) == limit else None
+    body = {key: rows, "next_cursor": cursor}
+    if cursor is not None:
+        args = {k: v[-1].decode() for k, v in handler.request.query_arguments.items() if k != "cursor"}
+        body["next"] = f"{handler.request.path}?{urlencode({**args, 'cursor': cursor})}"
+    return body
+
+
+class SessionsHandler(ApiHandler):
+    async def post(self) -> None:
+        """Create a session (Active unless "activate": false)."""
+        body = self.json_body("session_create")
+        client = self.client_info()
+        if not self.create_limiter.allow(client.addr or "-", self.clock()):
+            self.audit.security("session_rate_limited", None, {"limit_per_minute": self.create_limiter.limit},
+                                client_addr=client.addr, user_agent=client.user_agent)
+            self.set_header("Retry-After", "60")
+            raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
+                           {"limit_per_minute": self.create_limiter.limit})
+        session = await self.sessions.create(body["user_id"], body.get("client_info"),
+                                             body.get("activate", True), client)
+        reply = session.to_json()
+        reply["websocket_url"] = self.websocket_url(session.session_id)
+        self.write_json(reply, 201)
+
+    def websocket_url(self, session_id: str) -> str:
+        """ws:// or wss:// on the Host the client used (never the bind address)."""
+        scheme = "wss" if self.request.protocol == "https" else "ws"
+        return f"{scheme}://{self.request.host}/ws?session_id={session_id}"
+
+    async def get(self) -> None:
+        """Operators: list sessions, filtered, newest first, keyset-paginated."""
+        self.require_admin()
+        state = self.get_query_argument("state", None) or None
+        if state is not None and state not in STATES:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"state must be one of {', '.join(STATES)}",
+                           {"pointer": "?state"})
+        limit = int_arg(self, "limit", 100, 1, 1000)
+        rows = await self.store.list_sessions(user_id=self.get_query_argument("user_id", None) or None,
+                                              state=state, limit=limit, cursor=int_arg(self, "cursor", None))
+        self.write_json(page(self, "sessions", rows, limit))
+
+
+class SessionHandler(ApiHandler):
+    async def get(self, session_id: str) -> None:
+        """One session as it stands now."""
+        self.write_json((await self.sessions.get(session_id)).to_json())
+
+    async def delete(self, session_id: str) -> None:
+        """Invalidate a session; its sockets close."""
+        self.write_json((await self.sessions.invalidate(session_id, self.client_info())).to_json())
+
+
+class ActivateHandler(ApiHandler):
+    async def post(self, session_id: str) -> None:
+        """Activate a pending session."""
+        self.write_json((await self.sessions.activate(session_id, self.client_info())).to_json())
+
+
+class EventsHandler(ApiHandler):
+    async def get(self) -> None:
+        """Operators: the event log, filtered, newest first, keyset-paginated."""
+        self.require_admin()
+        limit = int_arg(self, "limit", 100, 1, 1000)
+        filters = {k: self.get_query_argument(k, None) or None
+                   for k in ("kind", "type", "severity", "session_id", "user_id", "document_id")}
+        rows = await self.store.events(limit=limit, cursor=int_arg(self, "cursor", None),
+                                       since=time_arg(self, "since"), until=time_arg(self, "until"), **filters)
+        self.write_json(page(self, "events", rows, limit))
+
+
+class DocumentsHandler(ApiHandler):
+    async def post(self) -> None:
+        """Create a document (format html unless told text)."""
+        body = self.json_body("document_create")
+        document = await self.documents.create(body["document_id"], body.get("format", "html"))
+        self.documents.release(document.document_id)
+        self.audit.event("document", "document_created", "info", {"format": document.format},
+                         document_id=document.document_id, client_addr=self.request.remote_ip)
+        self.write_json(document.state(), 201)
+
+
+class DocumentHandler(ApiHandler):
+    async def get(self, document_id: str) -> None:
+        """A document now, or as it was at ?revision=N."""
+        check_document_id(document_id)
+        self.write_json(await self.documents.read(document_id, int_arg(self, "revision", None)))
+
+
+class HistoryHandler(ApiHandler):
+    async def get(self, document_id: str) -> None:
+        """Stored ops after ?since=N (default 0), oldest first, at most ?limit=."""
+        check_document_id(document_id)
+        since, limit = int_arg(self, "since", 0), int_arg(self, "limit", 100, 1, 1000)
+        ops = await self.documents.history(document_id, since, limit)
+        self.write_json({"document_id": document_id, "ops": ops,
+                         "next_since": ops[-1]["revision"] if len(ops) == limit else None})
+
+
+class RestoreHandler(ApiHandler):
+    async def post(self, document_id: str) -> None:
+        """Write the content of an old revision as a new revision; editors receive it as an edit."""
+        check_document_id(document_id)
+        revision = self.json_body("document_restore")["revision"]
+        author = Author(user_id="restore", peer_id="server")
+        applied = await self.documents.restore(document_id, revision, author)
+        publish_edit(self.hub, applied, author, None, None, self.clock())
+        if not self.hub.peers(document_id):
+            self.documents.release(document_id)
+        self.audit.event("document", "document_restored", "info", {"from_revision": revision,
+                         "revision": applied.revision}, document_id=document_id, client_addr=self.request.remote_ip)
+        self.write_json(applied.document.state())
+
+
+class MetricsHandler(ApiHandler):
+    def initialize(self, open_metrics: bool = False, **deps) -> None:
+        super().initialize(open_metrics=open_metrics, **deps)
+
+    async def get(self) -> None:
+        """Prometheus text format; operators only unless served on the separate metrics port."""
+        if not self.open_metrics:
+            self.require_admin()
+        self.set_header("Content-Type", self.metrics.content_type)
+        self.finish(await self.metrics.render(self.documents_open()))
+
+    def documents_open(self) -> int:
+        documents = getattr(self.application, "deps", None)
+        return documents.documents.open_count if documents else 0

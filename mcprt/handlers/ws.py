@@ -1,0 +1,481 @@
+"""The editor WebSocket: authenticate, then dispatch each message through a table; never die on bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import tornado.web
+import tornado.websocket
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+from .. import protocol as P
+from ..clock import iso
+from ..documents import Applied, Author, check_document_id, delta_of
+from ..protocol import AppError, ErrorCode
+from ..ratelimit import TokenBucket
+from ..sessions import mask
+
+log = logging.getLogger("mcprt.ws")
+
+# Close codes (listed in the README).
+CLOSE_INVALID_SESSION = 4000
+CLOSE_NO_CREDENTIAL = 4001
+CLOSE_CREDENTIALS_DISAGREE = 4003
+CLOSE_BAD_DOCUMENT = 4004
+CLOSE_TOO_MANY_CONNECTIONS = 4008
+CLOSE_SESSION_INVALIDATED = 4010
+CLOSE_SESSION_EXPIRED = 4011
+CLOSE_SERVER_ERROR = 4500
+CLOSE_POLICY = 1008
+CLOSE_GOING_AWAY = 1001
+
+CLIENT_TYPES = ("web", "mobile", "desktop")
+RATE_ERROR_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
+
+
+class _Protocol(WebSocketProtocol13):
+    """Tornado's protocol, except that a text frame of invalid UTF-8 is reported, not fatal."""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode == 0x1 and not self._frame_compressed and not self.client_terminated:
+            self._message_bytes_in += len(data)
+            try:
+                decoded = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._run_callback(self.handler.on_invalid_text, data)
+            return self._run_callback(self.handler.on_message, decoded)
+        return super()._handle_message(opcode, data)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if reason == "ping timed out":
+            self.handler.end_reason = self.handler.end_reason or "timeout"
+        super().close(code, reason)
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # a peer that went away mid-write is not an error worth a log line
+
+
+class EditorSocket(tornado.websocket.WebSocketHandler):
+    """One editor on one document, as one session."""
+
+    def initialize(self, deps) -> None:
+        self.deps = deps
+        self.connection_id = uuid.uuid4().hex[:16]
+        self.session = None
+        self.document = None
+        self.session_id = self.user_id = self.peer_id = None
+        self.document_id = None
+        self.cursor: dict | None = None
+        self.end_reason: str | None = None
+        self.messages_in = self.messages_out = 0
+        self.opened = time.monotonic()
+        self.joined = False
+        self._rate_error_at = -1e9
+        self._dropped = 0
+        self._dispatch = {P.HEARTBEAT: self.on_heartbeat, P.REALTIME_EDIT: self.on_realtime_edit,
+                          P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
+
+    def get_websocket_protocol(self):
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None
+        params = tornado.websocket._WebSocketParams(
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size, compression_options=self.get_compression_options())
+        return _Protocol(self, False, params)
+
+    # -- handshake -------------------------------------------------------
+
+    def where(self, **extra: Any) -> dict:
+        """The who/where fields of an event about this connection."""
+        return {"session_id": self.session_id, "user_id": self.user_id, "document_id": self.document_id,
+                "connection_id": self.connection_id, "client_addr": self.request.remote_ip,
+                "user_agent": (self.request.headers.get("User-Agent") or "")[:256] or None, **extra}
+
+    def check_origin(self, origin: str) -> bool:
+        """Same-origin or listed origins only: a page elsewhere must not drive a user's session (CSWSH)."""
+        parsed = urlparse(origin)
+        if parsed.netloc.lower() == self.request.host.lower() or origin.rstrip("/") in self.deps.settings.allowed_origins:
+            return True
+        self.deps.audit.security("origin_rejected", None, {"origin": origin[:200]}, **self.where())
+        log.warning("refused WebSocket from origin %s", origin[:200])
+        return False
+
+    def credential(self) -> str | None:
+        """The session id from the query, Authorization: Bearer, or X-Session-ID; they must agree."""
+        headers = self.request.headers
+        auth = headers.get("Authorization", "")
+        given = {v.strip() for v in (self.get_query_argument("session_id", None),
+                                     auth[7:] if auth[:7].lower() == "bearer " else None,
+                                     headers.get("X-Session-ID")) if v and v.strip()}
+        if not given:
+            raise AppError(ErrorCode.UNAUTHORIZED, "no session: pass ?session_id=, Authorization: Bearer or "
+                           "X-Session-ID", {"close_code": CLOSE_NO_CREDENTIAL})
+        if len(given) > 1:
+            raise AppError(ErrorCode.UNAUTHORIZED, "the session ids given in the query and headers disagree",
+                           {"close_code": CLOSE_CREDENTIALS_DISAGREE})
+        return given.pop()
+
+    async def open(self) -> None:
+        try:
+            await self._authenticate_and_join()
+        except AppError as exc:
+            self._refuse(exc)
+        except Exception:
+            log.exception("error opening a connection")
+            self._refuse(AppError(ErrorCode.SERVER_ERROR, "could not open the document; retry",
+                                  {"close_code": CLOSE_SERVER_ERROR}))
+
+    async def _authenticate_and_join(self) -> None:
+        deps = self.deps
+        self.session_id = self.credential()
+        self.document_id = check_document_id(self.get_query_argument("document_id", None) or "default")
+        try:
+            session = await deps.sessions.authenticate(self.session_id)
+        except AppError as exc:
+            exc.details["close_code"] = CLOSE_INVALID_SESSION
+            raise
+        self.session, self.user_id, self.peer_id = session, session.user_id, session.peer_id
+        if deps.hub.session_connections(self.session_id) >= deps.settings.max_connections_per_session \
+                or deps.hub.connection_count >= deps.settings.max_connections:
+            raise AppError(ErrorCode.RATE_LIMITED, "too many connections for this session or server",
+                           {"close_code": CLOSE_TOO_MANY_CONNECTIONS,
+                            "per_session": deps.settings.max_connections_per_session})
+        self.bucket = deps.buckets.setdefault(self.session_id, TokenBucket(
+            deps.settings.rate_limit, deps.settings.rate_burst, time.monotonic()))
+        self.document = await deps.documents.open(self.document_id)
+        self.join()
+
+    def join(self) -> None:
+        deps = self.deps
+        deps.hub.join(self)
+        self.joined = True
+        state = {**self.document.state(), "participants": deps.hub.participants(self.document_id)}
+        self.send(P.DOCUMENT_STATE, state)
+        connected = P.build(P.SESSION_CONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
+                            "connection_count": deps.hub.session_connections(self.session_id)}, self.now_iso())
+        self.fan_out(P.SESSION_CONNECTED, connected)
+        client_type = self.request.headers.get("X-Client-Type") or self.get_query_argument("client_type", "")
+        deps.store.open_connection({**self.where(), "peer_id": self.peer_id, "opened_at": self.now_iso(),
+                                    "client_type": client_type if client_type in CLIENT_TYPES else "unknown"})
+        deps.audit.event("connection", "connected", "info", {"client_type": client_type[:32] or None}, **self.where())
+        log.info("connected %s user=%s doc=%s conn=%s", mask(self.session_id), self.user_id, self.document_id,
+                 self.connection_id)
+
+    def _refuse(self, exc: AppError) -> None:
+        close_code = exc.details.pop("close_code", CLOSE_INVALID_SESSION)
+        type_ = {ErrorCode.UNAUTHORIZED: "unauthorized", ErrorCode.INVALID_SESSION: "invalid_session",
+                 ErrorCode.RATE_LIMITED: "connection_limit", ErrorCode.INVALID_MESSAGE: "invalid_message"}.get(exc.code)
+        if type_:
+            self.deps.audit.security(type_, None, {"message": exc.message, "close_code": close_code},
+                                     **self.where(session_id=self.session_id if exc.code != ErrorCode.UNAUTHORIZED else None))
+        if exc.code == ErrorCode.INVALID_MESSAGE:
+            close_code = CLOSE_BAD_DOCUMENT
+        self.send_error(exc)
+        self.end_reason = "refused"
+        self.close(close_code, exc.message[:120])
+
+    # -- sending -------------------------------------------------------
+
+    def now_iso(self) -> str:
+        return iso(self.deps.clock())
+
+    def send_text(self, text: str) -> None:
+        """Write one serialized message; a closed peer is skipped, never an error."""
+        try:
+            self.write_message(text).add_done_callback(_consume)
+            self.messages_out += 1
+        except WebSocketClosedError:
+            pass
+
+    def send(self, type_: str, payload: dict, id_: str | None = None) -> None:
+        """Build, serialize, count and send one message."""
+        self.deps.metrics.messages_out.labels(type_).inc()
+        self.send_text(P.dumps(P.build(type_, payload, self.now_iso(), id_)))
+
+    def send_error(self, error: AppError, id_: str | None = None) -> None:
+        """An `error` message in the reference's shape."""
+        self.deps.metrics.errors.labels(error.code.value).inc()
+        self.deps.metrics.messages_out.labels(P.ERROR).inc()
+        self.send_text(P.dumps(P.build_error(error, self.now_iso(), id_)))
+
+    def fan_out(self, type_: str, message: dict, peers=None) -> None:
+        """Serialize once and send to everyone else on the document."""
+        text = P.dumps(message)
+        n = self.deps.hub.send_all(self.deps.hub.peers(self.document_id) if peers is None else peers, text, self)
+        self.deps.metrics.messages_out.labels(type_).inc(n)
+
+    # -- receiving -----------------------------------------------------
+
+    def on_message(self, message: str | bytes):
+        if not self.joined:
+            return None
+        self.messages_in += 1
+        try:
+            if isinstance(message, bytes):
+                raise AppError(ErrorCode.INVALID_MESSAGE, "binary frames are not accepted; send JSON text",
+                               {"frame": "binary", "bytes": len(message)})
+            limit = self.deps.settings.max_message_bytes
+            if len(message) > limit or (4 * len(message) > limit and len(message.encode("utf-8")) > limit):
+                raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"message exceeds {limit} bytes",
+                               {"limit": limit, "size": len(message.encode("utf-8", "surrogatepass"))})
+            if not self.bucket.take(time.monotonic()):
+                return self._rate_limited()
+            parsed = self.deps.registry.parse(message)
+            self.deps.metrics.messages_in.labels(parsed["type"]).inc()
+            result = self._dispatch[parsed["type"]](parsed)
+            return self._guard(result, parsed["id"]) if result is not None else None
+        except AppError as exc:
+            self.reject(exc, message)
+        except Exception:
+            log.exception("error handling a message on %s", self.connection_id)
+            self.send_error(AppError(ErrorCode.SERVER_ERROR, "internal error handling the message", {}))
+        return None
+
+    async def _guard(self, coroutine, id_: str) -> None:
+        try:
+            await coroutine
+        except AppError as exc:
+            self.reject(exc, None, id_)
+        except Exception:
+            log.exception("error handling a message on %s", self.connection_id)
+            self.send_error(AppError(ErrorCode.SERVER_ERROR, "internal error handling the message", {}), id_)
+
+    def on_invalid_text(self, data: bytes) -> None:
+        """A text frame that is not UTF-8: an INVALID_MESSAGE, not a dropped connection."""
+        if self.joined:
+            self.messages_in += 1
+            self.reject(AppError(ErrorCode.INVALID_MESSAGE, "text frame is not valid UTF-8",
+                                 {"bytes": len(data)}), None)
+
+    _SECURITY_TYPE = {ErrorCode.MESSAGE_TOO_LARGE: "message_too_large", ErrorCode.INVALID_MESSAGE: "invalid_message",
+                      ErrorCode.UNAUTHORIZED: "unauthorized", ErrorCode.RATE_LIMITED: "rate_limited"}
+
+    def reject(self, exc: AppError, raw: str | bytes | None, id_: str | None = None, type_: str | None = None) -> None:
+        """Answer a bad message with an error, record it, and disconnect a client that keeps at it."""
+        id_ = id_ or _message_id(raw)
+        self.send_error(exc, id_)
+        if exc.code == ErrorCode.CONFLICT:
+            return  # a stale edit is a client's ordinary race, not an attack
+        details = {"code": exc.code.value, "message": exc.message[:300], **exc.details}
+        if isinstance(raw, str):
+            details["sample"] = raw[:200]
+        crossed = self.deps.audit.security(type_ or self._SECURITY_TYPE.get(exc.code, "invalid_message"), None,
+                                           details, **self.where())
+        if crossed:
+            self.abuse_disconnect()
+
+    def abuse_disconnect(self) -> None:
+        """Too many violations in the window: close with 1008 (and end the session if so configured)."""
+        deps = self.deps
+        deps.audit.security("abuse_disconnect", None, {"threshold": deps.settings.violation_threshold,
+                            "window_seconds": deps.settings.violation_window,
+                            "action": deps.settings.violation_action}, **self.where())
+        deps.audit.forget(self.session_id)
+        self.end_reason = "abuse"
+        self.close(CLOSE_POLICY, "too many invalid messages")
+        if deps.settings.violation_action == "invalidate":
+            asyncio.ensure_future(deps.sessions.invalidate(self.session_id, _client(self), "abuse"))
+
+    def _rate_limited(self) -> None:
+        now = time.monotonic()
+        self._dropped += 1
+        if now - self._rate_error_at < RATE_ERROR_WINDOW:
+            return None
+        self._rate_error_at = now
+        limit = {"rate_per_second": self.deps.settings.rate_limit, "burst": self.deps.settings.rate_burst,
+                 "dropped": self._dropped}
+        self._dropped = 0
+        self.send_error(AppError(ErrorCode.RATE_LIMITED, "too many messages; slow down", limit))
+        self.deps.audit.security("rate_limited", None, limit, **self.where())
+        return None
+
+    # -- message types -------------------------------------------------
+
+    def on_heartbeat(self, message: dict) -> None:
+        self.deps.sessions.touch(self.session_id)
+        self.send(P.HEARTBEAT_ACK, {"server_time": self.now_iso()}, message["id"])
+
+    def on_realtime_edit(self, message: dict):
+        payload = message["payload"]
+        if "user_id" in payload and payload["user_id"] != self.user_id:
+            raise_impersonation(self, payload["user_id"])
+        document = self.document
+        base = payload.get("base_revision", document.revision)
+        if "change_delta" not in payload and base != document.revision:
+            return self._edit_from_old_base(message)
+        self._apply(message, *self.deps.documents.base_op(document, payload, document.content))
+        return None
+
+    async def _edit_from_old_base(self, message: dict) -> None:
+        documents = self.deps.documents
+        content = await documents.base_content(self.document, message["payload"]["base_revision"])
+        self._apply(message, *documents.base_op(self.document, message["payload"], content))
+
+    def _apply(self, message: dict, op, base: int) -> None:
+        deps = self.deps
+        started = time.perf_counter()
+        author = Author(self.user_id, self.peer_id, self.session_id)
+        applied, durable = deps.documents.apply(self.document, op, base, author, message["id"])
+        if applied.removed:
+            crossed = deps.audit.security("xss_attempt", None, {"removed": [r[:200] for r in applied.removed[:20]],
+                                          "revision": applied.revision}, **self.where())
+            if crossed:
+                self.abuse_disconnect()
+        peers = deps.hub.peers(self.document_id)  # those present now get this revision; later joiners see it in state
+        deps.hub.shift_cursors(self.document_id, applied.op, self)
+
+        def done(future: asyncio.Future) -> None:
+            if future.exception() is not None:
+                log.error("edit %s on %s not stored: %s", message["id"], self.document_id, future.exception())
+                self.send_error(AppError(ErrorCode.SERVER_ERROR, "the edit could not be stored", {}), message["id"])
+                return
+            self.send(P.EDIT_ACK, {"edit_id": message["id"], "revision": applied.revision,
+                                   "op": applied.op.to_json(),
+                                   "correction": applied.correction.to_json() if applied.correction else None,
+                                   "content": applied.content}, message["id"])
+            publish_edit(deps.hub, applied, author, message, self, deps.clock(), peers, deps.metrics)
+            deps.metrics.edit_latency.observe(time.perf_counter() - started)
+
+        durable.add_done_callback(done)
+
+    def on_cursor_update(self, message: dict) -> None:
+        payload = message["payload"]
+        length = len(self.document.content)
+        if payload["position"] > length or payload.get("selection_end", 0) > length:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"cursor beyond the end of the document ({length})",
+                           {"pointer": "/payload/position", "length": length})
+        self.cursor = {"position": payload["position"], "selection_end": payload.get("selection_end"),
+                       "revision": self.document.revision}
+        self.fan_out(P.PRESENCE, P.build(P.PRESENCE, {"user_id": self.user_id, "peer_id": self.peer_id,
+                                                      "state": "active", "cursor": self.cursor}, self.now_iso()))
+
+    def on_sync_request(self, message: dict) -> None:
+        since = message["payload"]["since_revision"]
+        ops = self.deps.documents.ops_since(self.document, since)
+        if ops is None:
+            state = {**self.document.state(), "participants": self.deps.hub.participants(self.document_id)}
+            self.send(P.DOCUMENT_STATE, state, message["id"])
+            return
+        self.send(P.SYNC_RESPONSE, {"since_revision": since, "revision": self.document.revision, "ops": ops},
+                  message["id"])
+
+    # -- closing -------------------------------------------------------
+
+    def on_close(self) -> None:
+        if not self.joined:
+            return
+        self.joined = False
+        deps = self.deps
+        empty = deps.hub.leave(self)
+        reason = self.end_reason or ("client_disconnect" if self.close_code is not None else "timeout")
+        left = P.build(P.SESSION_DISCONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
+                                                "reason": reason}, self.now_iso())
+        self.fan_out(P.SESSION_DISCONNECTED, left)
+        if deps.hub.session_connections(self.session_id) == 0:
+            deps.buckets.pop(self.session_id, None)
+        duration = round(time.monotonic() - self.opened, 3)
+        deps.store.close_connection(self.connection_id, self.now_iso(), self.close_code, reason,
+                                    self.messages_in, self.messages_out)
+        deps.audit.event("connection", "disconnected", "info", {
+            "reason": reason, "close_code": self.close_code, "duration_seconds": duration,
+            "messages_in": self.messages_in, "messages_out": self.messages_out}, **self.where())
+        log.info("disconnected %s conn=%s reason=%s after %.1fs (%d in, %d out)", mask(self.session_id),
+                 self.connection_id, reason, duration, self.messages_in, self.messages_out)
+        if empty:
+            asyncio.ensure_future(_release_when_stored(deps, self.document_id))
+
+    def end(self, code: int, reason: str) -> None:
+        """Close this connection from the server side, saying why to the others."""
+        self.end_reason = reason
+        self.close(code, reason)
+
+
+def raise_impersonation(socket: EditorSocket, claimed: str) -> None:
+    """A payload user_id that is not the session's user."""
+    socket.deps.audit.security("impersonation", None, {"claimed_user_id": claimed[:128]}, **socket.where())
+    raise AppError(ErrorCode.UNAUTHORIZED, "payload user_id does not match the session's user",
+                   {"pointer": "/payload/user_id"})
+
+
+def publish_edit(hub, applied: Applied, author: Author, message: dict | None, exclude, now: float,
+                 peers=None, metrics=None) -> None:
+    """The realtime_edit every other editor receives: serialized once, with the authoritative content."""
+    payload = message["payload"] if message else {}
+    body = {"content": applied.content, "cursor_position": payload.get("cursor_position"),
+            "user_id": author.user_id, "operation": payload.get("operation", "edit"),
+            "change_delta": delta_of(applied.op), "op": applied.op.to_json(),
+            "revision": applied.revision, "base_revision": applied.revision - 1}
+    stamp = iso(now)
+    id_ = f"{message['id']}-broadcast" if message else None
+    text = P.dumps(P.build(P.REALTIME_EDIT, body, stamp, id_, session_info={
+        "user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}))
+    if peers is None:
+        peers = hub.peers(applied.document.document_id)
+    n = hub.send_all(peers, text, exclude)
+    if metrics is not None:
+        metrics.messages_out.labels(P.REALTIME_EDIT).inc(n)
+
+
+async def _release_when_stored(deps, document_id: str) -> None:
+    await deps.documents.flush()
+    if not deps.hub.peers(document_id):
+        deps.documents.release(document_id)
+
+
+def _message_id(raw) -> str | None:
+    """The id of a message we could not fully accept, when one can be read cheaply and safely."""
+    if isinstance(raw, str) and len(raw) <= 16384:
+        try:
+            value = P.loads(raw)
+        except AppError:
+            return None
+        if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
+            return value["id"]
+    return None
+
+
+def _client(socket: EditorSocket):
+    from ..sessions import Client
+    return Client(socket.request.remote_ip, socket.request.headers.get("User-Agent"))
+
+
+def close_session_sockets(deps, session_id: str, reason: str) -> None:
+    """Close every live socket of a session that was invalidated or expired."""
+    code = CLOSE_SESSION_EXPIRED if reason == "session_expired" else CLOSE_SESSION_INVALIDATED
+    for peer in deps.hub.session_peers(session_id):
+        peer.send_error(AppError(ErrorCode.INVALID_SESSION, f"session ended: {reason}", {"reason": reason}))
+        peer.end(code, reason)
+
+
+async def close_all(deps, code: int, reason: str) -> None:
+    """Close every socket (server shutdown) and give the close frames a moment to go out."""
+    peers = deps.hub.all_peers()
+    for peer in peers:
+        peer.end(code, reason)
+    for _ in range(20):
+        if not deps.hub.all_peers():
+            break
+        await asyncio.sleep(0.05)
+    for peer in deps.hub.all_peers():  # peers that never answered the close frame
+        peer.on_close()
+
+
+class IndexHandler(tornado.web.StaticFileHandler):
+    """The demo page, with a policy that lets only our own scripts run."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; "
+                        "connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                        "frame-ancestors 'none'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        return super().get_absolute_path(root, path or "index.html")

@@ -1,0 +1,177 @@
+"""Message type names, error codes and AppError, the error body, the schema registry, parse() and build()."""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_BASE = "https://mcprt.dev/schemas/"
+MAX_DEPTH = 32
+
+# Client -> server message types, each with a schema `schemas/<type>.json`.
+HEARTBEAT = "heartbeat"
+REALTIME_EDIT = "realtime_edit"
+CURSOR_UPDATE = "cursor_update"
+SYNC_REQUEST = "sync_request"
+INBOUND_TYPES = (HEARTBEAT, REALTIME_EDIT, CURSOR_UPDATE, SYNC_REQUEST)
+
+# Server -> client message types.
+HEARTBEAT_ACK = "heartbeat_ack"
+DOCUMENT_STATE = "document_state"
+EDIT_ACK = "edit_ack"
+SYNC_RESPONSE = "sync_response"
+PRESENCE = "presence"
+SESSION_CONNECTED = "session_connected"
+SESSION_DISCONNECTED = "session_disconnected"
+ERROR = "error"
+OUTBOUND_TYPES = (HEARTBEAT_ACK, DOCUMENT_STATE, REALTIME_EDIT, EDIT_ACK, SYNC_RESPONSE, PRESENCE,
+                  SESSION_CONNECTED, SESSION_DISCONNECTED, ERROR)
+
+# REST request bodies, each with a schema `schemas/<name>.json`.
+REST_BODIES = ("session_create", "document_create", "document_restore")
+
+
+class ErrorCode(str, enum.Enum):
+    """The reference's error codes, plus NOT_FOUND and CONFLICT."""
+
+    INVALID_SESSION = "INVALID_SESSION"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    RATE_LIMITED = "RATE_LIMITED"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    SERVER_ERROR = "SERVER_ERROR"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+
+
+HTTP_STATUS = {
+    ErrorCode.INVALID_SESSION: 404, ErrorCode.UNAUTHORIZED: 401, ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.MESSAGE_TOO_LARGE: 413, ErrorCode.INVALID_MESSAGE: 400, ErrorCode.SERVER_ERROR: 500,
+    ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409,
+}
+
+
+class AppError(Exception):
+    """An error with a code from the table, a human message, and machine-readable details."""
+
+    def __init__(self, code: ErrorCode, message: str, details: dict | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.details = details or {}
+        self.status = status or HTTP_STATUS[self.code]
+
+
+def error_body(code: ErrorCode | str, message: str, details: dict | None = None) -> dict:
+    """The one error shape: {code, message, details}."""
+    return {"code": ErrorCode(code).value, "message": message, "details": details or {}}
+
+
+def new_id() -> str:
+    """A fresh message id."""
+    return uuid.uuid4().hex
+
+
+def build(type_: str, payload: dict, timestamp: str, id_: str | None = None, **extra: Any) -> dict:
+    """An outbound envelope {id, type, payload, timestamp} (+ e.g. session_info)."""
+    message = {"id": id_ or new_id(), "type": type_, "payload": payload, "timestamp": timestamp}
+    message.update(extra)
+    return message
+
+
+def build_error(error: AppError, timestamp: str, id_: str | None = None) -> dict:
+    """An `error` message for the socket."""
+    return build(ERROR, error_body(error.code, error.message, error.details), timestamp, id_)
+
+
+def dumps(message: dict) -> str:
+    """Compact JSON, non-ASCII kept (smaller frames)."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def _pointer(path) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path) if path else "/"
+
+
+def describe(error: ValidationError) -> tuple[str, dict]:
+    """A message naming what is wrong and where (JSON pointer), and details for the error body."""
+    pointer = _pointer(error.absolute_path)
+    message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+    return f"{message} (at {pointer})", {"pointer": pointer, "schema_rule": error.validator}
+
+
+def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+class Registry:
+    """Every schema in schemas/, checked once, with one compiled validator per name."""
+
+    def __init__(self, directory: Path = SCHEMAS_DIR):
+        self.schemas: dict[str, dict] = {}
+        for path in sorted(directory.glob("*.json")):
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            Draft202012Validator.check_schema(schema)
+            if schema.get("$id") != SCHEMA_BASE + path.name:
+                raise ValueError(f"{path.name}: $id must be {SCHEMA_BASE + path.name}")
+            self.schemas[path.stem] = schema
+        self._validators = {name: Draft202012Validator(s) for name, s in self.schemas.items()}
+
+    def validate(self, name: str, instance: Any) -> None:
+        """Raise AppError(INVALID_MESSAGE) naming the first problem, if any."""
+        error = next(iter(sorted(self._validators[name].iter_errors(instance),
+                                 key=lambda e: list(e.absolute_path))), None)
+        if error is not None:
+            message, details = describe(error)
+            raise AppError(ErrorCode.INVALID_MESSAGE, message, details)
+
+    def parse_json(self, raw: str | bytes, name: str) -> Any:
+        """Decode a JSON body and validate it against schema `name`."""
+        value = loads(raw)
+        self.validate(name, value)
+        return value
+
+    def parse(self, raw: str) -> dict:
+        """Decode and validate an inbound socket message: the envelope, then its payload's schema."""
+        message = loads(raw)
+        self.validate("envelope", message)
+        if message["type"] not in INBOUND_TYPES:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"unknown message type {message['type']!r}",
+                           {"pointer": "/type", "known_types": list(INBOUND_TYPES)})
+        try:
+            self.validate(message["type"], message["payload"])
+        except AppError as exc:
+            pointer = "/payload" + exc.details["pointer"].rstrip("/") if exc.details["pointer"] != "/" else "/payload"
+            raise AppError(exc.code, exc.message.replace(f"(at {exc.details['pointer']})", f"(at {pointer})"),
+                           {**exc.details, "pointer": pointer}) from None
+        return message
+
+
+def loads(raw: str | bytes) -> Any:
+    """json.loads with the errors this server reports (INVALID_MESSAGE with line and column)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                       {"pointer": "", "line": exc.lineno, "column": exc.colno}) from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {type(exc).__name__}", {"pointer": ""}) from None
+    if not _depth_ok(value):
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"JSON nested deeper than {MAX_DEPTH} levels", {"pointer": ""})
+    return value

@@ -1,0 +1,190 @@
+"""Session states, the transition table, expiry, and SessionService (the one place sessions change)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+from .clock import iso, parse_iso
+from .protocol import AppError, ErrorCode
+from .store import Store
+
+PENDING, ACTIVE, EXPIRED, INVALIDATED = "Pending", "Active", "Expired", "Invalidated"
+STATES = (PENDING, ACTIVE, EXPIRED, INVALIDATED)
+
+# (from, action) -> to. Anything not here is illegal; Expired and Invalidated are final.
+TRANSITIONS = {
+    (PENDING, "activate"): ACTIVE,
+    (ACTIVE, "activate"): ACTIVE,          # idempotent
+    (PENDING, "expire"): EXPIRED,
+    (ACTIVE, "expire"): EXPIRED,
+    (ACTIVE, "invalidate"): INVALIDATED,
+    (PENDING, "invalidate"): INVALIDATED,  # a client may throw away a session it never used
+}
+EVENT_FOR = {ACTIVE: "session_activated", EXPIRED: "session_expired", INVALIDATED: "session_invalidated"}
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def mask(session_id: str | None) -> str:
+    """The first 8 characters and an ellipsis: enough to correlate, useless as a credential."""
+    return "-" if not session_id else session_id[:8] + "…"
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    peer_id: str
+    user_id: str
+    client_info: str | None
+    state: str
+    created_at: str
+    expires_at: str
+    activated_at: str | None = None
+    ended_at: str | None = None
+    end_reason: str | None = None
+    last_seen: str | None = None
+
+    def to_json(self) -> dict:
+        """The REST representation (the secret id is the caller's own)."""
+        return asdict(self)
+
+    def effective(self, now: float, pending_ttl: float) -> "Session":
+        """This session as it stands at `now`: past its deadline it is Expired, swept or not."""
+        if self.state == ACTIVE and parse_iso(self.expires_at) <= now:
+            return replace(self, state=EXPIRED, end_reason="ttl")
+        if self.state == PENDING and (parse_iso(self.expires_at) <= now
+                                      or parse_iso(self.created_at) + pending_ttl <= now):
+            return replace(self, state=EXPIRED, end_reason="not_activated")
+        return self
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is asking: recorded with every transition."""
+
+    addr: str | None = None
+    user_agent: str | None = None
+
+
+class SessionService:
+    """Creates sessions, moves them through TRANSITIONS, records each move, and tells listeners."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], session_ttl: float, pending_ttl: float):
+        self.store, self.clock = store, clock
+        self.session_ttl, self.pending_ttl = session_ttl, pending_ttl
+        self._cache: dict[str, Session] = {}
+        # Called with (session, reason) when a session ends; the socket side closes its connections.
+        self.on_end: list[Callable[[Session, str], None]] = []
+
+    async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client) -> Session:
+        """A new session, Active unless activate is False; durable before it is returned."""
+        now = self.clock()
+        ttl = self.session_ttl if activate else self.pending_ttl
+        session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
+                          client_info=client_info, state=ACTIVE if activate else PENDING,
+                          created_at=iso(now), expires_at=iso(now + ttl),
+                          activated_at=iso(now) if activate else None)
+        await self.store.insert_session(asdict(session))
+        self._cache[session.session_id] = session
+        self._record(session, "session_created", client, {"state": session.state})
+        return session
+
+    async def get(self, session_id: str) -> Session:
+        """The session as it stands now (Expired once past its deadline), or INVALID_SESSION."""
+        session = await self._load(session_id)
+        current = session.effective(self.clock(), self.pending_ttl)
+        if current.state != session.state:
+            current = await self._move(session, "expire", Client(), current.end_reason)
+        return current
+
+    async def authenticate(self, session_id: str) -> Session:
+        """An Active, unexpired session, or INVALID_SESSION saying why not."""
+        session = await self.get(session_id)
+        if session.state != ACTIVE:
+            raise AppError(ErrorCode.INVALID_SESSION, f"session is {session.state}, not Active",
+                           {"state": session.state, "session_id": mask(session_id)})
+        return session
+
+    async def activate(self, session_id: str, client: Client) -> Session:
+        """Pending -> Active (Active stays Active)."""
+        return await self._transition(session_id, "activate", client, "activated")
+
+    async def invalidate(self, session_id: str, client: Client, reason: str = "deleted") -> Session:
+        """Active or Pending -> Invalidated; listeners close its sockets."""
+        return await self._transition(session_id, "invalidate", client, reason)
+
+    async def sweep(self) -> list[Session]:
+        """Mark every session past its deadline Expired (rows stay) and tell listeners."""
+        now = self.clock()
+        rows = await self.store.due_sessions(iso(now), iso(now - self.pending_ttl))
+        swept = []
+        for row in rows:
+            session = self._cache.get(row["session_id"]) or Session(**_fields(row))
+            if session.state in (ACTIVE, PENDING):
+                reason = "ttl" if session.state == ACTIVE else "not_activated"
+                swept.append(await self._move(session, "expire", Client(), reason))
+        return swept
+
+    def touch(self, session_id: str) -> None:
+        """Note activity on a session (written lazily with its next change)."""
+        session = self._cache.get(session_id)
+        if session is not None:
+            self._cache[session_id] = replace(session, last_seen=iso(self.clock()))
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session from the cache (it is still in the database)."""
+        self._cache.pop(session_id, None)
+
+    async def _load(self, session_id: str) -> Session:
+        session = self._cache.get(session_id)
+        if session is not None:
+            return session
+        row = await self.store.get_session(session_id) if _UUID.match(session_id or "") else None
+        if row is None:
+            raise AppError(ErrorCode.INVALID_SESSION, "Session not found or expired",
+                           {"session_id": mask(session_id)})
+        session = Session(**_fields(row))
+        if session.state in (ACTIVE, PENDING):
+            self._cache[session_id] = session
+        return session
+
+    async def _transition(self, session_id: str, action: str, client: Client, reason: str) -> Session:
+        session = await self.get(session_id)
+        if (session.state, action) not in TRANSITIONS:
+            raise AppError(ErrorCode.INVALID_SESSION, f"cannot {action} a session that is {session.state}",
+                           {"state": session.state, "session_id": mask(session_id)}, status=409)
+        if TRANSITIONS[(session.state, action)] == session.state:
+            return session
+        return await self._move(session, action, client, reason)
+
+    async def _move(self, session: Session, action: str, client: Client, reason: str | None) -> Session:
+        now = iso(self.clock())
+        to = TRANSITIONS[(session.state, action)]
+        changes = {"state": to}
+        if to == ACTIVE:
+            changes.update(activated_at=now, expires_at=iso(self.clock() + self.session_ttl))
+        else:
+            changes.update(ended_at=now, end_reason=reason)
+        moved = replace(session, **changes)
+        await self.store.update_session(asdict(moved))
+        if to == ACTIVE:
+            self._cache[moved.session_id] = moved
+        else:
+            self._cache.pop(moved.session_id, None)
+        self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
+        if to in (EXPIRED, INVALIDATED):
+            for listener in list(self.on_end):
+                listener(moved, "session_expired" if to == EXPIRED else "session_invalidated")
+        return moved
+
+    def _record(self, session: Session, type_: str, client: Client, details: dict) -> None:
+        self.store.record_event(iso(self.clock()), "session", type_, "info", details,
+                                session_id=session.session_id, user_id=session.user_id,
+                                client_addr=client.addr, user_agent=client.user_agent)
+
+
+def _fields(row: dict) -> dict:
+    return {k: row[k] for k in Session.__dataclass_fields__}

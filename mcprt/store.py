@@ -1,0 +1,391 @@
+"""aiosqlite: the migrations runner, the batched writer, and every query (the only module that speaks SQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import aiosqlite
+
+log = logging.getLogger("mcprt.store")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_BATCH_MAX = 2000
+
+
+class MigrationError(RuntimeError):
+    """The database and this code disagree about the schema."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def statements(self) -> list[str]:
+        """The file's statements, split where sqlite3 says a statement is complete."""
+        out, current = [], ""
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            current += line
+            if sqlite3.complete_statement(current):
+                out.append(current.strip())
+                current = ""
+        if current.strip() and not all(l.strip().startswith("--") for l in current.splitlines() if l.strip()):
+            raise MigrationError(f"{self.path.name}: trailing statement without ';'")
+        return out
+
+
+def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Migrations in version order; a gap or a duplicate version is a packaging error."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file name not NNNN_name.sql: {path.name}")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise MigrationError(f"migration versions must run 1..N without gaps: {versions}")
+    return found
+
+
+class _Pending:
+    """One queued write: SQL, parameters, and the future of a caller that awaits durability."""
+
+    __slots__ = ("sql", "params", "future")
+
+    def __init__(self, sql: str, params: tuple, future: asyncio.Future | None):
+        self.sql, self.params, self.future = sql, params, future
+
+
+class Store:
+    """One writer connection fed by a queue (group commit) and one reader connection."""
+
+    def __init__(self, path: str, migrations_dir: Path = MIGRATIONS_DIR):
+        self.path = path
+        self.migrations_dir = migrations_dir
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
+
+    # -- life cycle -------------------------------------------------------
+
+    async def open(self) -> "Store":
+        """Connect, migrate, and start the writer task."""
+        self._writer = await self._connect()
+        await self.migrate()
+        self._reader = await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._write_loop())
+        return self
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def close(self) -> None:
+        """Drain the queue (every accepted write is committed), then close both connections."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    # -- migrations -------------------------------------------------------
+
+    async def migrate(self) -> list[Migration]:
+        """Apply pending migrations, each with its schema_migrations row in one transaction."""
+        db = self._writer
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        known = discover_migrations(self.migrations_dir)
+        applied = {row[0]: row[1] for row in await db.execute_fetchall(
+            "SELECT version, name FROM schema_migrations")}
+        unknown = sorted(set(applied) - {m.version for m in known})
+        if unknown:
+            raise MigrationError(
+                f"database {self.path} holds migration(s) {unknown} that this version of mcprt "
+                f"does not know (it knows 1..{len(known)}); use a newer mcprt or another database")
+        done = []
+        for migration in known:
+            if migration.version in applied:
+                continue
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migration.statements():
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) "
+                    "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                    (migration.version, migration.name))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            done.append(migration)
+        return done
+
+    async def applied_migrations(self) -> list[dict]:
+        """Rows of schema_migrations in order."""
+        return await self._rows("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+
+    # -- the batched writer ----------------------------------------------
+
+    def enqueue(self, sql: str, params: tuple = ()) -> None:
+        """Queue a write; it commits with the next batch (no one waits for it)."""
+        self._queue.put_nowait(_Pending(sql, params, None))
+
+    def write(self, sql: str, params: tuple = ()) -> asyncio.Future:
+        """Queue a write; the returned future resolves once its batch is committed."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(sql, params, future))
+        return future
+
+    def flush(self) -> asyncio.Future:
+        """Resolves once everything queued before it is committed."""
+        return self.write("DELETE FROM events WHERE 0")
+
+    @property
+    def queue_depth(self) -> int:
+        """Writes waiting for the next batch."""
+        return self._queue.qsize()
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH_MAX and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            stopping = None in batch
+            # Items queued after the stop marker were accepted too: take them before closing.
+            while stopping and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit_batch([p for p in batch if p is not None])
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        started = time.perf_counter()
+        try:
+            await self._execute_grouped(batch)
+            failed = {}
+        except sqlite3.Error as exc:
+            log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
+            failed = await self._execute_one_by_one(batch)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
+        for pending in batch:
+            if pending.future is not None and not pending.future.done():
+                if id(pending) in failed:
+                    pending.future.set_exception(failed[id(pending)])
+                else:
+                    pending.future.set_result(None)
+
+    async def _execute_grouped(self, batch: list[_Pending]) -> None:
+        """One transaction; consecutive rows with the same SQL go in one executemany (one thread hop)."""
+        db = self._writer
+        await db.execute("BEGIN")
+        try:
+            start = 0
+            while start < len(batch):
+                end = start
+                while end < len(batch) and batch[end].sql == batch[start].sql:
+                    end += 1
+                await db.executemany(batch[start].sql, [p.params for p in batch[start:end]])
+                start = end
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
+        failed = {}
+        for pending in batch:
+            try:
+                await self._writer.execute(pending.sql, pending.params)
+            except sqlite3.Error as exc:
+                log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
+                failed[id(pending)] = exc
+        return failed
+
+    # -- reads --------------------------------------------------------------
+
+    async def _rows(self, sql: str, params: tuple = ()) -> list[dict]:
+        return [dict(row) for row in await self._reader.execute_fetchall(sql, params)]
+
+    async def _row(self, sql: str, params: tuple = ()) -> dict | None:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
+        await self._reader.execute_fetchall("SELECT count(*) FROM schema_migrations")
+
+    # -- events ---------------------------------------------------------
+
+    def record_event(self, time_iso: str, kind: str, type_: str, severity: str = "info",
+                     details: dict | None = None, **where: Any) -> None:
+        """Queue an event (fields: session_id, user_id, document_id, connection_id, client_addr, user_agent)."""
+        self.enqueue(
+            "INSERT INTO events (time, kind, type, severity, session_id, user_id, document_id,"
+            " connection_id, client_addr, user_agent, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (time_iso, kind, type_, severity, where.get("session_id"), where.get("user_id"),
+             where.get("document_id"), where.get("connection_id"), where.get("client_addr"),
+             where.get("user_agent"), json.dumps(details or {}, ensure_ascii=False, default=str)))
+
+    async def events(self, *, limit: int = 100, cursor: int | None = None, since: str | None = None,
+                     until: str | None = None, after_id: int | None = None, **equal: Any) -> list[dict]:
+        """Events newest first (or oldest first after `after_id`, for tailing), filtered by equality."""
+        where, params = [], []
+        for column in ("kind", "type", "severity", "session_id", "user_id", "document_id"):
+            if equal.get(column) is not None:
+                where.append(f"{column} = ?")
+                params.append(equal[column])
+        for clause, value in (("time >= ?", since), ("time < ?", until),
+                              ("id < ?", cursor), ("id > ?", after_id)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        order = "ASC" if after_id is not None else "DESC"
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._rows(f"{sql} ORDER BY id {order} LIMIT ?", (*params, limit))
+        for row in rows:
+            row["details"] = json.loads(row["details"])
+        return rows
+
+    def prune_events(self, before_iso: str) -> asyncio.Future:
+        """Delete events older than the given time."""
+        return self.write("DELETE FROM events WHERE time < ?", (before_iso,))
+
+    # -- sessions -------------------------------------------------------
+
+    _SESSION_COLUMNS = ("session_id", "peer_id", "user_id", "client_info", "state", "created_at",
+                        "activated_at", "expires_at", "ended_at", "end_reason", "last_seen")
+
+    def insert_session(self, row: dict) -> asyncio.Future:
+        """Store a new session row."""
+        cols = self._SESSION_COLUMNS
+        return self.write(f"INSERT INTO sessions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                          tuple(row.get(c) for c in cols))
+
+    def update_session(self, row: dict) -> asyncio.Future:
+        """Store a session's changed state and times."""
+        return self.write(
+            "UPDATE sessions SET state=?, activated_at=?, expires_at=?, ended_at=?, end_reason=?, last_seen=?"
+            " WHERE session_id=?",
+            (row["state"], row["activated_at"], row["expires_at"], row["ended_at"], row["end_reason"],
+             row["last_seen"], row["session_id"]))
+
+    async def get_session(self, session_id: str) -> dict | None:
+        """One session row by its id."""
+        return await self._row("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
+
+    async def list_sessions(self, *, user_id: str | None = None, state: str | None = None,
+                            limit: int = 100, cursor: int | None = None) -> list[dict]:
+        """Sessions newest first; `cursor` is the `id` of the last row of the previous page."""
+        where, params = [], []
+        for clause, value in (("user_id = ?", user_id), ("state = ?", state), ("id < ?", cursor)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT * FROM sessions" + (" WHERE " + " AND ".join(where) if where else "")
+        return await self._rows(f"{sql} ORDER BY id DESC LIMIT ?", (*params, limit))
+
+    async def due_sessions(self, now_iso: str, pending_before_iso: str) -> list[dict]:
+        """Active sessions past expires_at, and Pending ones created before the pending cutoff."""
+        return await self._rows(
+            "SELECT * FROM sessions WHERE (state = 'Active' AND expires_at <= ?)"
+            " OR (state = 'Pending' AND (expires_at <= ? OR created_at <= ?))",
+            (now_iso, now_iso, pending_before_iso))
+
+    async def count_sessions_by_state(self) -> dict[str, int]:
+        """How many sessions are in each state."""
+        rows = await self._rows("SELECT state, count(*) AS n FROM sessions GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    # -- connections ----------------------------------------------------
+
+    def open_connection(self, row: dict) -> None:
+        """Record a new connection."""
+        cols = ("connection_id", "session_id", "user_id", "peer_id", "document_id", "client_type",
+                "client_addr", "user_agent", "opened_at")
+        self.enqueue(f"INSERT INTO connections ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                     tuple(row[c] for c in cols))
+
+    def close_connection(self, connection_id: str, closed_at: str, code: int | None, reason: str,
+                         messages_in: int, messages_out: int) -> None:
+        """Record how a connection ended."""
+        self.enqueue(
+            "UPDATE connections SET closed_at=?, close_code=?, close_reason=?, messages_in=?, messages_out=?"
+            " WHERE connection_id=?", (closed_at, code, reason, messages_in, messages_out, connection_id))
+
+    # -- documents ------------------------------------------------------
+
+    def insert_document(self, document_id: str, format_: str, created_at: str) -> asyncio.Future:
+        """Create a document row (a no-op if it exists)."""
+        return self.write("INSERT OR IGNORE INTO documents (document_id, format, created_at) VALUES (?,?,?)",
+                          (document_id, format_, created_at))
+
+    async def get_document(self, document_id: str) -> dict | None:
+        """A document's row: format and creation time."""
+        return await self._row("SELECT * FROM documents WHERE document_id = ?", (document_id,))
+
+    def insert_op(self, document_id: str, revision: int, op_json: str, user_id: str | None,
+                  peer_id: str | None, message_id: str | None, time_iso: str) -> asyncio.Future:
+        """Store the operation that produced `revision`."""
+        return self.write(
+            "INSERT INTO ops (document_id, revision, op, user_id, peer_id, message_id, time)"
+            " VALUES (?,?,?,?,?,?,?)", (document_id, revision, op_json, user_id, peer_id, message_id, time_iso))
+
+    def insert_snapshot(self, document_id: str, revision: int, content: str, time_iso: str) -> asyncio.Future:
+        """Store the full content at `revision`."""
+        return self.write("INSERT OR REPLACE INTO snapshots (document_id, revision, content, time) VALUES (?,?,?,?)",
+                          (document_id, revision, content, time_iso))
+
+    async def latest_snapshot(self, document_id: str, at_or_before: int | None = None) -> dict | None:
+        """The newest snapshot at or before a revision (any revision when None)."""
+        if at_or_before is None:
+            return await self._row("SELECT * FROM snapshots WHERE document_id = ? ORDER BY revision DESC LIMIT 1",
+                                   (document_id,))
+        return await self._row("SELECT * FROM snapshots WHERE document_id = ? AND revision <= ?"
+                               " ORDER BY revision DESC LIMIT 1", (document_id, at_or_before))
+
+    async def ops(self, document_id: str, after: int, upto: int | None = None, limit: int = -1) -> list[dict]:
+        """Ops with after < revision (<= upto), oldest first."""
+        if upto is None:
+            return await self._rows("SELECT * FROM ops WHERE document_id = ? AND revision > ?"
+                                    " ORDER BY revision LIMIT ?", (document_id, after, limit))
+        return await self._rows("SELECT * FROM ops WHERE document_id = ? AND revision > ? AND revision <= ?"
+                                " ORDER BY revision LIMIT ?", (document_id, after, upto, limit))
+
+    async def last_revision(self, document_id: str) -> int:
+        """The newest stored revision of a document (0 when it has none)."""
+        row = await self._row("SELECT max(revision) AS r FROM ops WHERE document_id = ?", (document_id,))
+        return (row and row["r"]) or 0
+
+    async def list_documents(self, limit: int = 100) -> list[dict]:
+        """Documents with their newest revision."""
+        return await self._rows(
+            "SELECT d.document_id, d.format, d.created_at,"
+            " coalesce((SELECT max(revision) FROM ops o WHERE o.document_id = d.document_id), 0) AS revision"
+            " FROM documents d ORDER BY d.document_id LIMIT ?", (limit,))

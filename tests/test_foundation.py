@@ -1,0 +1,179 @@
+"""The ground: migrations, health, JSON 404s, the CLI, the serve process, masked logs, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcprt.__main__ import main
+from mcprt.app import masked_uri
+from mcprt.store import MigrationError, Store, discover_migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_migrations_apply_once_and_are_recorded(tmp_path):
+    db = str(tmp_path / "m.db")
+    store = Store(db)
+    await store.open()
+    rows = await store.applied_migrations()
+    assert [r["version"] for r in rows] == [m.version for m in discover_migrations()]
+    assert await store.migrate() == []  # nothing left to apply
+    await store.close()
+    again = await Store(db).open()
+    assert len(await again.applied_migrations()) == len(rows)
+    await again.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"sessions", "connections", "documents", "ops", "snapshots", "events", "schema_migrations"} <= tables
+
+
+async def test_database_with_unknown_migration_is_refused(tmp_path):
+    db = str(tmp_path / "future.db")
+    await (await Store(db).open()).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'from_the_future', '2030-01-01T00:00:00Z')")
+    with pytest.raises(MigrationError, match="999"):
+        await Store(db).open()
+
+
+async def test_failed_migration_leaves_no_trace(tmp_path):
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_ok.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+    (migrations / "0002_broken.sql").write_text("CREATE TABLE b (x INTEGER);\nTHIS IS NOT SQL;\n")
+    store = Store(str(tmp_path / "f.db"), migrations_dir=migrations)
+    with pytest.raises(Exception):
+        await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "a" in tables and "b" not in tables
+
+
+async def test_health_reports_healthy_with_the_reference_fields(app):
+    reply = await app.fetch("GET", "/health")
+    assert reply.status == 200
+    body = reply.json
+    assert body["status"] == "healthy" and body["checks"] == {"database": "ok"}
+    assert body["service"] and body["version"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["timestamp"])
+
+
+async def test_health_is_503_when_the_database_is_unreachable(app):
+    await app.deps.store._reader.close()
+    reply = await app.fetch("GET", "/health")
+    assert reply.status == 503
+    assert reply.json["status"] == "unhealthy"
+    assert reply.json["checks"]["database"].startswith("error")
+    app.deps.store._reader = await app.deps.store._connect()
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/nope"), ("POST", "/api/nothing"), ("GET", "/api/sessions/x/y/z")])
+async def test_unknown_paths_get_a_json_404(app, method, path):
+    reply = await app.fetch(method, path, body={} if method == "POST" else None)
+    assert reply.status == 404
+    assert reply.json["error"]["code"] == "NOT_FOUND"
+    assert set(reply.json["error"]) == {"code", "message", "details"}
+
+
+async def test_wrong_method_gets_the_error_shape(app):
+    reply = await app.fetch("PUT", "/health", body={})
+    assert reply.status == 405
+    assert set(reply.json["error"]) == {"code", "message", "details"}
+
+
+async def test_clean_shutdown_writes_every_queued_event(tmp_path, start):
+    harness = await start()
+    for i in range(500):
+        harness.deps.audit.event("system", "test_event", "info", {"i": i})
+    await harness.server.stop()
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE type='test_event'").fetchone()[0] == 500
+        assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
+
+
+def test_masked_uri_keeps_only_a_prefix_of_session_ids():
+    sid = "3f2b9c1e-8a7d-4e6f-9b0a-1c2d3e4f5a6b"
+    assert sid not in masked_uri(f"/ws?session_id={sid}&document_id=x")
+    assert "session_id=3f2b9c1e…" in masked_uri(f"/ws?session_id={sid}&document_id=x")
+    assert masked_uri(f"/api/sessions/{sid}/activate") == "/api/sessions/3f2b9c1e…/activate"
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--db", "--log-level", "--allowed-origins", "--admin-token", "--session-ttl",
+                 "--pending-ttl", "--max-message-bytes", "--rate-limit", "--rate-burst", "--sanitizer",
+                 "--event-retention"):
+        assert flag in out
+    assert "MCPRT_PORT" in out
+
+
+def test_migrate_list_and_apply(tmp_path, capsys):
+    db = str(tmp_path / "cli.db")
+    assert main(["migrate", "--list", "--db", db]) == 0
+    assert "pending" in capsys.readouterr().out
+    assert main(["migrate", "--db", db]) == 0
+    assert main(["migrate", "--list", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "0001_init" in out and "applied" in out and "pending" not in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "MCPRT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--db", str(tmp_path / "s.db")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import urllib.request
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert json.load(r)["status"] == "healthy"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                         data=json.dumps({"user_id": "smoke"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            sid = json.load(r)["session_id"]
+        for path in (f"/api/sessions/{sid}", f"/ws?session_id={sid}", f"/api/sessions/{sid}/nothing"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+            except OSError:
+                pass
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert f"/api/sessions/{sid[:8]}" in output  # requests are logged...
+    assert sid not in output                     # ...but never a whole session id
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
