@@ -156,7 +156,7 @@ class Server:
 
     def _listen(self, app: tornado.web.Application, host: str, port: int) -> int:
         server = tornado.httpserver.HTTPServer(app, max_body_size=max(1 << 20, 4 * self.settings.max_body_bytes),
-                                              xheaders=False)
+                                              xheaders=self.settings.trust_proxy_headers)
         sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_INET if ":" not in host else socket.AF_UNSPEC)
         server.add_sockets(sockets)
         self._servers.append(server)

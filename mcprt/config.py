@@ -68,6 +68,9 @@ class Settings:
         "help": "WebSocket ping interval; peers that miss pongs are dropped", "type": parse_duration})
     ping_timeout: float = field(default=30.0, metadata={
         "help": "drop a peer that has not answered a ping for this long", "type": parse_duration})
+    trust_proxy_headers: bool = field(default=False, metadata={
+        "help": "behind a TLS proxy: trust X-Forwarded-Proto / X-Real-IP (wss:// URLs, real client addresses)",
+        "type": lambda v: str(v).lower() in ("1", "true", "yes", "on")})
     metrics_port: int | None = field(default=None, metadata={
         "help": "serve /metrics without a token on this separate port (loopback); unset: /metrics needs the admin token"})
 

@@ -155,8 +155,9 @@ async def start(tmp_path):
     running: list[Harness] = []
 
     async def _start(clock=None, db: str | None = None, **overrides) -> Harness:
-        settings = Settings(host="127.0.0.1", port=0, db=db or str(tmp_path / "mcprt.db"), admin_token=ADMIN,
-                            sweep_interval=3600.0, **overrides)
+        fields = {"host": "127.0.0.1", "port": 0, "db": db or str(tmp_path / "mcprt.db"), "admin_token": ADMIN,
+                  "sweep_interval": 3600.0, **overrides}
+        settings = Settings(**fields)
         server = await Server(settings, **({"clock": clock} if clock else {})).start()
         harness = Harness(server, AsyncHTTPClient(force_instance=True))
         running.append(harness)

@@ -1,0 +1,227 @@
+"""Sessions over REST: every endpoint, the transition table, expiry on an injected clock, persistence, admin gating."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mcprt.sessions import ACTIVE, EXPIRED, INVALIDATED, PENDING, STATES, TRANSITIONS
+
+from conftest import ADMIN
+
+
+async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_host(app):
+    reply = await app.fetch("POST", "/api/sessions", {"user_id": "alice", "client_info": "tests"},
+                            headers={"Host": "editor.example:8443"})
+    assert reply.status == 201
+    body = reply.json
+    assert body["state"] == "Active" and body["user_id"] == "alice"
+    assert {"session_id", "created_at", "expires_at", "websocket_url"} <= set(body)
+    assert body["websocket_url"] == f"ws://editor.example:8443/ws?session_id={body['session_id']}"
+
+
+async def test_websocket_url_is_wss_behind_tls(start):
+    harness = await start(trust_proxy_headers=True)
+    reply = await harness.fetch("POST", "/api/sessions", {"user_id": "a"}, headers={"X-Forwarded-Proto": "https"})
+    assert reply.json["websocket_url"].startswith("wss://")
+
+
+async def test_create_pending_then_activate(app):
+    session = await app.session("bob", activate=False)
+    assert session["state"] == PENDING
+    reply = await app.fetch("POST", f"/api/sessions/{session['session_id']}/activate")
+    assert reply.status == 200 and reply.json["state"] == ACTIVE and reply.json["activated_at"]
+    again = await app.fetch("POST", f"/api/sessions/{session['session_id']}/activate")
+    assert again.status == 200 and again.json["state"] == ACTIVE  # idempotent
+
+
+async def test_get_reports_the_session(app):
+    session = await app.session("carol")
+    reply = await app.fetch("GET", f"/api/sessions/{session['session_id']}")
+    assert reply.status == 200
+    assert reply.json["user_id"] == "carol" and reply.json["state"] == ACTIVE
+    assert {"session_id", "user_id", "state", "created_at", "expires_at"} <= set(reply.json)
+
+
+@pytest.mark.parametrize("session_id", ["3f2b9c1e-8a7d-4e6f-9b0a-1c2d3e4f5a6b", "not-a-uuid", "%00", "x" * 300])
+async def test_unknown_or_malformed_ids_are_404_invalid_session(app, session_id):
+    reply = await app.fetch("GET", f"/api/sessions/{session_id}")
+    assert reply.status == 404
+    assert reply.json["error"]["code"] == "INVALID_SESSION"
+
+
+async def test_delete_invalidates(app):
+    session = await app.session()
+    reply = await app.fetch("DELETE", f"/api/sessions/{session['session_id']}")
+    assert reply.status == 200 and reply.json["state"] == INVALIDATED
+    assert (await app.fetch("GET", f"/api/sessions/{session['session_id']}")).json["state"] == INVALIDATED
+
+
+async def _in_state(app, clock, state: str) -> str:
+    """A session id in the given state."""
+    session = await app.session("t", activate=state != PENDING)
+    sid = session["session_id"]
+    if state == EXPIRED:
+        clock.advance(app.server.settings.session_ttl + 1)
+    elif state == INVALIDATED:
+        await app.fetch("DELETE", f"/api/sessions/{sid}")
+    return sid
+
+
+ACTIONS = {"activate": ("POST", "/activate"), "invalidate": ("DELETE", "")}
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+async def test_transition_table(start, clock, state, action):
+    app = await start(clock=clock)
+    sid = await _in_state(app, clock, state)
+    method, suffix = ACTIONS[action]
+    reply = await app.fetch(method, f"/api/sessions/{sid}{suffix}")
+    target = TRANSITIONS.get((state, action))
+    if target is None:
+        assert reply.status == 409
+        assert reply.json["error"]["code"] == "INVALID_SESSION"
+        assert reply.json["error"]["details"]["state"] == state
+    else:
+        assert reply.status == 200 and reply.json["state"] == target
+
+
+async def test_expiry_is_seen_before_the_sweeper_runs_and_recorded(start, clock, tmp_path):
+    app = await start(clock=clock)
+    session = await app.session()
+    clock.advance(86400 + 1)
+    reply = await app.fetch("GET", f"/api/sessions/{session['session_id']}")
+    assert reply.json["state"] == EXPIRED
+    await app.settle()
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        row = conn.execute("SELECT state, end_reason FROM sessions WHERE session_id=?",
+                           (session["session_id"],)).fetchone()
+        assert row == ("Expired", "ttl")
+        assert conn.execute("SELECT count(*) FROM events WHERE type='session_expired'").fetchone()[0] == 1
+
+
+async def test_sweeper_expires_active_and_pending_sessions(start, clock):
+    app = await start(clock=clock, pending_ttl=600)
+    active = await app.session("a")
+    pending = await app.session("p", activate=False)
+    fresh = None
+    clock.advance(601)
+    fresh = await app.session("f")
+    await app.server.sweep()
+    assert (await app.fetch("GET", f"/api/sessions/{pending['session_id']}")).json["state"] == EXPIRED
+    assert (await app.fetch("GET", f"/api/sessions/{active['session_id']}")).json["state"] == ACTIVE
+    clock.advance(86400)
+    swept = await app.deps.sessions.sweep()
+    assert {s.session_id for s in swept} == {active["session_id"], fresh["session_id"]}
+
+
+async def test_sessions_survive_a_restart(start, tmp_path):
+    first = await start()
+    session = await first.session("dora")
+    await first.server.stop()
+    second = await start()
+    reply = await second.fetch("GET", f"/api/sessions/{session['session_id']}")
+    assert reply.status == 200 and reply.json["state"] == ACTIVE and reply.json["user_id"] == "dora"
+
+
+@pytest.mark.parametrize("body,pointer", [
+    ({}, "/"), ({"user_id": ""}, "/user_id"), ({"user_id": "x" * 129}, "/user_id"),
+    ({"user_id": "a\u0000b"}, "/user_id"), ({"user_id": "a\nb"}, "/user_id"), ({"user_id": 5}, "/user_id"),
+    ({"user_id": "a", "client_info": "x" * 513}, "/client_info"), ({"user_id": "a", "admin": True}, "/"),
+    ({"user_id": "a", "activate": "yes"}, "/activate"), ([], "/"), ("text", "/"),
+])
+async def test_bad_bodies_get_400_naming_the_pointer(app, body, pointer):
+    reply = await app.fetch("POST", "/api/sessions", body)
+    assert reply.status == 400
+    error = reply.json["error"]
+    assert error["code"] == "INVALID_MESSAGE"
+    assert error["details"]["pointer"] == pointer
+    assert f"(at {pointer})" in error["message"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b'{"user_id": "a",}'])
+async def test_bodies_that_are_not_json_get_400(app, raw):
+    reply = await app.fetch("POST", "/api/sessions", raw=raw)
+    assert reply.status == 400 and reply.json["error"]["code"] == "INVALID_MESSAGE"
+    assert "JSON" in reply.json["error"]["message"]
+
+
+async def test_bodies_over_16kb_get_413(app):
+    reply = await app.fetch("POST", "/api/sessions", {"user_id": "a", "client_info": "x" * 20000})
+    assert reply.status == 413 and reply.json["error"]["code"] == "MESSAGE_TOO_LARGE"
+
+
+async def test_session_creation_is_rate_limited_per_address_and_recorded(start):
+    app = await start(session_create_limit=3)
+    for _ in range(3):
+        await app.session()
+    reply = await app.fetch("POST", "/api/sessions", {"user_id": "x"})
+    assert reply.status == 429 and reply.json["error"]["code"] == "RATE_LIMITED"
+    await app.settle()
+    events = await app.deps.store.events(type="session_rate_limited")
+    assert len(events) == 1 and events[0]["kind"] == "security" and events[0]["client_addr"] == "127.0.0.1"
+
+
+async def test_transitions_are_events_with_address_and_user_agent(app):
+    session = await app.session("eve", activate=False)
+    sid = session["session_id"]
+    await app.fetch("POST", f"/api/sessions/{sid}/activate", headers={"User-Agent": "probe/1"})
+    await app.fetch("DELETE", f"/api/sessions/{sid}")
+    await app.settle()
+    events = list(reversed(await app.deps.store.events(session_id=sid)))
+    assert [e["type"] for e in events] == ["session_created", "session_activated", "session_invalidated"]
+    assert all(e["client_addr"] == "127.0.0.1" for e in events)
+    assert events[1]["user_agent"] == "probe/1"
+
+
+async def test_listing_sessions_needs_the_admin_token(app):
+    await app.session()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + ADMIN}):
+        reply = await app.fetch("GET", "/api/sessions", headers=headers)
+        assert reply.status == 401 and reply.json["error"]["code"] == "UNAUTHORIZED"
+        assert "session_id" not in reply.body.decode()
+
+
+async def test_listing_without_a_configured_token_is_401(start):
+    app = await start(admin_token=None)
+    reply = await app.fetch("GET", "/api/sessions", headers={"Authorization": "Bearer anything"})
+    assert reply.status == 401
+
+
+async def test_admin_list_filters_and_paginates(app):
+    made = [await app.session("u1") for _ in range(5)] + [await app.session("u2", activate=False)]
+    reply = await app.fetch("GET", "/api/sessions?user_id=u1&limit=2", admin=True)
+    assert reply.status == 200
+    seen = [s["session_id"] for s in reply.json["sessions"]]
+    while reply.json["next_cursor"] is not None:
+        reply = await app.fetch("GET", reply.json["next"], admin=True)
+        seen += [s["session_id"] for s in reply.json["sessions"]]
+    assert sorted(seen) == sorted(s["session_id"] for s in made[:5])
+    pending = await app.fetch("GET", "/api/sessions?state=Pending", admin=True)
+    assert [s["user_id"] for s in pending.json["sessions"]] == ["u2"]
+    bad = await app.fetch("GET", "/api/sessions?state=Bogus", admin=True)
+    assert bad.status == 400
+
+
+def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
+    import asyncio
+
+    from mcprt.__main__ import main
+    from mcprt.sessions import Client, SessionService
+    from mcprt.store import Store
+
+    async def seed():
+        store = await Store(str(tmp_path / "c.db")).open()
+        service = SessionService(store, __import__("time").time, 3600, 600)
+        await service.create("zed", None, True, Client())
+        await service.create("yan", None, False, Client())
+        await store.close()
+    asyncio.run(seed())
+    assert main(["sessions", "--db", str(tmp_path / "c.db")]) == 0
+    out = capsys.readouterr().out
+    assert "zed" in out and "yan" in out and "2 session(s)" in out
+    assert main(["sessions", "--db", str(tmp_path / "c.db"), "--state", "Pending", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and '"yan"' in lines[0]
