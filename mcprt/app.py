@@ -85,7 +85,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     metrics = Metrics(store, sessions)
     hub = Hub()
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
-                                settings.snapshot_interval)
+                                settings.snapshot_interval, settings.history_window)
     deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics,
                 KeyedWindows(60.0, settings.session_create_limit), {})
     metrics.watch(audit, hub)

@@ -59,6 +59,8 @@ class Settings:
         "help": "what too many violations do: disconnect, or invalidate (disconnect and end the session)"})
     sanitizer: str = field(default="bleach", metadata={"help": "HTML sanitizer engine: bleach or nh3"})
     max_document_bytes: int = field(default=1_000_000, metadata={"help": "largest document (UTF-8 bytes)"})
+    history_window: int = field(default=1000, metadata={
+        "help": "recent ops kept in memory per open document: edits and sync_request older than this resync"})
     snapshot_interval: int = field(default=100, metadata={"help": "store a document snapshot every N revisions"})
     event_retention: float = field(default=90 * 86400.0, metadata={
         "help": "how long events are kept (e.g. 90d)", "type": parse_duration})
@@ -66,7 +68,7 @@ class Settings:
         "help": "how often expiry and retention run (e.g. 5s)", "type": parse_duration})
     ping_interval: float = field(default=20.0, metadata={
         "help": "WebSocket ping interval; peers that miss pongs are dropped", "type": parse_duration})
-    ping_timeout: float = field(default=30.0, metadata={
+    ping_timeout: float = field(default=10.0, metadata={
         "help": "drop a peer that has not answered a ping for this long", "type": parse_duration})
     trust_proxy_headers: bool = field(default=False, metadata={
         "help": "behind a TLS proxy: trust X-Forwarded-Proto / X-Real-IP (wss:// URLs, real client addresses)",

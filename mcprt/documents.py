@@ -16,7 +16,6 @@ from .store import Store
 
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 FORMATS = ("html", "text")
-HISTORY_WINDOW = 1000  # ops kept in memory for transforming stale edits and answering sync_request
 
 
 @dataclass
@@ -76,8 +75,9 @@ def check_document_id(document_id: str) -> str:
 class DocumentService:
     """Loads documents into memory while someone edits them, applies edits, and answers history queries."""
 
-    def __init__(self, store: Store, clock: Callable[[], float], engine: str, max_bytes: int, snapshot_every: int):
-        self.store, self.clock = store, clock
+    def __init__(self, store: Store, clock: Callable[[], float], engine: str, max_bytes: int, snapshot_every: int,
+                 history_window: int = 1000):
+        self.store, self.clock, self.history_window = store, clock, history_window
         self.engine, self.max_bytes, self.snapshot_every = engine, max_bytes, snapshot_every
         self._open: dict[str, Document] = {}
         self._loading: dict[str, asyncio.Future] = {}
@@ -133,7 +133,7 @@ class DocumentService:
             return None
         content, revision = await self._content_at(document_id, None)
         document = Document(document_id, row["format"], content, revision)
-        recent = await self.store.ops(document_id, max(0, revision - HISTORY_WINDOW), revision)
+        recent = await self.store.ops(document_id, max(0, revision - self.history_window), revision)
         document.history = [TextOperation.from_json(json.loads(r["op"])) for r in recent]
         return document
 
@@ -240,8 +240,8 @@ class DocumentService:
         document.content = content
         document.revision += 1
         document.history.append(full)
-        if len(document.history) > HISTORY_WINDOW:
-            del document.history[: len(document.history) - HISTORY_WINDOW]
+        if len(document.history) > self.history_window:
+            del document.history[: len(document.history) - self.history_window]
         durable = self._persist(document, full, author, message_id)
         return Applied(document, document.revision, full, correction, tuple(removed), content), durable
 

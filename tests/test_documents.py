@@ -1,0 +1,407 @@
+"""Shared documents over the real server: state on join, OT over stale revisions, presence, history, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from mcprt.ot import TextOperation
+from otclient import OTClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def edit(ws, payload: dict, id_: str | None = None) -> dict:
+    """Send an edit and return its ack."""
+    id_ = await ws.send_msg("realtime_edit", payload, id_)
+    return await ws.recv_type("edit_ack")
+
+
+async def test_create_document_by_rest_and_refuse_duplicates_and_bad_ids(app):
+    reply = await app.fetch("POST", "/api/documents", {"document_id": "notes.txt", "format": "text"})
+    assert reply.status == 201 and reply.json == {"document_id": "notes.txt", "format": "text", "content": "",
+                                                  "revision": 0}
+    assert (await app.fetch("POST", "/api/documents", {"document_id": "notes.txt"})).status == 409
+    for bad in ("", "a b", "x" * 129, "../etc", "é"):
+        reply = await app.fetch("POST", "/api/documents", {"document_id": bad})
+        assert reply.status == 400 and reply.json["error"]["details"]["pointer"] == "/document_id"
+
+
+async def test_first_join_creates_an_html_document_and_state_comes_from_sqlite(start):
+    app = await start()
+    ws = await app.editor(document_id="doc-1")
+    assert ws.state["payload"]["format"] == "html" and ws.state["payload"]["revision"] == 0
+    await edit(ws, {"change_delta": {"position": 0, "insert": "<p>kept</p>"}})
+    await app.server.stop()
+    again = await start()
+    late = await again.editor("late", "doc-1")
+    assert late.state["payload"]["content"] == "<p>kept</p>" and late.state["payload"]["revision"] == 1
+    participants = late.state["payload"]["participants"]
+    assert [p["user_id"] for p in participants] == ["late"]
+
+
+async def test_edit_is_acked_to_the_sender_and_broadcast_to_the_others(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    ack = await edit(alice, {"change_delta": {"position": 0, "insert": "Hi"}, "cursor_position": 2,
+                             "operation": "insert", "user_id": "alice", "base_revision": 0}, "edit-001")
+    assert ack["id"] == "edit-001" and ack["payload"]["revision"] == 1 and ack["payload"]["content"] == "Hi"
+    got = await bob.recv_type("realtime_edit")
+    assert got["id"] == "edit-001-broadcast"
+    assert got["payload"]["content"] == "Hi" and got["payload"]["revision"] == 1
+    assert got["payload"]["change_delta"] == [{"position": 0, "insert": "Hi"}]
+    assert got["session_info"]["user_id"] == "alice" and got["session_info"]["peer_id"] == alice.session["peer_id"]
+    assert "session_id" not in got["session_info"]
+    await alice.nothing()  # the sender's own edit does not come back as a broadcast
+
+
+async def test_same_users_other_tab_receives_the_broadcast(app):
+    first = await app.editor("alice")
+    second = await app.ws_connect(first.session["session_id"])
+    await edit(first, {"change_delta": {"position": 0, "insert": "x"}})
+    assert (await second.recv_type("realtime_edit"))["payload"]["content"] == "x"
+
+
+async def test_concurrent_edits_against_the_same_revision_are_transformed(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"change_delta": {"position": 0, "insert": "abc"}})
+    await bob.recv_type("realtime_edit")
+    await alice.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 0, "insert": "X"}})
+    await bob.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 3, "insert": "Y"}})
+    first, second = (await alice.recv_type("edit_ack")), (await bob.recv_type("edit_ack"))
+    assert {first["payload"]["content"], second["payload"]["content"]} >= {"XabcY"}
+    assert (await app.fetch("GET", "/api/documents/default")).json["content"] == "XabcY"
+
+
+async def test_content_only_edit_becomes_the_minimal_delta(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"content": "hello world"})
+    await bob.recv_type("realtime_edit")
+    await edit(alice, {"content": "hello brave world"})
+    got = await bob.recv_type("realtime_edit")
+    assert got["payload"]["change_delta"] == [{"position": 6, "insert": "brave "}]
+    history = (await app.fetch("GET", "/api/documents/default/history")).json["ops"]
+    assert history[-1]["op"] == [6, "brave ", 5]
+
+
+async def test_content_only_edit_against_an_old_base_keeps_the_others_work(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"content": "one two"})
+    await edit(bob, {"base_revision": 1, "change_delta": {"position": 7, "insert": " three"}})
+    await edit(alice, {"base_revision": 1, "content": "ONE two"})
+    assert (await app.fetch("GET", "/api/documents/default")).json["content"] == "ONE two three"
+
+
+async def test_list_change_delta_is_applied_in_order(app):
+    ws = await app.editor()
+    await edit(ws, {"change_delta": {"position": 0, "insert": "abcdef"}})
+    ack = await edit(ws, {"change_delta": [{"position": 0, "delete": 1}, {"position": 4, "insert": "Z"},
+                                           {"position": 1, "delete": 1, "insert": "Q"}]})
+    assert ack["payload"]["content"] == "bQdeZf"
+
+
+@pytest.mark.parametrize("delta", [{"position": 4, "insert": "x"}, {"position": 2, "delete": 5},
+                                   [{"position": 0, "insert": "a"}, {"position": 9, "delete": 1}]])
+async def test_out_of_range_positions_are_invalid_and_change_nothing(app, delta):
+    ws = await app.editor()
+    await edit(ws, {"change_delta": {"position": 0, "insert": "abc"}})
+    await ws.send_msg("realtime_edit", {"change_delta": delta})
+    error = await ws.recv_type("error")
+    assert error["payload"]["code"] == "INVALID_MESSAGE"
+    state = (await app.fetch("GET", "/api/documents/default")).json
+    assert state["content"] == "abc" and state["revision"] == 1
+
+
+async def test_base_revision_ahead_of_the_document_is_invalid(app):
+    ws = await app.editor()
+    await ws.send_msg("realtime_edit", {"base_revision": 5, "change_delta": {"position": 0, "insert": "x"}})
+    assert (await ws.recv_type("error"))["payload"]["code"] == "INVALID_MESSAGE"
+
+
+async def test_a_payload_user_id_of_someone_else_is_unauthorized_and_recorded(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await alice.send_msg("realtime_edit", {"user_id": "bob", "change_delta": {"position": 0, "insert": "x"}})
+    error = await alice.recv_type("error")
+    assert error["payload"]["code"] == "UNAUTHORIZED"
+    await bob.nothing()
+    await app.settle()
+    events = await app.deps.store.events(type="impersonation")
+    assert events[0]["severity"] == "high" and events[0]["details"]["claimed_user_id"] == "bob"
+    assert (await app.fetch("GET", "/api/documents/default")).json["revision"] == 0
+
+
+async def test_sync_request_returns_the_ops_since_a_revision(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    for text in ("a", "b", "c"):
+        await edit(alice, {"change_delta": {"position": 0, "insert": text}})
+    await bob.send_msg("sync_request", {"since_revision": 1}, "sync-1")
+    reply = await bob.recv_type("sync_response")
+    assert reply["id"] == "sync-1" and reply["payload"]["revision"] == 3
+    content = "a"
+    for entry in reply["payload"]["ops"]:
+        content = TextOperation.from_json(entry["op"]).apply(content)
+    assert [e["revision"] for e in reply["payload"]["ops"]] == [2, 3] and content == "cba"
+
+
+async def test_sync_request_older_than_memory_gets_a_fresh_state(start):
+    app = await start(history_window=3)
+    ws = await app.editor()
+    for i in range(6):
+        await edit(ws, {"change_delta": {"position": 0, "insert": str(i)}})
+    await ws.send_msg("sync_request", {"since_revision": 1})
+    state = await ws.recv_type("document_state", "sync_response")
+    assert state["type"] == "document_state" and state["payload"]["content"] == "543210"
+    await ws.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 0, "insert": "x"}})
+    assert (await ws.recv_type("error"))["payload"]["code"] == "CONFLICT"
+
+
+async def test_presence_is_shared_shifted_by_edits_and_cleared_on_leave(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"change_delta": {"position": 0, "insert": "hello"}})
+    await bob.send_msg("cursor_update", {"position": 3, "selection_end": 5})
+    presence = await alice.recv_type("presence")
+    assert presence["payload"]["user_id"] == "bob" and presence["payload"]["cursor"]["position"] == 3
+    await edit(alice, {"change_delta": {"position": 0, "insert": "ab"}})
+    carol = await app.editor("carol")
+    shown = {p["user_id"]: p for p in carol.state["payload"]["participants"]}
+    assert set(shown) == {"alice", "bob", "carol"}
+    assert shown["bob"]["cursor"]["position"] == 5 and shown["bob"]["cursor"]["selection_end"] == 7
+    await bob.close()
+    await alice.recv_type("session_disconnected")
+    dave = await app.editor("dave")
+    assert "bob" not in {p["user_id"] for p in dave.state["payload"]["participants"]}
+
+
+async def test_cursor_beyond_the_document_is_invalid(app):
+    ws = await app.editor()
+    await ws.send_msg("cursor_update", {"position": 10})
+    assert (await ws.recv_type("error"))["payload"]["code"] == "INVALID_MESSAGE"
+
+
+async def test_history_versions_snapshots_and_restore(start, tmp_path):
+    app = await start(snapshot_interval=10)
+    ws = await app.editor(document_id="hist")
+    for i in range(25):
+        await edit(ws, {"change_delta": {"position": i, "insert": chr(ord("a") + i)}})
+    await app.settle()
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        snaps = [r[0] for r in conn.execute("SELECT revision FROM snapshots WHERE document_id='hist' ORDER BY 1")]
+    assert snaps == [0, 10, 20]
+    assert (await app.fetch("GET", "/api/documents/hist?revision=15")).json["content"] == "abcdefghijklmno"
+    assert (await app.fetch("GET", "/api/documents/hist?revision=0")).json["content"] == ""
+    assert (await app.fetch("GET", "/api/documents/hist?revision=99")).status == 404
+    page = (await app.fetch("GET", "/api/documents/hist/history?since=20&limit=3")).json
+    assert [o["revision"] for o in page["ops"]] == [21, 22, 23] and page["next_since"] == 23
+    assert page["ops"][0]["user_id"] == "alice" and page["ops"][0]["time"]
+    restored = await app.fetch("POST", "/api/documents/hist/restore", {"revision": 3})
+    assert restored.status == 200 and restored.json == {"document_id": "hist", "format": "html",
+                                                         "content": "abc", "revision": 26}
+    pushed = await ws.recv_type("realtime_edit")
+    assert pushed["payload"]["content"] == "abc" and pushed["payload"]["revision"] == 26
+
+
+async def test_unknown_documents_are_404(app):
+    assert (await app.fetch("GET", "/api/documents/nothing")).status == 404
+    assert (await app.fetch("GET", "/api/documents/nothing/history")).status == 404
+    assert (await app.fetch("POST", "/api/documents/nothing/restore", {"revision": 0})).status == 404
+
+
+async def test_document_size_cap_refuses_the_edit_and_applies_nothing(start):
+    app = await start(max_document_bytes=20)
+    ws = await app.editor()
+    await edit(ws, {"change_delta": {"position": 0, "insert": "0123456789"}})
+    await ws.send_msg("realtime_edit", {"change_delta": {"position": 10, "insert": "é" * 6}})
+    error = await ws.recv_type("error")
+    assert error["payload"]["code"] == "MESSAGE_TOO_LARGE"
+    state = (await app.fetch("GET", "/api/documents/default")).json
+    assert state == {"document_id": "default", "format": "html", "content": "0123456789", "revision": 1}
+
+
+async def test_rooms_nobody_is_in_are_freed(app):
+    ws = await app.editor(document_id="tmp")
+    await edit(ws, {"change_delta": {"position": 0, "insert": "x"}})
+    assert app.deps.documents.open_count == 1
+    await ws.close()
+    for _ in range(100):
+        if app.deps.documents.open_count == 0 and not app.deps.hub.rooms:
+            break
+        await asyncio.sleep(0.01)
+    assert app.deps.documents.open_count == 0 and app.deps.hub.rooms == {}
+
+
+async def test_positions_count_code_points(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"change_delta": {"position": 0, "insert": "👍🏽e\u0301!"}})  # 5 code points
+    ack = await edit(alice, {"change_delta": [{"position": 1, "delete": 1}, {"position": 3, "insert": "?"}]})
+    assert ack["payload"]["content"] == "👍e\u0301?!"
+    await bob.recv_type("realtime_edit")
+    got = await bob.recv_type("realtime_edit")
+    assert got["payload"]["change_delta"] == [{"position": 1, "delete": 1}, {"position": 3, "insert": "?"}]
+
+
+async def test_text_documents_are_never_escaped_and_refuse_control_characters(app):
+    await app.fetch("POST", "/api/documents", {"document_id": "plain", "format": "text"})
+    ws = await app.editor(document_id="plain")
+    ack = await edit(ws, {"change_delta": {"position": 0, "insert": "<b>&amp;</b>\ttab\r\nline"}})
+    assert ack["payload"]["content"] == "<b>&amp;</b>\ttab\nline"
+    await ws.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "nul\u0000"}})
+    assert (await ws.recv_type("error"))["payload"]["code"] == "INVALID_MESSAGE"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, seed):
+    """Several OT clients edit against stale revisions with random delays; all end identical, no insert lost."""
+    rng = random.Random(seed)
+    clients = []
+    for i in range(4):
+        ws = await app.editor(f"user{i}", document_id=f"conv-{seed}")
+        clients.append(OTClient(ws, ws.state["payload"]))
+
+    async def reader(client: OTClient) -> None:
+        while True:
+            message = await client.ws.recv(timeout=10)
+            await asyncio.sleep(rng.random() * 0.003)  # a slow network: apply late, but in order
+            await client.handle(message)
+
+    async def writer(index: int, client: OTClient) -> None:
+        for n in range(25):
+            await asyncio.sleep(rng.random() * 0.004)
+            length = len(client.content)
+            if n % 3 == 2 and length > 2:
+                position = rng.randrange(length)
+                await client.edit({"position": position, "delete": 1})
+            else:
+                marker = f"[{index}.{n}]"
+                await client.edit({"position": rng.randrange(length + 1), "insert": marker})
+
+    readers = [asyncio.create_task(reader(c)) for c in clients]
+    await asyncio.gather(*(writer(i, c) for i, c in enumerate(clients)))
+    for _ in range(500):
+        if all(c.synchronized for c in clients) and len({c.revision for c in clients}) == 1:
+            await asyncio.sleep(0.05)
+            if all(c.synchronized for c in clients) and len({(c.revision, c.content) for c in clients}) == 1:
+                break
+        await asyncio.sleep(0.02)
+    for task in readers:
+        task.cancel()
+    server = (await app.fetch("GET", f"/api/documents/conv-{seed}")).json
+    assert all(not c.errors for c in clients), [c.errors for c in clients]
+    assert [c.content for c in clients] == [server["content"]] * 4
+    assert [c.revision for c in clients] == [server["revision"]] * 4
+
+
+async def test_concurrent_inserts_only_every_marker_survives_intact(app):
+    rng = random.Random(7)
+    await app.fetch("POST", "/api/documents", {"document_id": "inserts", "format": "text"})
+    clients = []
+    for i in range(3):
+        ws = await app.editor(f"u{i}", document_id="inserts")
+        clients.append(OTClient(ws, ws.state["payload"]))
+    markers = []
+
+    async def reader(client):
+        while True:
+            await client.handle(await client.ws.recv(timeout=10))
+
+    async def writer(index, client):
+        for n in range(30):
+            await asyncio.sleep(rng.random() * 0.002)
+            marker = f"<{index}:{n}:😀>"
+            markers.append(marker)
+            # insert only at marker boundaries so no marker is split by another
+            content = client.content
+            bounds = [0] + [i + 1 for i, ch in enumerate(content) if ch == ">"]
+            await client.edit({"position": rng.choice(bounds), "insert": marker})
+
+    readers = [asyncio.create_task(reader(c)) for c in clients]
+    await asyncio.gather(*(writer(i, c) for i, c in enumerate(clients)))
+    for _ in range(500):
+        if all(c.synchronized for c in clients) and len({c.content for c in clients}) == 1:
+            break
+        await asyncio.sleep(0.02)
+    for task in readers:
+        task.cancel()
+    final = (await app.fetch("GET", "/api/documents/inserts")).json["content"]
+    assert all(c.content == final for c in clients)
+    assert all(final.count(m) == 1 for m in markers)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(db: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port), "--db", db, "--log-level", "warning"],
+                            cwd=ROOT, env=env)
+    import urllib.request
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
+    db, port = str(tmp_path / "k.db"), _free_port()
+    proc = _spawn(db, port)
+    acked: list[int] = []
+    try:
+        from tornado.httpclient import AsyncHTTPClient
+        http = AsyncHTTPClient(force_instance=True)
+        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST",
+                         body=json.dumps({"document_id": "d", "format": "text"}))
+        reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                 body=json.dumps({"user_id": "durable"}))
+        http.close()
+        sid = json.loads(reply.body)["session_id"]
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=d") as ws:
+            await ws.recv()
+            for i in range(300):  # pipelined: acks arrive while later edits are still being sent
+                await ws.send(json.dumps({"id": f"e{i}", "type": "realtime_edit",
+                                          "payload": {"change_delta": {"position": 0, "insert": f"<{i}>"}}}))
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                try:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 0.05))
+                except asyncio.TimeoutError:
+                    continue
+                assert message["type"] != "error", message
+                if message["type"] == "edit_ack":
+                    acked.append(message["payload"]["revision"])
+                    if len(acked) == 150:
+                        break
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert len(acked) >= 100
+    proc = _spawn(db, port)
+    try:
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/documents/d") as r:
+            document = json.load(r)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert document["revision"] >= max(acked)
+    for i in range(len(acked)):
+        assert f"<{i}>" in document["content"]
