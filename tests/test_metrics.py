@@ -1,0 +1,44 @@
+"""/metrics: Prometheus text for operators, or tokenless on its own port."""
+
+from __future__ import annotations
+
+from tornado.httpclient import AsyncHTTPClient
+
+
+async def test_metrics_need_the_admin_token(app):
+    reply = await app.fetch("GET", "/metrics")
+    assert reply.status == 401
+
+
+async def test_metrics_count_what_happened(app):
+    ws = await app.editor()
+    await ws.send_msg("heartbeat", {})
+    await ws.recv_type("heartbeat_ack")
+    await ws.send_msg("realtime_edit", {"content": "<b>x</b><script>1</script>"})
+    await ws.recv_type("edit_ack")
+    await ws.send("nonsense")
+    await ws.recv_type("error")
+    reply = await app.fetch("GET", "/metrics", admin=True)
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
+    text = reply.body.decode()
+    for line in ('mcprt_connections 1.0', 'mcprt_sessions{state="Active"} 1.0',
+                 'mcprt_messages_in_total{type="heartbeat"} 1.0', 'mcprt_messages_out_total{type="edit_ack"} 1.0',
+                 'mcprt_errors_total{code="INVALID_MESSAGE"} 1.0', 'mcprt_security_events_total{type="xss_attempt"} 1.0',
+                 'mcprt_edit_latency_seconds_count 1.0', 'mcprt_open_documents 1.0'):
+        assert line in text, line
+    assert "mcprt_event_queue_depth" in text and "mcprt_db_commit_seconds_count" in text
+
+
+async def test_metrics_on_a_separate_port_need_no_token(start):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = await start(metrics_port=port)
+    assert (await app.fetch("GET", "/metrics", admin=True)).status == 404  # not on the public port
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        reply = await http.fetch(f"http://127.0.0.1:{app.server.metrics_port}/metrics")
+    finally:
+        http.close()
+    assert reply.code == 200 and b"mcprt_connections" in reply.body
