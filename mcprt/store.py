@@ -84,7 +84,12 @@ class Store:
     async def open(self) -> "Store":
         """Connect, migrate, and start the writer task."""
         self._writer = await self._connect()
-        await self.migrate()
+        try:
+            await self.migrate()
+        except BaseException:
+            await self._writer.close()
+            self._writer = None
+            raise
         self._reader = await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._write_loop())
         return self
