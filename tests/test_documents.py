@@ -372,7 +372,8 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
                                  body=json.dumps({"user_id": "durable"}))
         http.close()
         sid = json.loads(reply.body)["session_id"]
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=d") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=d",
+                                      close_timeout=0.2) as ws:
             await ws.recv()
             for i in range(300):  # pipelined: acks arrive while later edits are still being sent
                 await ws.send(json.dumps({"id": f"e{i}", "type": "realtime_edit",
