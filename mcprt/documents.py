@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import sanitize
 from .clock import iso
-from .ot import OpError, TextOperation, diff, from_delta, span, to_delta
+from .ot import OpError, TextOperation, diff, from_delta, span
 from .protocol import AppError, ErrorCode
 from .store import Store
 
@@ -272,8 +272,3 @@ class DocumentService:
         """Wait until every applied edit is durable."""
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
-
-
-def delta_of(op: TextOperation) -> list[dict]:
-    """The wire change_delta of an op."""
-    return to_delta(op)

@@ -340,3 +340,23 @@ setTimeout(() => { console.log(JSON.stringify(seen)); process.exit(0); }, 1500);
     edit = await peer.recv_type("realtime_edit")
     assert edit["payload"]["content"] == "Hello from the reference client"
     assert edit["session_info"]["user_id"] == "user1" and "session_id" not in edit["session_info"]
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_as_a_timeout(start):
+    app = await start(ping_interval=0.2, ping_timeout=0.2)
+    watcher = await app.editor("watcher")
+    session = await app.session("silent")
+    # A hand-made client: it completes the handshake, then never reads, so it never answers a ping.
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.server.port)
+    writer.write((f"GET /ws?session_id={session['session_id']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    assert b"101" in await reader.readline()
+    try:
+        joined = await watcher.recv_type("session_connected")
+        left = await watcher.recv_type("session_disconnected", timeout=3)
+        assert left["payload"]["peer_id"] == joined["payload"]["peer_id"]
+        assert left["payload"]["reason"] == "timeout"
+    finally:
+        writer.close()

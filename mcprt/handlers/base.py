@@ -7,12 +7,18 @@ import json
 import logging
 import traceback
 
+import tornado.httputil
 import tornado.web
 
 from ..protocol import AppError, ErrorCode, error_body
 from ..sessions import Client
 
 log = logging.getLogger("mcprt.http")
+
+
+def client_of(request: tornado.httputil.HTTPServerRequest) -> Client:
+    """The caller's address and (truncated) user agent, for the event log."""
+    return Client(request.remote_ip, (request.headers.get("User-Agent") or "")[:256] or None)
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -35,7 +41,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def client_info(self) -> Client:
         """The caller's address and user agent, for the event log."""
-        return Client(self.request.remote_ip, (self.request.headers.get("User-Agent") or "")[:256] or None)
+        return client_of(self.request)
 
     def json_body(self, schema: str) -> dict:
         """The request body, decoded and validated against schemas/<schema>.json."""

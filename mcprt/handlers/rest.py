@@ -182,8 +182,4 @@ class MetricsHandler(ApiHandler):
         if not self.open_metrics:
             self.require_admin()
         self.set_header("Content-Type", self.metrics.content_type)
-        self.finish(await self.metrics.render(self.documents_open()))
-
-    def documents_open(self) -> int:
-        documents = getattr(self.application, "deps", None)
-        return documents.documents.open_count if documents else 0
+        self.finish(await self.metrics.render(self.application.deps.documents.open_count))

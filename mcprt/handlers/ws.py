@@ -15,10 +15,12 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
 from ..clock import iso
-from ..documents import Applied, Author, check_document_id, delta_of
+from ..documents import Applied, Author, check_document_id
+from ..ot import to_delta
 from ..protocol import AppError, ErrorCode
 from ..ratelimit import TokenBucket
-from ..sessions import mask
+from ..sessions import Client, mask
+from .base import client_of
 
 log = logging.getLogger("mcprt.ws")
 
@@ -52,9 +54,11 @@ class _Protocol(WebSocketProtocol13):
         return super()._handle_message(opcode, data)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        if reason == "ping timed out":
-            self.handler.end_reason = self.handler.end_reason or "timeout"
         super().close(code, reason)
+        if reason == "ping timed out":
+            # A peer that misses pongs will not answer a close frame either: drop it now, not 5 s later.
+            self.handler.end_reason = self.handler.end_reason or "timeout"
+            self._abort()
 
 
 def _consume(future: asyncio.Future) -> None:
@@ -96,7 +100,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         """The who/where fields of an event about this connection."""
         return {"session_id": self.session_id, "user_id": self.user_id, "document_id": self.document_id,
                 "connection_id": self.connection_id, "client_addr": self.request.remote_ip,
-                "user_agent": (self.request.headers.get("User-Agent") or "")[:256] or None, **extra}
+                "user_agent": self.client().user_agent, **extra}
+
+    def client(self) -> Client:
+        """The caller's address and user agent, for session transitions."""
+        return client_of(self.request)
 
     def check_origin(self, origin: str) -> bool:
         """Same-origin or listed origins only: a page elsewhere must not drive a user's session (CSWSH)."""
@@ -281,7 +289,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.end_reason = "abuse"
         self.close(CLOSE_POLICY, "too many invalid messages")
         if deps.settings.violation_action == "invalidate":
-            asyncio.ensure_future(deps.sessions.invalidate(self.session_id, _client(self), "abuse"))
+            asyncio.ensure_future(deps.sessions.invalidate(self.session_id, self.client(), "abuse"))
 
     def _rate_limited(self) -> None:
         now = time.monotonic()
@@ -410,7 +418,7 @@ def publish_edit(hub, applied: Applied, author: Author, message: dict | None, ex
     payload = message["payload"] if message else {}
     body = {"content": applied.content, "cursor_position": payload.get("cursor_position"),
             "user_id": author.user_id, "operation": payload.get("operation", "edit"),
-            "change_delta": delta_of(applied.op), "op": applied.op.to_json(),
+            "change_delta": to_delta(applied.op), "op": applied.op.to_json(),
             "revision": applied.revision, "base_revision": applied.revision - 1}
     stamp = iso(now)
     id_ = f"{message['id']}-broadcast" if message else None
@@ -439,11 +447,6 @@ def _message_id(raw) -> str | None:
         if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
             return value["id"]
     return None
-
-
-def _client(socket: EditorSocket):
-    from ..sessions import Client
-    return Client(socket.request.remote_ip, socket.request.headers.get("User-Agent"))
 
 
 def close_session_sockets(deps, session_id: str, reason: str) -> None:
