@@ -26,6 +26,7 @@ from .sessions import SessionService, mask
 from .store import Store
 from .handlers import rest, ws
 from .handlers.base import NotFoundHandler
+from .handlers.static import StaticHandler
 
 log = logging.getLogger("mcprt")
 access_log = logging.getLogger("mcprt.access")
@@ -101,13 +102,12 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "documents": documents, "hub": hub}),
         (r"/api/events", rest.EventsHandler, common),
         (r"/ws", ws.EditorSocket, {"deps": deps}),
-        (r"/", tornado.web.RedirectHandler, {"url": "/static/index.html", "permanent": False})
-        if not (STATIC_DIR / "index.html").exists() else (r"/()", ws.IndexHandler, {"path": str(STATIC_DIR)}),
+        (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
     if settings.metrics_port is None:
         routes.append((r"/metrics", rest.MetricsHandler, {**common, "metrics": metrics}))
     app = tornado.web.Application(
-        routes, static_path=str(STATIC_DIR), default_handler_class=NotFoundHandler,
+        routes, static_path=str(STATIC_DIR), static_handler_class=StaticHandler, default_handler_class=NotFoundHandler,
         default_handler_args=common, log_function=log_request, mcprt=settings,
         websocket_max_message_size=max(1 << 20, 8 * settings.max_message_bytes),
         websocket_ping_interval=settings.ping_interval, websocket_ping_timeout=settings.ping_timeout)

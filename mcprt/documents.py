@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import sanitize
 from .clock import iso
-from .ot import OpError, TextOperation, diff, from_delta, span
+from .ot import OpError, TextOperation, diff, from_delta, span, transform_cursor
 from .protocol import AppError, ErrorCode
 from .store import Store
 
@@ -207,6 +207,18 @@ class DocumentService:
             raise AppError(ErrorCode.INVALID_MESSAGE, f"change_delta does not fit revision {base}: {exc}",
                            {"pointer": "/payload/change_delta", "length": len(base_content)}) from None
         return op, base
+
+    def rebase_positions(self, document: Document, positions: list[int], base: int | None) -> list[int]:
+        """Positions a client gave against revision `base`, moved through what landed since."""
+        base = self.check_base(document, document.revision if base is None else base)
+        landed = document.ops_since(base)
+        length = landed[0].base_length if landed else len(document.content)
+        if any(p > length for p in positions):
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"cursor beyond the end of revision {base} ({length})",
+                           {"pointer": "/payload/position", "length": length})
+        for op in landed:
+            positions = [transform_cursor(p, op) for p in positions]
+        return positions
 
     def _clean_inserts(self, delta, format_: str):
         parts = delta if isinstance(delta, list) else [delta]

@@ -406,3 +406,12 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
     assert document["revision"] >= max(acked)
     for i in range(len(acked)):
         assert f"<{i}>" in document["content"]
+
+
+async def test_cursor_from_an_older_revision_is_moved_through_later_edits(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await edit(alice, {"change_delta": {"position": 0, "insert": "world"}})
+    await edit(alice, {"change_delta": {"position": 0, "insert": "hello "}})
+    await bob.send_msg("cursor_update", {"position": 5, "base_revision": 1})
+    presence = await alice.recv_type("presence")
+    assert presence["payload"]["cursor"]["position"] == 11 and presence["payload"]["cursor"]["revision"] == 2

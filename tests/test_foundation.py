@@ -177,3 +177,11 @@ def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
     assert sid not in output                     # ...but never a whole session id
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("path", ["/", "/static/index.html", "/static/demo.js"])
+async def test_demo_files_are_served_with_a_content_security_policy(app, path):
+    reply = await app.fetch("GET", path)
+    assert reply.status == 200
+    assert "script-src 'self'" in reply.headers["Content-Security-Policy"]
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"

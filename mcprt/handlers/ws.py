@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 from urllib.parse import urlparse
 
-import tornado.web
 import tornado.websocket
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
@@ -355,11 +354,9 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def on_cursor_update(self, message: dict) -> None:
         payload = message["payload"]
-        length = len(self.document.content)
-        if payload["position"] > length or payload.get("selection_end", 0) > length:
-            raise AppError(ErrorCode.INVALID_MESSAGE, f"cursor beyond the end of the document ({length})",
-                           {"pointer": "/payload/position", "length": length})
-        self.cursor = {"position": payload["position"], "selection_end": payload.get("selection_end"),
+        given = [payload["position"]] + ([payload["selection_end"]] if "selection_end" in payload else [])
+        moved = self.deps.documents.rebase_positions(self.document, given, payload.get("base_revision"))
+        self.cursor = {"position": moved[0], "selection_end": moved[1] if len(moved) > 1 else None,
                        "revision": self.document.revision}
         self.fan_out(P.PRESENCE, P.build(P.PRESENCE, {"user_id": self.user_id, "peer_id": self.peer_id,
                                                       "state": "active", "cursor": self.cursor}, self.now_iso()))
@@ -468,17 +465,3 @@ async def close_all(deps, code: int, reason: str) -> None:
         await asyncio.sleep(0.05)
     for peer in deps.hub.all_peers():  # peers that never answered the close frame
         peer.on_close()
-
-
-class IndexHandler(tornado.web.StaticFileHandler):
-    """The demo page, with a policy that lets only our own scripts run."""
-
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; "
-                        "connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-                        "frame-ancestors 'none'")
-        self.set_header("X-Content-Type-Options", "nosniff")
-
-    @classmethod
-    def get_absolute_path(cls, root: str, path: str) -> str:
-        return super().get_absolute_path(root, path or "index.html")

@@ -1,0 +1,1303 @@
+// The mcprt demo: two editors, each its own user, session and WebSocket, on one document.
+//
+// Each editor is an ot.js-style client: one edit in flight at a time (outstanding), later
+// local edits composed into a buffer, remote edits transformed over both before they are
+// applied. The server is the authority; every revision it announces is applied in order.
+// Everything that came from the network is shown with textContent, except the document's
+// own HTML, which the server has sanitized.
+
+import {
+  OTClient, TextOperation, diff, toDelta, transformCursor, splitOp, spanOf, cpLength, cpToUtf16, utf16ToCp,
+} from './ot.js';
+
+const HEARTBEAT_MS = 5000;
+const HEARTBEAT_TIMEOUT_MS = 15000;
+const ACK_TIMEOUT_MS = 10000;
+const GAP_WAIT_MS = 1500;
+const CURSOR_THROTTLE_MS = 150;
+const MAX_PARTS = 150;      // change_delta holds at most 200 parts
+const MAX_INSERT = 2000;    // code points per message, well inside the 10 KB message limit
+const LOG_LIMIT = 300;
+const DOCUMENT_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+const CLOSE_REASONS = {
+  1000: 'closed', 1001: 'server going away', 1006: 'connection lost', 1008: 'closed for abuse',
+  1011: 'server error', 4000: 'invalid session', 4001: 'no credential', 4003: 'credentials disagree',
+  4004: 'bad document id', 4008: 'too many connections', 4010: 'session invalidated',
+  4011: 'session expired', 4500: 'server error',
+};
+// Codes after which reconnecting cannot help: the session or the request has to change.
+const FINAL_CODES = new Set([1008, 4000, 4001, 4003, 4004, 4008, 4010, 4011]);
+
+const XSS_SAMPLE = '<img src=x onerror=alert(1)><script>alert(2)</script><a href="javascript:alert(3)">x</a>';
+
+// ---------------------------------------------------------------- small helpers
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** An element with text children only: nothing here is ever parsed as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === 'class') node.className = value;
+    else if (key === 'title') node.title = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function clip(text, n = 40) {
+  const s = String(text);
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+}
+
+function clock(date = new Date()) {
+  return date.toLocaleTimeString([], { hour12: false });
+}
+
+function fromNow(iso) {
+  if (!iso) return '';
+  let seconds = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  const past = seconds < 0;
+  seconds = Math.abs(seconds);
+  const hrs = Math.floor(seconds / 3600), mins = Math.floor((seconds % 3600) / 60);
+  const span = hrs ? `${hrs} h ${mins} min` : mins ? `${mins} min` : `${seconds} s`;
+  return past ? `${span} ago` : `in ${span}`;
+}
+
+function newId(prefix) {
+  const random = crypto.getRandomValues(new Uint32Array(2));
+  return `${prefix}-${Date.now().toString(36)}-${random[0].toString(36)}${random[1].toString(36)}`;
+}
+
+/** fetch + JSON, never throwing: {ok, status, statusText, json, ms}. */
+async function api(method, path, body, headers = {}) {
+  const started = performance.now();
+  const init = { method, headers: { Accept: 'application/json', ...headers } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers['Content-Type'] = 'application/json';
+  }
+  try {
+    const response = await fetch(path, init);
+    const text = await response.text();
+    let json = null;
+    try { json = text ? JSON.parse(text) : null; } catch { json = text; }
+    return { ok: response.ok, status: response.status, statusText: response.statusText, json,
+      ms: performance.now() - started };
+  } catch (err) {
+    return { ok: false, status: 0, statusText: String(err.message || err), json: null,
+      ms: performance.now() - started };
+  }
+}
+
+function errorText(reply) {
+  const error = reply.json && reply.json.error;
+  return error ? `${error.code}: ${error.message}` : `${reply.status} ${reply.statusText}`;
+}
+
+/**
+ * Where to cut a long HTML insert so that each piece is whole markup: not inside a tag
+ * or a character reference (the server sanitizes every intermediate revision).
+ */
+function htmlCut(text, at) {
+  const head = text.slice(0, cpToUtf16(text, at));
+  const tag = head.lastIndexOf('<'), ref = head.lastIndexOf('&');
+  let cut = head.length;
+  if (tag > head.lastIndexOf('>')) cut = Math.min(cut, tag);
+  if (ref > head.lastIndexOf(';')) cut = Math.min(cut, ref);
+  return cut > 0 ? utf16ToCp(text, cut) : at;
+}
+
+/** A short, human description of an op: +"text"@pos and −n@pos parts. */
+function describeOp(op) {
+  const parts = toDelta(op).map((p) => (p.insert !== undefined
+    ? `+${JSON.stringify(clip(p.insert, 24))}@${p.position}` : `−${p.delete}@${p.position}`));
+  return parts.length > 3 ? `${parts.slice(0, 3).join(' ')} …(${parts.length} parts)` : parts.join(' ') || 'no change';
+}
+
+// ---------------------------------------------------------------- HTML text offsets
+//
+// In sanitized HTML '<' and '>' only delimit tags and '&' only starts a character
+// reference, so a plain scan tells which characters a browser shows as text. Offsets
+// here are UTF-16 units, the way textContent and Range.toString() count.
+
+function referenceUnits(reference) {
+  const match = /^&#(x[0-9a-f]+|[0-9]+);$/i.exec(reference);
+  if (!match) return 1;
+  const code = match[1][0].toLowerCase() === 'x' ? parseInt(match[1].slice(1), 16) : parseInt(match[1], 10);
+  return code > 0xffff ? 2 : 1;
+}
+
+/** [next index, text units] of the piece of html starting at i. */
+function htmlPiece(html, i) {
+  const ch = html[i];
+  if (ch === '<') {
+    const end = html.indexOf('>', i);
+    return [end < 0 ? html.length : end + 1, 0];
+  }
+  if (ch === '&') {
+    const end = html.indexOf(';', i);
+    if (end > i && end - i <= 32) return [end + 1, referenceUnits(html.slice(i, end + 1))];
+  }
+  return [i + 1, 1];
+}
+
+/** Text units shown before html index `index`. */
+function textUnitsBefore(html, index) {
+  let units = 0;
+  for (let i = 0; i < index && i < html.length;) {
+    const [next, n] = htmlPiece(html, i);
+    units += n;
+    i = next;
+  }
+  return units;
+}
+
+/** The html index right after `units` shown text units (before any tag that follows). */
+function htmlIndexOfText(html, units) {
+  let i = 0, seen = 0;
+  while (i < html.length && seen < units) {
+    const [next, n] = htmlPiece(html, i);
+    seen += n;
+    i = next;
+  }
+  return i;
+}
+
+/** The selection inside root as [start, end] text units, or null when it is elsewhere. */
+function selectionUnits(root) {
+  const selection = document.getSelection();
+  if (!selection || !selection.rangeCount) return null;
+  const range = selection.getRangeAt(0);
+  if (!root.contains(range.startContainer) || !root.contains(range.endContainer)) return null;
+  const before = document.createRange();
+  before.selectNodeContents(root);
+  before.setEnd(range.startContainer, range.startOffset);
+  const start = before.toString().length;
+  before.setEnd(range.endContainer, range.endOffset);
+  return [start, before.toString().length];
+}
+
+/** The DOM point [node, offset] after `units` text units of root. */
+function domPoint(root, units) {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  let left = units, last = null;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (left <= node.data.length) return [node, left];
+    left -= node.data.length;
+    last = node;
+  }
+  return last ? [last, last.data.length] : [root, root.childNodes.length];
+}
+
+function selectUnits(root, start, end) {
+  const range = document.createRange();
+  range.setStart(...domPoint(root, start));
+  range.setEnd(...domPoint(root, end));
+  const selection = document.getSelection();
+  selection.removeAllRanges();
+  selection.addRange(range);
+}
+
+// ---------------------------------------------------------------- one editor
+
+const USER_COLORS = ['#4f46e5', '#0d9488', '#c2410c', '#be185d', '#15803d', '#7c3aed'];
+
+function colorFor(name) {
+  let hash = 0;
+  for (const ch of String(name)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return USER_COLORS[hash % USER_COLORS.length];
+}
+
+class Editor {
+  constructor(index, card, userName) {
+    this.index = index;
+    this.label = `Editor ${index + 1}`;
+    this.card = card;
+    const q = (selector) => card.querySelector(selector);
+    this.els = {
+      sideName: q('.side-name'), chip: q('.user-chip'), status: q('.status'), latency: q('.latency'),
+      online: q('.online'), sessionForm: q('.session-row'), userName: q('.user-name'),
+      activateNow: q('.activate-now'), activate: q('.btn-activate'), invalidate: q('.btn-invalidate'),
+      sessionInfo: q('.session-info'), toolbar: q('.toolbar'), linkBox: q('.link-box'), linkUrl: q('.link-url'),
+      formatBadge: q('.format-badge'), wrap: q('.editor-wrap'), rich: q('.rich'), plain: q('.plain'),
+      carets: q('.carets'), presence: q('.presence'), sync: q('.sync'), log: q('.log'), logCount: q('.log-count'),
+      showHeartbeats: q('.show-heartbeats'),
+    };
+    this.els.sideName.textContent = this.label;
+    this.els.userName.value = userName;
+    this.card.dataset.side = String(index + 1);
+
+    this.session = null;
+    this.docId = null;
+    this.format = 'html';
+    this.ws = null;
+    this.wsGen = 0;
+    this.wantOnline = true;
+    this.joined = false;
+    this.statusKind = 'idle';
+    this.reconnectAttempt = 0;
+    this.reconnectTimer = null;
+    this.heartbeatTimer = null;
+    this.heartbeats = new Map();
+    this.latency = null;
+    this.peers = new Map();
+    this.logEntries = 0;
+
+    this.client = new OTClient({
+      send: (op, base) => this.sendEdit(op, base),
+      canSend: () => this.canSend(),
+      split: (op) => splitOp(op, MAX_PARTS, MAX_INSERT, this.format === 'html' ? htmlCut : undefined),
+      changed: (before, op, full) => {
+        if (op) this.shiftCursors(op);
+        this.render(before, op, full);
+      },
+      notice: (text) => this.log('error', 'client', text),
+    });
+    this.gapTimer = null;
+    this.syncing = false;     // catching up after a reconnect or a conflict: nothing is sent
+    this.syncToken = null;
+    this.shown = '';          // the editor's innerHTML as the browser serializes it
+    this.hold = false;        // a raw insert is on its way to the sanitizer: do not render it
+    this.holdWaiters = [];
+    this.cursorTimer = null;
+    this.lastCursorSent = null;
+
+    this.closed = null;
+    this.bind();
+    this.renderSession();
+    this.renderStatus('idle', 'idle');
+    this.renderSync();
+  }
+
+  /** The local document (the OT client's). */
+  get content() {
+    return this.client.content;
+  }
+
+  get revision() {
+    return this.client.revision;
+  }
+
+  // -------------------------------------------------------------- wiring the card
+
+  bind() {
+    const { els } = this;
+    els.sessionForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.createSession(els.userName.value.trim(), els.activateNow.checked);
+    });
+    els.activate.addEventListener('click', () => this.activate());
+    els.invalidate.addEventListener('click', () => this.invalidate());
+    els.online.addEventListener('change', () => (els.online.checked ? this.goOnline() : this.goOffline()));
+    els.showHeartbeats.addEventListener('change', () => {
+      els.log.classList.toggle('show-hb', els.showHeartbeats.checked);
+    });
+
+    els.rich.addEventListener('input', (event) => { if (!event.isComposing) this.onRichInput(); });
+    els.rich.addEventListener('compositionend', () => this.onRichInput());
+    // Pasted or dropped HTML brings styles and tags the server would strip (and log): take its text.
+    els.rich.addEventListener('paste', (event) => {
+      event.preventDefault();
+      const text = event.clipboardData ? event.clipboardData.getData('text/plain') : '';
+      if (text) document.execCommand('insertText', false, text);
+    });
+    els.rich.addEventListener('drop', (event) => event.preventDefault());
+    els.rich.addEventListener('scroll', () => this.drawCarets());
+    els.plain.addEventListener('input', (event) => { if (!event.isComposing) this.onPlainInput(); });
+    els.plain.addEventListener('compositionend', () => this.onPlainInput());
+    for (const target of [els.rich, els.plain]) {
+      for (const type of ['keyup', 'mouseup', 'focus']) target.addEventListener(type, () => this.scheduleCursor());
+    }
+    document.addEventListener('selectionchange', () => {
+      if (document.activeElement === els.rich || document.activeElement === els.plain) this.scheduleCursor();
+    });
+
+    for (const button of els.toolbar.querySelectorAll('button')) {
+      button.addEventListener('mousedown', (event) => event.preventDefault()); // keep the selection
+    }
+    for (const button of els.toolbar.querySelectorAll('[data-cmd]')) {
+      button.addEventListener('click', () => this.command(button.dataset.cmd));
+    }
+    els.toolbar.querySelector('.btn-link').addEventListener('click', () => this.openLinkBox());
+    els.toolbar.querySelector('.btn-link-ok').addEventListener('click', () => this.applyLink());
+    els.linkUrl.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter') { event.preventDefault(); this.applyLink(); }
+      if (event.key === 'Escape') { els.linkBox.hidden = true; els.rich.focus(); }
+    });
+    window.addEventListener('resize', () => this.drawCarets());
+  }
+
+  command(name) {
+    if (this.format !== 'html' || this.hold) return;
+    const { rich } = this.els;
+    rich.focus();
+    const before = selectionUnits(rich);
+    document.execCommand(name, false, null);
+    // Chrome puts a collapsed caret at the start of a line it turns into a list: put it back.
+    const after = selectionUnits(rich);
+    if (before && before[0] === before[1] && (!after || after[0] !== before[0])) {
+      selectUnits(rich, before[0], before[0]);
+    }
+  }
+
+  openLinkBox() {
+    if (this.format !== 'html') return;
+    const selection = document.getSelection();
+    this.savedRange = selection.rangeCount && this.els.rich.contains(selection.anchorNode)
+      ? selection.getRangeAt(0).cloneRange() : null;
+    this.els.linkBox.hidden = false;
+    this.els.linkUrl.classList.remove('invalid');
+    this.els.linkUrl.focus();
+  }
+
+  applyLink() {
+    const url = this.els.linkUrl.value.trim();
+    if (!/^(https?:\/\/|mailto:)\S+$/i.test(url)) {
+      this.els.linkUrl.classList.add('invalid');
+      this.els.linkUrl.title = 'http://, https:// or mailto: only (the server drops anything else)';
+      return;
+    }
+    this.els.linkBox.hidden = true;
+    this.els.rich.focus();
+    if (this.savedRange) {
+      const selection = document.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(this.savedRange);
+    }
+    if (document.getSelection().isCollapsed) document.execCommand('insertText', false, url);
+    else document.execCommand('createLink', false, url);
+  }
+
+  // -------------------------------------------------------------- status, log
+
+  renderStatus(kind, text) {
+    this.statusKind = kind;
+    this.statusText = text;
+    this.els.status.dataset.status = kind;
+    this.els.status.textContent = text;
+  }
+
+  renderSync() {
+    const { client } = this;
+    const parts = [`rev ${client.revision < 0 ? '–' : client.revision}`];
+    if (this.syncing) parts.push('catching up…');
+    if (client.outstanding) parts.push('1 edit in flight');
+    if (client.buffer) parts.push(this.isLive() ? 'more queued' : 'changes queued until online');
+    if (!client.pending && client.revision >= 0) parts.push(this.isLive() ? 'in sync' : 'not connected');
+    if (client.corrections) parts.push(`${client.corrections} corrected by the server`);
+    this.els.sync.textContent = parts.join(' · ');
+    this.card.classList.toggle('pending', client.pending);
+  }
+
+  log(direction, type, text, extraClass = '') {
+    const { log } = this.els;
+    const item = h('li', { class: `dir-${direction} ${extraClass}`.trim() },
+      h('time', {}, clock()), h('span', { class: 'arrow' }, { out: '→', in: '←', info: '•', error: '!' }[direction]),
+      h('span', { class: 'type' }, type), h('span', { class: 'text' }, text));
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+    log.append(item);
+    while (log.childElementCount > LOG_LIMIT) log.firstElementChild.remove();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+    this.logEntries += 1;
+    this.els.logCount.textContent = `(${this.logEntries})`;
+  }
+
+  info(text) { this.log('info', 'client', text); }
+
+  // -------------------------------------------------------------- sessions
+
+  async createSession(userId, activate = true) {
+    if (!userId) return;
+    const reply = await api('POST', '/api/sessions', {
+      user_id: userId, client_info: `mcprt demo, ${this.label.toLowerCase()}`, activate,
+    });
+    if (!reply.ok) {
+      this.info(`could not create a session: ${errorText(reply)}`);
+      return;
+    }
+    this.session = reply.json;
+    this.info(`new ${this.session.state.toLowerCase()} session for ${userId}`);
+    this.renderSession();
+    if (this.session.state === 'Active') this.connect();
+    else this.disconnect('no-session', 'waiting for activation');
+  }
+
+  async activate() {
+    if (!this.session) return;
+    const reply = await api('POST', `/api/sessions/${encodeURIComponent(this.session.session_id)}/activate`);
+    if (!reply.ok) {
+      this.info(`activate failed: ${errorText(reply)}`);
+      return this.refreshSession();
+    }
+    this.session = reply.json;
+    this.renderSession();
+    this.connect();
+  }
+
+  async invalidate() {
+    if (!this.session) return;
+    const reply = await api('DELETE', `/api/sessions/${encodeURIComponent(this.session.session_id)}`);
+    if (!reply.ok) this.info(`invalidate failed: ${errorText(reply)}`);
+    else this.session = reply.json;
+    this.renderSession();
+  }
+
+  async refreshSession() {
+    if (!this.session) return;
+    const reply = await api('GET', `/api/sessions/${encodeURIComponent(this.session.session_id)}`);
+    if (reply.ok) this.session = reply.json;
+    this.renderSession();
+  }
+
+  renderSession() {
+    const { els, session } = this;
+    const name = session ? session.user_id : els.userName.value;
+    els.chip.textContent = name;
+    els.chip.style.setProperty('--user', colorFor(name));
+    this.card.style.setProperty('--user', colorFor(name));
+    if (!session) {
+      els.sessionInfo.textContent = 'No session yet.';
+      return;
+    }
+    const bits = [session.state];
+    if (session.state === 'Active') bits.push(`expires ${fromNow(session.expires_at)} (${clock(new Date(session.expires_at))})`);
+    if (session.state === 'Pending') bits.push('activate it to connect');
+    if (session.end_reason) bits.push(`reason: ${session.end_reason}`);
+    if (session.state === 'Expired' || session.state === 'Invalidated') bits.push('create a new session to edit again');
+    bits.push(`peer ${clip(session.peer_id, 9)}`, `session ${session.session_id.slice(0, 8)}…`);
+    els.sessionInfo.textContent = bits.join(' · ');
+    this.renderPresence();
+    els.sessionInfo.dataset.state = session.state;
+    els.activate.disabled = session.state !== 'Pending';
+    els.invalidate.disabled = !['Pending', 'Active'].includes(session.state);
+  }
+
+  // -------------------------------------------------------------- the socket
+
+  isLive() {
+    return Boolean(this.ws && this.ws.readyState === WebSocket.OPEN && this.joined);
+  }
+
+  canSend() {
+    return this.isLive() && !this.syncing;
+  }
+
+  socketUrl() {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const query = new URLSearchParams({
+      session_id: this.session.session_id, document_id: this.docId, client_type: 'web',
+    });
+    return `${scheme}//${location.host}/ws?${query}`;
+  }
+
+  /** Close the current socket on purpose (its events are ignored from now on). */
+  dropSocket(reason) {
+    this.wsGen += 1;
+    this.joined = false;
+    this.syncing = false;
+    this.syncToken = null;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.heartbeatTimer);
+    this.heartbeats.clear();
+    this.forgetConnection();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws && ws.readyState !== WebSocket.CLOSED) {
+      // Resolved once the server has finished with this socket: it answers our close frame
+      // only after everything we sent before it, so a rejoin sees all of it applied.
+      this.closed = new Promise((resolve) => {
+        ws.addEventListener('close', resolve);
+        setTimeout(resolve, 3000);
+      });
+      if (ws.readyState === WebSocket.CONNECTING) ws.addEventListener('open', () => ws.close(1000, reason));
+      else if (ws.readyState === WebSocket.OPEN) ws.close(1000, reason);
+    }
+  }
+
+  disconnect(kind, text) {
+    this.dropSocket(text);
+    this.renderStatus(kind, text);
+    this.renderSync();
+  }
+
+  async connect() {
+    this.dropSocket('reconnecting');
+    const gen = this.wsGen;
+    if (!this.docId) return;
+    if (!this.session || this.session.state !== 'Active') {
+      this.renderStatus('no-session', this.session ? `session ${this.session.state.toLowerCase()}` : 'no session');
+      return;
+    }
+    if (!this.wantOnline) {
+      this.renderStatus('offline', 'offline');
+      return;
+    }
+    if (this.client.outstanding && this.closed) {
+      this.renderStatus('connecting', 'connecting');
+      await this.closed;
+      if (gen !== this.wsGen) return;
+    }
+    const ws = new WebSocket(this.socketUrl());
+    this.ws = ws;
+    this.renderStatus(this.reconnectAttempt ? 'reconnecting' : 'connecting',
+      this.reconnectAttempt ? `reconnecting (attempt ${this.reconnectAttempt})` : 'connecting');
+    this.info(`connecting to ${this.docId}`);
+    ws.addEventListener('open', () => {
+      if (gen !== this.wsGen) return;
+      this.renderStatus('connecting', 'joining…');
+      this.heartbeatTimer = setInterval(() => this.tick(), HEARTBEAT_MS);
+      this.tick();
+    });
+    ws.addEventListener('message', (event) => {
+      if (gen === this.wsGen) this.receive(event.data);
+    });
+    ws.addEventListener('close', (event) => {
+      if (gen === this.wsGen) this.onClose(event);
+    });
+  }
+
+  onClose(event) {
+    const { code } = event;
+    const why = CLOSE_REASONS[code] || 'closed';
+    this.joined = false;
+    this.syncing = false;
+    this.syncToken = null;
+    this.ws = null;
+    clearInterval(this.heartbeatTimer);
+    this.heartbeats.clear();
+    this.forgetConnection();
+    this.log('error', 'close', `${code} ${why}${event.reason ? ` (${event.reason})` : ''}`);
+    if (FINAL_CODES.has(code)) {
+      this.renderStatus('closed', `closed ${code} · ${why}`);
+      this.refreshSession();
+    } else {
+      this.scheduleReconnect(code, why);
+    }
+    this.renderSync();
+    this.drawCarets();
+  }
+
+  /** What we knew only through the socket: who is here, and the latency. */
+  forgetConnection() {
+    this.peers.clear();
+    this.latency = null;
+    this.els.latency.textContent = '';
+    this.renderPresence();
+  }
+
+  scheduleReconnect(code, why) {
+    const base = Math.min(15000, 500 * 2 ** this.reconnectAttempt);
+    const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
+    this.reconnectAttempt += 1;
+    this.renderStatus('reconnecting',
+      `${code} ${why} · retry in ${(delay / 1000).toFixed(1)} s (attempt ${this.reconnectAttempt})`);
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Reconnect at once (a fresh join sorts out whatever confused us). */
+  restartSocket(reason) {
+    this.info(`${reason}; reconnecting`);
+    this.connect();
+  }
+
+  goOffline() {
+    this.wantOnline = false;
+    this.els.online.checked = false;
+    this.card.classList.add('offline');
+    this.disconnect('offline', 'offline');
+    this.info('offline: edits are kept and sent when you go online');
+  }
+
+  goOnline() {
+    this.wantOnline = true;
+    this.els.online.checked = true;
+    this.card.classList.remove('offline');
+    this.reconnectAttempt = 0;
+    this.connect();
+  }
+
+  send(type, payload, id = newId(`e${this.index + 1}`)) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return null;
+    const message = { id, type, payload, timestamp: new Date().toISOString() };
+    this.ws.send(JSON.stringify(message));
+    this.log('out', type, summarize(type, payload, this), type === 'heartbeat' ? 'hb' : '');
+    return id;
+  }
+
+  tick() {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    const now = performance.now();
+    // Timers in background tabs may run once a minute, so judge by unanswered heartbeats only.
+    if ([...this.heartbeats.values()].some((sent) => now - sent > HEARTBEAT_TIMEOUT_MS)) {
+      this.restartSocket('no reply to a heartbeat for 15 s');
+      return;
+    }
+    const { outstanding } = this.client;
+    if (outstanding && this.canSend() && now - outstanding.sentAt > ACK_TIMEOUT_MS) {
+      this.restartSocket('an edit was not acknowledged within 10 s');
+      return;
+    }
+    const id = this.send('heartbeat', {});
+    if (id) this.heartbeats.set(id, now);
+  }
+
+  receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      this.log('error', 'invalid', clip(data, 80));
+      return;
+    }
+    const { type, payload = {} } = message;
+    this.log(type === 'error' ? 'error' : 'in', type, summarize(type, payload, this, message),
+      type === 'heartbeat_ack' ? 'hb' : '');
+    const handler = this.handlers[type];
+    if (handler) handler.call(this, payload, message);
+  }
+
+  // -------------------------------------------------------------- message handlers
+
+  get handlers() {
+    return {
+      document_state: this.onDocumentState,
+      realtime_edit: (p) => this.serverEvent(p.revision, {
+        kind: 'remote', op: TextOperation.fromJSON(p.op), content: p.content, user: p.user_id,
+      }),
+      edit_ack: (p, m) => this.serverEvent(p.revision, {
+        kind: 'ack', id: m.id, op: TextOperation.fromJSON(p.op),
+        correction: p.correction ? TextOperation.fromJSON(p.correction) : null, content: p.content,
+      }),
+      sync_response: (p) => {
+        for (const entry of p.ops) {
+          this.serverEvent(entry.revision, { kind: 'remote', op: TextOperation.fromJSON(entry.op) });
+        }
+      },
+      heartbeat_ack: (p, m) => {
+        const sent = this.heartbeats.get(m.id);
+        if (sent === undefined) return;
+        this.heartbeats.delete(m.id);
+        this.latency = performance.now() - sent;
+        this.els.latency.textContent = `${this.latency.toFixed(0)} ms`;
+      },
+      presence: (p) => {
+        const peer = this.peer(p);
+        if (p.cursor) peer.cursor = Math.min(p.cursor.position, cpLength(this.content));
+        peer.state = p.state;
+        this.renderPresence();
+      },
+      session_connected: (p) => {
+        const peer = this.peer(p);
+        peer.connections = p.connection_count;
+        this.renderPresence();
+      },
+      session_disconnected: (p) => {
+        const peer = this.peers.get(p.peer_id);
+        if (peer) {
+          peer.connections -= 1;
+          if (peer.connections <= 0) this.peers.delete(p.peer_id);
+        }
+        this.renderPresence();
+      },
+      error: this.onError,
+    };
+  }
+
+  peer(p) {
+    if (this.session && p.peer_id === this.session.peer_id) return { connections: 0 }; // our own other tabs
+    let peer = this.peers.get(p.peer_id);
+    if (!peer) {
+      peer = { user: p.user_id, connections: 1, cursor: null };
+      this.peers.set(p.peer_id, peer);
+    }
+    return peer;
+  }
+
+  onDocumentState(p) {
+    this.joined = true;
+    this.reconnectAttempt = 0;
+    this.setFormat(p.format);
+    this.peers.clear();
+    const mine = this.session && this.session.peer_id;
+    for (const participant of p.participants || []) {
+      if (participant.peer_id === mine) continue;
+      this.peers.set(participant.peer_id, {
+        user: participant.user_id, connections: participant.connections,
+        cursor: participant.cursor ? participant.cursor.position : null,
+      });
+    }
+    this.renderStatus('connected', 'connected');
+    const { client } = this;
+    if (client.pending && client.revision >= 0 && p.revision >= client.revision) {
+      client.queue.clear();
+      this.reconcile(p.revision, 'rejoined with local changes');
+    } else {
+      this.dropPending('they were made before the document was loaded, or the server lost revisions');
+      client.adopt(p.content, p.revision);
+    }
+    this.renderPresence();
+    this.afterServer();
+  }
+
+  onError(p, message) {
+    const { client } = this;
+    if (!client.outstanding || message.id !== client.outstanding.id) return;
+    if (p.code === 'CONFLICT') {
+      // The edit was refused unapplied: catch up, then send it again.
+      const target = Math.max(client.announced, (p.details && p.details.revision) || 0);
+      this.reconcile(target, 'the edit was based on a revision the server no longer keeps');
+    } else {
+      this.dropPending(`the server refused the edit (${p.code})`);
+      this.send('sync_request', { since_revision: client.revision });
+    }
+  }
+
+  // -------------------------------------------------------------- edits to and from the server
+
+  /** Send one edit (the OT client's hook); returns its message id. */
+  sendEdit(op, base) {
+    const delta = toDelta(op);
+    const kinds = new Set(delta.map((part) => (part.insert !== undefined ? 'insert' : 'delete')));
+    return this.send('realtime_edit', {
+      base_revision: base, change_delta: delta, operation: kinds.size > 1 ? 'replace' : [...kinds][0],
+    });
+  }
+
+  /** A local edit, not yet in the OT client. */
+  localEdit(op) {
+    if (op.isNoop()) return;
+    this.shiftCursors(op);
+    this.client.edit(op);
+    this.renderSync();
+  }
+
+  /** One server revision, in whatever order it came. */
+  serverEvent(revision, event) {
+    try {
+      this.client.receive(revision, event);
+    } catch (err) {
+      this.log('error', 'client', `could not apply revision ${revision}: ${err.message}`);
+      this.dropPending('the local state could not take a server edit');
+      this.restartSocket('resynchronizing');
+      return;
+    }
+    this.afterServer();
+  }
+
+  afterServer() {
+    const { client } = this;
+    clearTimeout(this.gapTimer);
+    this.gapTimer = client.queue.size ? setTimeout(() => this.fillGap(), GAP_WAIT_MS) : null;
+    if (this.hold && !client.pending) this.releaseHold();
+    client.flush();
+    if (!client.pending) this.scheduleCursor(); // cursors wait for a quiet moment
+    this.renderSync();
+  }
+
+  fillGap() {
+    const { client } = this;
+    if (!client.queue.size || client.queue.has(client.revision + 1) || !this.isLive() || this.syncing) return;
+    if (!client.pending) this.send('sync_request', { since_revision: client.revision });
+    else this.reconcile(client.announced, 'revisions arrived out of order');
+  }
+
+  dropPending(reason) {
+    if (!this.client.dropPending()) return;
+    this.log('error', 'client', `local changes dropped: ${reason}`);
+    if (this.hold) this.releaseHold();
+  }
+
+  /** Catch up through the stored history after a reconnect (or a conflict), then resend. */
+  async reconcile(target, why) {
+    const { client } = this;
+    const token = {};
+    this.syncToken = token;
+    this.syncing = true;
+    this.renderStatus('syncing', 'catching up');
+    this.renderSync();
+    this.info(`catching up from rev ${client.revision} to ${target}: ${why}`);
+    const deadline = performance.now() + 8000;
+    try {
+      while (client.revision < target) {
+        const path = `/api/documents/${encodeURIComponent(this.docId)}/history?since=${client.revision}&limit=1000`;
+        const reply = await api('GET', path);
+        if (token !== this.syncToken) return;
+        if (!reply.ok) throw new Error(errorText(reply));
+        for (const entry of reply.json.ops) {
+          client.receive(entry.revision, { kind: 'history', op: TextOperation.fromJSON(entry.op), id: entry.message_id });
+        }
+        if (client.revision >= target) break;
+        // The socket announced revisions whose writes may not be committed yet.
+        if (performance.now() > deadline) throw new Error(`the history stops before revision ${target}`);
+        await sleep(reply.json.ops.length ? 0 : 100);
+        if (token !== this.syncToken) return;
+      }
+    } catch (err) {
+      if (token !== this.syncToken) return;
+      this.syncing = false;
+      this.dropPending(`could not catch up (${err.message})`);
+      this.restartSocket('starting over from the server\'s state');
+      return;
+    }
+    this.syncToken = null;
+    this.syncing = false;
+    if (this.isLive()) this.renderStatus('connected', 'connected');
+    // Not in the history, so the server never applied it; it is based on the latest revision now.
+    if (client.requeue()) this.info('resending the edit that was in flight');
+    this.afterServer();
+  }
+
+  // -------------------------------------------------------------- local input
+
+  onRichInput() {
+    if (this.hold || this.format !== 'html') return;
+    const { rich } = this.els;
+    // Browsers add style attributes while editing; the server would strip them and log it.
+    for (const node of rich.querySelectorAll('[style]')) node.removeAttribute('style');
+    const now = rich.innerHTML;
+    if (now === this.shown) return;
+    const edit = diff(this.shown, now);
+    let op = edit;
+    if (this.shown !== this.content) {
+      // The browser writes some things its own way (e.g. U+00A0 as &nbsp;): send the edit
+      // alone, in the document's terms, unless it touches what the browser rewrote.
+      const rewrite = diff(this.content, this.shown);
+      const a = spanOf(edit), b = spanOf(rewrite.invert(this.content));
+      op = a && b && a[0] <= b[1] && b[0] <= a[1]
+        ? diff(this.content, now)
+        : TextOperation.transform(edit, rewrite.invert(this.content))[0];
+    }
+    this.shown = now;
+    this.localEdit(op);
+    this.drawCarets();
+  }
+
+  onPlainInput() {
+    if (this.format !== 'text') return;
+    const now = this.els.plain.value;
+    if (now !== this.content) this.localEdit(diff(this.content, now));
+  }
+
+  // -------------------------------------------------------------- rendering
+
+  setFormat(format) {
+    this.format = format === 'text' ? 'text' : 'html';
+    const rich = this.format === 'html';
+    this.els.rich.hidden = !rich;
+    this.els.plain.hidden = rich;
+    for (const button of this.els.toolbar.querySelectorAll('button')) button.disabled = !rich;
+    if (!rich) this.els.linkBox.hidden = true;
+    this.els.formatBadge.textContent = rich ? 'rich text' : 'plain text';
+  }
+
+  /** Show `content`, moving the caret over `op` (the change from `before`), never stealing focus. */
+  render(before, op, full = false) {
+    if (this.format === 'text') this.renderPlain(before, op);
+    else if (!this.hold) this.renderRich(before, op, full);
+    this.drawCarets();
+    this.renderSync();
+  }
+
+  renderPlain(before, op) {
+    const { plain } = this.els;
+    const focused = document.activeElement === plain;
+    const value = plain.value;
+    const start = utf16ToCp(value, plain.selectionStart), end = utf16ToCp(value, plain.selectionEnd);
+    plain.value = this.content;
+    if (focused && op && op.baseLength === cpLength(value)) {
+      const s = transformCursor(Math.min(start, op.baseLength), op, true);
+      const e = transformCursor(Math.min(end, op.baseLength), op, true);
+      plain.setSelectionRange(cpToUtf16(this.content, s), cpToUtf16(this.content, e));
+    }
+  }
+
+  renderRich(before, op, full) {
+    const { rich } = this.els;
+    if (!full && rich.innerHTML === this.content) {
+      this.shown = this.content;
+      return;
+    }
+    const selection = selectionUnits(rich);
+    rich.innerHTML = this.content; // sanitized by the server, or typed here
+    this.shown = rich.innerHTML;
+    if (!selection || !op || op.baseLength !== cpLength(before)) return;
+    const move = (units) => {
+      const at = utf16ToCp(before, htmlIndexOfText(before, units));
+      const moved = transformCursor(Math.min(at, op.baseLength), op, true);
+      return textUnitsBefore(this.content, cpToUtf16(this.content, moved));
+    };
+    selectUnits(rich, move(selection[0]), move(selection[1]));
+  }
+
+  releaseHold() {
+    this.hold = false;
+    this.els.rich.contentEditable = 'true';
+    this.render(this.content, null, true);
+    const waiters = this.holdWaiters;
+    this.holdWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  /**
+   * Insert raw HTML at the end through the normal edit path, without ever rendering it:
+   * the view waits for the server's sanitized version (the ack's correction).
+   */
+  insertUnrendered(html) {
+    if (this.format !== 'html' || !this.canSend()) return Promise.reject(new Error('editor 1 is not connected'));
+    this.hold = true;
+    this.els.rich.contentEditable = 'false';
+    this.client.lastCorrection = null;
+    const done = new Promise((resolve) => this.holdWaiters.push(resolve));
+    this.localEdit(new TextOperation().retain(cpLength(this.content)).insert(html));
+    return done;
+  }
+
+  // -------------------------------------------------------------- cursors and presence
+
+  shiftCursors(op) {
+    for (const peer of this.peers.values()) {
+      if (peer.cursor !== null && peer.cursor <= op.baseLength) peer.cursor = transformCursor(peer.cursor, op);
+    }
+  }
+
+  /** The caret as a document position (code points of the content). */
+  caretPosition() {
+    if (this.format === 'text') {
+      const { plain } = this.els;
+      if (document.activeElement !== plain) return null;
+      return [utf16ToCp(plain.value, plain.selectionStart), utf16ToCp(plain.value, plain.selectionEnd)];
+    }
+    const selection = selectionUnits(this.els.rich);
+    if (!selection) return null;
+    const at = (units) => utf16ToCp(this.content, htmlIndexOfText(this.content, units));
+    return [at(selection[0]), at(selection[1])];
+  }
+
+  scheduleCursor() {
+    if (this.cursorTimer) return;
+    this.cursorTimer = setTimeout(() => {
+      this.cursorTimer = null;
+      this.sendCursor();
+    }, CURSOR_THROTTLE_MS);
+  }
+
+  sendCursor() {
+    // Only when in sync: then positions are in the server's terms at our revision.
+    if (!this.canSend() || this.client.pending || this.hold) return;
+    const caret = this.caretPosition();
+    if (!caret) return;
+    const length = cpLength(this.content);
+    const [position, end] = caret.map((n) => Math.min(n, length));
+    const key = `${this.revision}:${position}:${end}`;
+    if (key === this.lastCursorSent) return;
+    this.lastCursorSent = key;
+    this.send('cursor_update', end !== position ? { position, selection_end: end } : { position });
+  }
+
+  renderPresence() {
+    const { presence } = this.els;
+    presence.replaceChildren();
+    const you = this.session ? this.session.user_id : '';
+    presence.append(h('span', { class: 'muted' }, 'Here: '),
+      h('span', { class: 'who me' }, `${you} (you)`));
+    for (const peer of this.peers.values()) {
+      const where = peer.cursor === null ? '' : ` at ${this.displayPosition(peer.cursor)}`;
+      const chip = h('span', { class: 'who' }, `${peer.user}${where}`);
+      chip.style.setProperty('--user', colorFor(peer.user));
+      presence.append(' ', chip);
+    }
+    this.drawCarets();
+  }
+
+  /** A position as a person counts it: characters of visible text. */
+  displayPosition(position) {
+    if (this.format === 'text') return position;
+    return textUnitsBefore(this.content, cpToUtf16(this.content, position));
+  }
+
+  drawCarets() {
+    const { carets, rich, wrap } = this.els;
+    carets.replaceChildren();
+    if (this.format !== 'html' || this.hold || !this.joined) return;
+    const wrapBox = wrap.getBoundingClientRect();
+    const richBox = rich.getBoundingClientRect();
+    for (const peer of this.peers.values()) {
+      if (peer.cursor === null) continue;
+      const units = textUnitsBefore(this.content, cpToUtf16(this.content, Math.min(peer.cursor, cpLength(this.content))));
+      const [node, offset] = domPoint(rich, units);
+      const range = document.createRange();
+      range.setStart(node, offset);
+      range.collapse(true);
+      let box = range.getClientRects()[0] || range.getBoundingClientRect();
+      if (!box || (!box.height && node === rich)) {
+        const style = getComputedStyle(rich);
+        box = { left: richBox.left + parseFloat(style.paddingLeft), top: richBox.top + parseFloat(style.paddingTop), height: 18 };
+      }
+      if (box.top < richBox.top - 2 || box.top > richBox.bottom - 8) continue; // scrolled out of view
+      const caret = h('span', { class: 'caret' }, h('span', { class: 'caret-label' }, peer.user));
+      caret.style.setProperty('--user', colorFor(peer.user));
+      caret.style.left = `${box.left - wrapBox.left}px`;
+      caret.style.top = `${box.top - wrapBox.top}px`;
+      caret.style.height = `${box.height || 18}px`;
+      carets.append(caret);
+    }
+  }
+
+  // -------------------------------------------------------------- documents
+
+  openDocument(docId) {
+    if (this.client.pending) this.info(`leaving ${this.docId} with unsent changes; they are dropped`);
+    this.dropSocket('switching documents');
+    this.docId = docId;
+    this.client.reset('', -1);
+    this.client.corrections = 0;
+    this.peers.clear();
+    this.shown = '';
+    this.els.rich.replaceChildren();
+    this.els.plain.value = '';
+    this.renderPresence();
+    this.connect();
+  }
+
+  /** What tests and the console can read. */
+  get state() {
+    return {
+      index: this.index, user: this.session && this.session.user_id, session: this.session && this.session.state,
+      document: this.docId, format: this.format, status: this.statusKind, statusText: this.statusText,
+      online: this.wantOnline, joined: this.joined, revision: this.revision, content: this.content,
+      synchronized: this.isLive() && !this.syncing && this.client.synchronized,
+      pending: this.client.pending, syncing: this.syncing, latency: this.latency,
+      text: this.format === 'text' ? this.els.plain.value : this.els.rich.textContent,
+      peers: [...this.peers.values()].map((p) => ({ user: p.user, cursor: p.cursor })),
+      corrections: this.client.corrections,
+    };
+  }
+}
+
+/** One line for the message log. */
+function summarize(type, p, editor, message = {}) {
+  switch (type) {
+    case 'realtime_edit':
+      if (p.op) return `${p.user_id} · rev ${p.revision} · ${describeOp(TextOperation.fromJSON(p.op))}`;
+      return `on rev ${p.base_revision} · ${p.change_delta.map((d) => (d.insert !== undefined
+        ? `+${JSON.stringify(clip(d.insert, 24))}@${d.position}` : `−${d.delete}@${d.position}`)).join(' ')}`;
+    case 'edit_ack':
+      return `rev ${p.revision}${p.correction ? ' · corrected by the sanitizer' : ''}`;
+    case 'document_state':
+      return `${p.document_id} · ${p.format} · rev ${p.revision} · ${cpLength(p.content)} chars · ${
+        (p.participants || []).length} here`;
+    case 'sync_request':
+      return `since rev ${p.since_revision}`;
+    case 'sync_response':
+      return `${p.ops.length} ops · up to rev ${p.revision}`;
+    case 'cursor_update':
+      return `at ${p.position}${p.selection_end !== undefined ? `–${p.selection_end}` : ''}`;
+    case 'presence':
+      return `${p.user_id} ${p.state}${p.cursor ? ` at ${p.cursor.position}` : ''}`;
+    case 'session_connected':
+      return `${p.user_id} joined (${p.connection_count} connection${p.connection_count === 1 ? '' : 's'})`;
+    case 'session_disconnected':
+      return `${p.user_id} left (${p.reason})`;
+    case 'heartbeat':
+      return '';
+    case 'heartbeat_ack': {
+      const sent = editor.heartbeats.get(message.id);
+      return sent === undefined ? '' : `${(performance.now() - sent).toFixed(0)} ms`;
+    }
+    case 'error':
+      return `${p.code}: ${p.message}`;
+    default:
+      return clip(JSON.stringify(p), 80);
+  }
+}
+
+// ---------------------------------------------------------------- the page
+
+const params = new URLSearchParams(location.search);
+const editors = [];
+const demo = {
+  editors,
+  api,
+  get ready() {
+    return editors.length === 2 && editors.every((e) => e.joined && e.revision >= 0);
+  },
+  get states() {
+    return editors.map((e) => e.state);
+  },
+  openDocument,
+};
+window.mcprtDemo = demo;
+
+async function openDocument(docId, format) {
+  const note = document.getElementById('doc-note');
+  if (!DOCUMENT_ID.test(docId)) {
+    note.textContent = 'A document id is 1–128 letters, digits, dots, dashes or underscores.';
+    return false;
+  }
+  if (format === 'text') {
+    const reply = await api('POST', '/api/documents', { document_id: docId, format: 'text' });
+    if (reply.status === 201) note.textContent = `Created plain-text document ${docId}.`;
+    else if (reply.status === 409) note.textContent = `${docId} already exists; it keeps the format it was created with.`;
+    else {
+      note.textContent = `Could not create ${docId}: ${errorText(reply)}`;
+      return false;
+    }
+  } else {
+    note.textContent = '';
+  }
+  document.getElementById('doc-id').value = docId;
+  const query = new URLSearchParams(location.search);
+  query.set('doc', docId);
+  history.replaceState(null, '', `${location.pathname}?${query}`);
+  for (const editor of editors) editor.openDocument(docId);
+  return true;
+}
+
+function setUpHealth() {
+  const box = document.getElementById('health');
+  const text = document.getElementById('health-text');
+  const check = async () => {
+    const reply = await api('GET', '/health');
+    const healthy = reply.ok && reply.json && reply.json.status === 'healthy';
+    box.dataset.state = healthy ? 'ok' : 'bad';
+    text.textContent = healthy ? `healthy · v${reply.json.version}` : `unhealthy (${reply.status || 'no reply'})`;
+  };
+  check();
+  setInterval(check, 30000);
+}
+
+function setUpApiPanel() {
+  const panel = document.getElementById('api-panel');
+  const status = panel.querySelector('.api-status');
+  const body = panel.querySelector('.api-body');
+  const show = (method, path, reply) => {
+    status.replaceChildren(
+      h('span', { class: `code ${reply.ok ? 'ok' : 'bad'}` }, reply.status || 'network error'),
+      ` ${reply.statusText} · ${method} ${path} · ${reply.ms.toFixed(0)} ms`);
+    body.textContent = reply.json === null ? '' : JSON.stringify(reply.json, null, 2);
+  };
+  const run = async (method, path, payload) => show(method, path, await api(method, path, payload));
+
+  panel.querySelector('[data-api="create-session"]').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const form = event.target;
+    run('POST', '/api/sessions', { user_id: form.user_id.value.trim(), activate: form.activate.checked });
+  });
+  const sessionForm = panel.querySelector('[data-api="session"]');
+  for (const button of sessionForm.querySelectorAll('[data-fill]')) {
+    button.addEventListener('click', () => {
+      const editor = editors[Number(button.dataset.fill)];
+      if (editor.session) sessionForm.session_id.value = editor.session.session_id;
+    });
+  }
+  sessionForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const method = event.submitter ? event.submitter.dataset.method : 'GET';
+    const id = encodeURIComponent(sessionForm.session_id.value.trim());
+    await run(method, `/api/sessions/${id}${method === 'POST' ? '/activate' : ''}`);
+    for (const editor of editors) {
+      if (editor.session && encodeURIComponent(editor.session.session_id) === id) editor.refreshSession();
+    }
+  });
+  panel.querySelector('[data-api="document"]').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const id = encodeURIComponent(form.document_id.value.trim());
+    if (event.submitter && event.submitter.dataset.what === 'history') {
+      run('GET', `/api/documents/${id}/history?since=${Number(form.since.value) || 0}&limit=${Number(form.limit.value) || 20}`);
+    } else {
+      run('GET', `/api/documents/${id}`);
+    }
+  });
+  panel.querySelector('[data-api="health"]').addEventListener('submit', (event) => {
+    event.preventDefault();
+    run('GET', '/health');
+  });
+}
+
+function setUpSecurityPanel() {
+  const sample = document.getElementById('xss-sample');
+  sample.value = XSS_SAMPLE;
+  const checks = document.getElementById('xss-checks');
+  const stored = document.getElementById('xss-stored');
+  document.getElementById('xss-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const editor = editors[0];
+    checks.replaceChildren(h('li', { class: 'wait' }, 'Sent; waiting for the server\'s sanitized version…'));
+    try {
+      await editor.insertUnrendered(sample.value);
+    } catch (err) {
+      checks.replaceChildren(h('li', { class: 'bad' }, err.message));
+      return;
+    }
+    const roots = editors.map((e) => e.els.rich);
+    const all = roots.flatMap((root) => [...root.querySelectorAll('*')]);
+    const results = [
+      ['the server corrected the edit', editor.client.lastCorrection !== null],
+      ['no <script> elements in either editor', !all.some((node) => node.localName === 'script')],
+      ['no on* event-handler attributes', !all.some((node) => [...node.attributes].some((a) => a.name.startsWith('on')))],
+      ['no javascript: links', !all.some((node) => /^\s*javascript:/i.test(node.getAttribute('href') || ''))],
+      ['no <img>, <iframe> or <object>', !all.some((node) => ['img', 'iframe', 'object', 'embed'].includes(node.localName))],
+    ];
+    checks.replaceChildren(...results.map(([label, ok]) => h('li', { class: ok ? 'ok' : 'bad' }, label)));
+    stored.textContent = `The document now ends with:\n${editor.content.slice(-300)}`;
+  });
+
+  document.getElementById('events-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const token = document.getElementById('admin-token').value.trim();
+    const statusLine = document.getElementById('events-status');
+    const tbody = document.querySelector('#events-table tbody');
+    if (!token) {
+      statusLine.textContent = 'The admin token is the server\'s --admin-token.';
+      return;
+    }
+    const reply = await api('GET', '/api/events?kind=security&limit=20', undefined, { Authorization: `Bearer ${token}` });
+    if (!reply.ok) {
+      statusLine.textContent = errorText(reply);
+      tbody.replaceChildren();
+      return;
+    }
+    const { events } = reply.json;
+    statusLine.textContent = `${events.length} security event${events.length === 1 ? '' : 's'}, newest first`;
+    tbody.replaceChildren(...events.map((e) => h('tr', { class: `sev-${e.severity}` },
+      h('td', { class: 'nowrap' }, clock(new Date(e.time))), h('td', {}, e.type),
+      h('td', {}, h('span', { class: 'severity' }, e.severity)), h('td', {}, e.user_id || '–'),
+      h('td', {}, e.document_id || '–'),
+      h('td', { class: 'details', title: JSON.stringify(e.details) }, clip(JSON.stringify(e.details), 140)))));
+  });
+}
+
+async function main() {
+  const section = document.querySelector('.editors');
+  const template = document.getElementById('editor-template');
+  const users = (params.get('users') || 'alice,bob').split(',').map((u) => u.trim()).filter(Boolean);
+  for (let i = 0; i < 2; i++) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    section.append(card);
+    editors.push(new Editor(i, card, users[i] || `user${i + 1}`));
+  }
+  setUpHealth();
+  setUpApiPanel();
+  setUpSecurityPanel();
+  document.getElementById('doc-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    openDocument(document.getElementById('doc-id').value.trim(), document.getElementById('doc-format').value);
+  });
+  setInterval(() => editors.forEach((e) => e.renderSession()), 30000);
+
+  const docId = params.get('doc') || 'default';
+  const format = params.get('format') === 'text' ? 'text' : 'html';
+  document.getElementById('doc-format').value = format;
+  await Promise.all(editors.map((e) => e.createSession(e.els.userName.value.trim(), true)));
+  await openDocument(docId, format);
+}
+
+main();

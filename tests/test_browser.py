@@ -1,0 +1,408 @@
+"""The browser demo in Debian's Chromium: two editors in sync, concurrent typing, XSS, reconnects, a clean console."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed; the browser tests drive it",
+                allow_module_level=True)
+
+from playwright.async_api import async_playwright  # noqa: E402
+
+from conftest import ADMIN  # noqa: E402
+from mcprt.ot import TextOperation, transform_cursor  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+# Everything the pages said on their consoles, across the module (checked by the last test).
+CONSOLE_ERRORS: list[str] = []
+
+XSS = '<img src=x onerror=alert(1)><script>alert(2)</script><a href="javascript:alert(3)">x</a>'
+
+
+@pytest_asyncio.fixture
+async def browser():
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class Demo:
+    """One tab of the demo page, with its console, errors and dialogs recorded."""
+
+    def __init__(self, page):
+        self.page = page
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self._error(f"pageerror: {exc}"))
+        page.on("dialog", self._dialog)
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            self._error(f"console: {message.text}")
+
+    def _error(self, text: str) -> None:
+        self.errors.append(text)
+        CONSOLE_ERRORS.append(text)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        asyncio.ensure_future(dialog.dismiss())
+
+    @classmethod
+    async def open(cls, browser, harness, doc: str = "default", users: str = "alice,bob", **query) -> "Demo":
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        demo = cls(page)
+        params = "&".join(f"{k}={v}" for k, v in {"doc": doc, "users": users, **query}.items())
+        await page.goto(f"{harness.base}/?{params}")
+        await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.ready", timeout=10_000)
+        return demo
+
+    def card(self, side: int):
+        return self.page.locator(f'.editor-card[data-side="{side}"]')
+
+    def rich(self, side: int):
+        return self.card(side).locator(".rich")
+
+    async def states(self) -> list[dict]:
+        return await self.page.evaluate("() => window.mcprtDemo.states")
+
+    async def type_at_end(self, side: int, text: str, area: str = ".rich") -> None:
+        await self.card(side).locator(area).click()
+        await self.page.keyboard.press("Control+End")
+        await self.page.keyboard.type(text)
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], self.errors
+        assert self.dialogs == [], self.dialogs
+
+
+async def until(check, timeout: float = 10.0, what: str = "condition"):
+    """Poll an async check until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def converged(harness, demos: list[Demo], doc: str = "default", timeout: float = 15.0) -> str:
+    """Wait until every editor on every page is in sync and equal to the server's content; return it."""
+
+    async def check():
+        states = [s for demo in demos for s in await demo.states()]
+        if not all(s["synchronized"] for s in states):
+            return None
+        if len({(s["content"], s["revision"]) for s in states}) != 1:
+            return None
+        reply = await harness.fetch("GET", f"/api/documents/{doc}")
+        body = reply.json
+        if body["content"] == states[0]["content"] and body["revision"] == states[0]["revision"]:
+            return body["content"]
+        return None
+
+    return await until(check, timeout, "the editors and the server to converge")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def random_op(rng: random.Random, doc: str) -> TextOperation:
+    """A random operation over doc (code points, emoji included)."""
+    op, left = TextOperation(), len(doc)
+    while left:
+        n = rng.randint(1, min(left, 4))
+        if rng.random() < 0.3:
+            op.insert(rng.choice(["a", "\U0001F600", "<b>", "é", "xy"]))
+        if rng.random() < 0.6:
+            op.retain(n)
+        else:
+            op.delete(n)
+        left -= n
+    if rng.random() < 0.5:
+        op.insert(rng.choice(["z", "\U0001F44D\U0001F3FD", "&amp;"]))
+    return op
+
+
+async def test_ot_js_agrees_with_the_server(start, browser):
+    """The page's TextOperation transforms, composes and moves cursors exactly as mcprt.ot does."""
+    harness = await start()
+    page = await browser.new_page()
+    await page.goto(f"{harness.base}/static/ot.js")
+    rng = random.Random(7)
+    cases = []
+    for _ in range(300):
+        doc = "".join(rng.choice("ab\U0001F600é<") for _ in range(rng.randint(0, 9)))
+        a, b = random_op(rng, doc), random_op(rng, doc)
+        cases.append({"doc": doc, "a": a.to_json(), "b": b.to_json(), "c": random_op(rng, a.apply(doc)).to_json(),
+                      "cursor": rng.randint(0, len(doc))})
+    got = await page.evaluate("""async (cases) => {
+        const { TextOperation: T, transformCursor, splitOp, diff } = await import('/static/ot.js');
+        return cases.map(({ doc, a, b, c, cursor }) => {
+            const [ja, jb, jc] = [a, b, c].map((op) => T.fromJSON(op));
+            const [a2, b2] = T.transform(ja, jb);
+            const [head, tail] = splitOp(ja, 2, 2);
+            return { a2: a2.toJSON(), b2: b2.toJSON(), ac: ja.compose(jc).toJSON(), applied: ja.apply(doc),
+                     cursor: transformCursor(cursor, ja), own: transformCursor(cursor, ja, true),
+                     split: tail.apply(head.apply(doc)), diff: diff(doc, ja.apply(doc)).apply(doc) };
+        });
+    }""", cases)
+    for case, js in zip(cases, got):
+        a, b, c = (TextOperation.from_json(case[k]) for k in "abc")
+        a2, b2 = TextOperation.transform(a, b)
+        after = a.apply(case["doc"])
+        assert (js["a2"], js["b2"]) == (a2.to_json(), b2.to_json()), case
+        assert js["ac"] == a.compose(c).to_json(), case
+        assert js["applied"] == js["split"] == js["diff"] == after, case
+        assert js["cursor"] == transform_cursor(case["cursor"], a), case
+        assert js["own"] == transform_cursor(case["cursor"], a, own=True), case
+    await page.close()
+
+
+async def test_two_editors_sync_both_ways(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    await demo.type_at_end(1, "Hello from alice.")
+    await until(lambda: demo.rich(2).inner_text(), what="editor 2 to show alice's text")
+    await demo.type_at_end(2, " Bob here.")
+    content = await converged(harness, [demo])
+    assert content == "Hello from alice. Bob here."
+    assert await demo.rich(1).inner_text() == await demo.rich(2).inner_text() == content
+
+    # A remote edit before bob's caret (from another tab) moves it along: he keeps typing where he was.
+    other = await Demo.open(browser, harness, users="carol,dave")
+    await other.rich(1).click()
+    await other.page.keyboard.press("Control+Home")
+    await other.page.keyboard.type(">> ")
+    await converged(harness, [demo, other])
+    await demo.page.keyboard.type(" Still here.")
+    content = await converged(harness, [demo, other])
+    assert content == "&gt;&gt; Hello from alice. Bob here. Still here."
+    assert await demo.rich(2).inner_text() == ">> Hello from alice. Bob here. Still here."
+    await other.page.close()
+
+    # Formatting from the toolbar travels as HTML; the other side shows the presence of alice.
+    await demo.rich(1).click()
+    await demo.page.keyboard.press("Control+a")
+    await demo.card(1).locator('[data-cmd="bold"]').click()
+    content = await converged(harness, [demo])
+    assert content.startswith("<b>") and "Still here." in content
+    assert await demo.rich(2).locator("b").count() == 1
+    await until(lambda: demo.card(2).locator(".presence").inner_text(), what="presence")
+    presence = await demo.card(2).locator(".presence").inner_text()
+    assert "alice" in presence and "bob (you)" in presence
+    demo.assert_clean()
+    other.assert_clean()
+
+
+async def test_plain_text_document_created_from_the_picker(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    doc = unique("notes")
+    await demo.page.fill("#doc-id", doc)
+    await demo.page.select_option("#doc-format", "text")
+    await demo.page.click("#doc-form button[type=submit]")
+    await demo.page.wait_for_function(
+        "(doc) => window.mcprtDemo.ready && window.mcprtDemo.states.every(s => s.document === doc && s.format === 'text')",
+        arg=doc, timeout=10_000)
+    assert (await harness.fetch("GET", f"/api/documents/{doc}")).json["format"] == "text"
+    assert await demo.rich(1).is_hidden()
+
+    await demo.type_at_end(1, "<b>not bold</b> & caf\u00e9 \U0001F600", area=".plain")
+    await demo.page.keyboard.press("Enter")
+    await demo.page.keyboard.type("line two")
+    await demo.type_at_end(2, " (bob)", area=".plain")
+    content = await converged(harness, [demo], doc)
+    assert content == "<b>not bold</b> & caf\u00e9 \U0001F600\nline two (bob)"
+    for side in (1, 2):
+        assert await demo.card(side).locator(".plain").input_value() == content
+    assert await demo.page.locator(".editor-wrap b").count() == 0
+    demo.assert_clean()
+
+
+async def test_concurrent_typing_converges(start, browser):
+    harness = await start()
+    doc = unique("race")
+    first = await Demo.open(browser, harness, doc)
+    second = await Demo.open(browser, harness, doc, users="carol,dave")
+    await first.type_at_end(1, "Start. ")
+    await converged(harness, [first, second], doc)
+
+    words_a = "alice types the quick brown fox "
+    words_b = "dave jumps over the lazy dog "
+    await first.rich(1).click()
+    await first.page.keyboard.press("Control+End")
+    await second.rich(2).click()
+    await second.page.keyboard.press("Control+End")
+    await asyncio.gather(first.page.keyboard.type(words_a), second.page.keyboard.type(words_b))
+    await asyncio.gather(first.page.keyboard.type("and more. "), second.page.keyboard.type("the end."))
+
+    content = await converged(harness, [first, second], doc)
+    assert content.startswith("Start. ")
+    assert words_a + "and more. " in content, content
+    assert words_b + "the end." in content, content
+    assert len(content) == len("Start. " + words_a + "and more. " + words_b + "the end.")
+    first.assert_clean()
+    second.assert_clean()
+
+
+async def test_xss_paste_is_neutralized(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    await demo.type_at_end(1, "Safe text. ")
+    await converged(harness, [demo])
+    assert await demo.page.input_value("#xss-sample") == XSS
+    await demo.page.click("#xss-form button")
+    await demo.page.wait_for_selector("#xss-checks li.ok", timeout=10_000)
+    assert await demo.page.locator("#xss-checks li.bad").count() == 0
+
+    content = await converged(harness, [demo])
+    assert content.startswith("Safe text. ")
+    for bad in ("<script", "onerror", "javascript:", "<img"):
+        assert bad not in content.lower(), content
+    dom = await demo.page.evaluate("""() => [...document.querySelectorAll('.editor-wrap *')].map(el => ({
+        tag: el.localName, attrs: [...el.attributes].map(a => [a.name, a.value])}))""")
+    assert not [el for el in dom if el["tag"] in ("script", "img", "iframe")]
+    assert not [el for el in dom for name, _ in el["attrs"] if name.startswith("on")]
+    assert not [el for el in dom for name, value in el["attrs"]
+                if name == "href" and value.strip().lower().startswith("javascript:")]
+    await asyncio.sleep(0.3)  # an onerror would have fired by now
+    assert demo.dialogs == []
+
+    # The operator's view: the attempt is in the security log, shown as text.
+    await harness.settle()
+    await demo.page.fill("#admin-token", ADMIN)
+    await demo.page.click("#events-form button")
+    await demo.page.wait_for_selector("#events-table tbody tr", timeout=5_000)
+    assert "xss_attempt" in await demo.page.inner_text("#events-table tbody")
+    assert await demo.page.locator("#events-table tbody script").count() == 0
+    demo.assert_clean()
+
+
+async def test_reconnection_catches_up_and_keeps_offline_edits(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    await demo.type_at_end(1, "Shared start.")
+    await converged(harness, [demo])
+
+    # Editor 2 goes offline while editor 1 keeps writing.
+    await demo.card(2).locator(".switch").click()
+    await until(lambda: demo.page.evaluate("() => window.mcprtDemo.states[1].status === 'offline'"),
+                what="editor 2 offline")
+    await demo.type_at_end(1, " Alice while bob is away.")
+    await until(lambda: demo.page.evaluate("() => window.mcprtDemo.states[0].synchronized"), what="editor 1 sync")
+    assert "away" not in (await demo.states())[1]["content"]
+
+    # Bob writes offline too; nothing is sent until he is back.
+    await demo.type_at_end(2, " Bob offline.")
+    bob = (await demo.states())[1]
+    assert bob["pending"] and "Bob offline." in bob["content"]
+    assert "Bob offline." not in (await harness.fetch("GET", "/api/documents/default")).json["content"]
+
+    await demo.card(2).locator(".switch").click()
+    content = await converged(harness, [demo])
+    assert "Alice while bob is away." in content and "Bob offline." in content
+    assert content.startswith("Shared start.")
+
+    # Offline while an edit is in flight, so its ack never arrives: found in the history, applied once.
+    in_flight = await demo.page.evaluate("""() => {
+        const editor = window.mcprtDemo.editors[1];
+        editor.els.rich.focus();
+        document.execCommand('insertText', false, '!');
+        const inFlight = Boolean(editor.client.outstanding);
+        editor.goOffline();
+        return inFlight;
+    }""")
+    assert in_flight
+    await demo.card(2).locator(".switch").click()
+    content = await converged(harness, [demo])
+    assert content.count("!") == 1
+    demo.assert_clean()
+
+
+async def test_session_lifecycle_from_the_editor_card(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    card = demo.card(2)
+    await card.locator(".user-name").fill("erin")
+    await card.locator(".activate-now").uncheck()
+    await card.locator(".btn-create").click()
+    await until(lambda: card.locator(".session-info").inner_text(), what="session info")
+    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].session === 'Pending'")
+    assert (await demo.states())[1]["status"] == "no-session"
+
+    await card.locator(".btn-activate").click()
+    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].status === 'connected'")
+    assert (await demo.states())[1]["user"] == "erin"
+
+    await card.locator(".btn-invalidate").click()
+    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].status === 'closed'")
+    assert "4010" in await card.locator(".status").inner_text()
+    await until(lambda: demo.page.evaluate("() => window.mcprtDemo.states[1].session === 'Invalidated'"),
+                what="session info to say Invalidated")
+    assert "Invalidated" in await card.locator(".session-info").inner_text()
+    demo.assert_clean()
+
+
+async def test_panels_screenshot_and_no_console_errors(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    await demo.type_at_end(1, "Meeting notes")
+    await demo.page.keyboard.press("Enter")
+    await demo.card(1).locator('[data-cmd="insertUnorderedList"]').click()
+    await demo.page.keyboard.type("sessions over REST")
+    await demo.page.keyboard.press("Enter")
+    await demo.page.keyboard.type("edits over a WebSocket")
+    await demo.type_at_end(2, ", with operational transform")
+    content = await converged(harness, [demo])
+    assert "<li>sessions over REST</li><li>edits over a WebSocket, with operational transform</li>" in content
+    assert await demo.rich(2).locator("li").count() == 2
+
+    panel = demo.page.locator("#api-panel")
+    await panel.locator('[data-api="health"] button').click()
+    await until(lambda: panel.locator(".api-body").inner_text(), what="the health reply")
+    assert '"healthy"' in await panel.locator(".api-body").inner_text()
+    assert "200" in await panel.locator(".api-status").inner_text()
+
+    await panel.locator('[data-api="session"] [data-fill="1"]').click()
+    await panel.locator('[data-api="session"] [data-method="GET"]').click()
+    await demo.page.wait_for_function(
+        "() => document.querySelector('#api-panel .api-body').textContent.includes('\"bob\"')")
+    await panel.locator('[data-api="document"] [data-what="history"]').click()
+    await demo.page.wait_for_function(
+        "() => document.querySelector('#api-panel .api-body').textContent.includes('\"ops\"')")
+
+    await demo.page.click("#xss-form button")
+    await demo.page.wait_for_selector("#xss-checks li.ok", timeout=10_000)
+    await converged(harness, [demo])
+    await harness.settle()
+    await demo.page.fill("#admin-token", ADMIN)
+    await demo.page.click("#events-form button")
+    await demo.page.wait_for_selector("#events-table tbody tr", timeout=5_000)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await demo.page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+    assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+    demo.assert_clean()
+    assert CONSOLE_ERRORS == [], CONSOLE_ERRORS
