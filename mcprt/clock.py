@@ -11,9 +11,16 @@ def system_clock() -> float:
     return time.time()
 
 
+_second: list = [None, ""]  # the last whole second formatted: iso() runs several times per edit
+
+
 def iso(ts: float) -> str:
     """RFC 3339 UTC with microseconds, e.g. 2025-11-07T10:00:00.000000Z (sorts as text)."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    whole = int(ts // 1)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    micros = min(999999, int(round((ts - whole) * 1e6)))
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def iso_seconds(ts: float) -> str:

@@ -147,6 +147,8 @@ class Registry:
             return
         except fastjsonschema.JsonSchemaException:
             pass
+        if not _depth_ok(instance):  # before jsonschema walks it to explain
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"JSON nested deeper than {MAX_DEPTH} levels", {"pointer": ""})
         error = next(iter(sorted(self._validators[name].iter_errors(instance),
                                  key=lambda e: list(e.absolute_path))), None)
         if error is not None:
@@ -184,6 +186,4 @@ def loads(raw: str | bytes) -> Any:
                        {"pointer": "", "line": exc.lineno, "column": exc.colno}) from None
     except (UnicodeDecodeError, RecursionError) as exc:
         raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {type(exc).__name__}", {"pointer": ""}) from None
-    if not _depth_ok(value):
-        raise AppError(ErrorCode.INVALID_MESSAGE, f"JSON nested deeper than {MAX_DEPTH} levels", {"pointer": ""})
     return value

@@ -185,3 +185,16 @@ async def test_demo_files_are_served_with_a_content_security_policy(app, path):
     assert reply.status == 200
     assert "script-src 'self'" in reply.headers["Content-Security-Policy"]
     assert reply.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_iso_matches_datetime_formatting():
+    import random
+    from datetime import datetime, timezone
+
+    from mcprt.clock import iso, parse_iso
+    rng = random.Random(1)
+    for _ in range(2000):
+        ts = rng.uniform(0, 4e9)
+        text = iso(ts)
+        assert text[:19] == datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        assert abs(parse_iso(text) - ts) < 2e-6
