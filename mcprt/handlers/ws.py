@@ -412,6 +412,10 @@ def raise_impersonation(socket: EditorSocket, claimed: str) -> None:
 def publish_edit(hub, applied: Applied, author: Author, message: dict | None, exclude, now: float,
                  peers=None, metrics=None) -> None:
     """The realtime_edit every other editor receives: serialized once, with the authoritative content."""
+    if peers is None:
+        peers = hub.peers(applied.document.document_id)
+    if not any(peer is not exclude for peer in peers):
+        return  # an editor alone on its document: nothing to build
     payload = message["payload"] if message else {}
     body = {"content": applied.content, "cursor_position": payload.get("cursor_position"),
             "user_id": author.user_id, "operation": payload.get("operation", "edit"),
@@ -421,8 +425,6 @@ def publish_edit(hub, applied: Applied, author: Author, message: dict | None, ex
     id_ = f"{message['id']}-broadcast" if message else None
     text = P.dumps(P.build(P.REALTIME_EDIT, body, stamp, id_, session_info={
         "user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}))
-    if peers is None:
-        peers = hub.peers(applied.document.document_id)
     n = hub.send_all(peers, text, exclude)
     if metrics is not None:
         metrics.messages_out.labels(P.REALTIME_EDIT).inc(n)
