@@ -1,0 +1,296 @@
+"""`python -m mcprt bench`: the real server beside a bare Tornado baseline, each in its own process, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import tornado
+import websockets
+
+from . import bench_client as C
+
+ROOT = Path(__file__).resolve().parent.parent
+
+QUICK = dict(reps=1, requests=300, connects=100, heartbeat_seconds=1.5, edit_seconds=1.5, window=200, viewers=100,
+             fan_edits=300, connections=300, per_document=10, connections_heartbeat=2.0, keep=100,
+             idle_seconds=2.0, sessions=1000)
+NORMAL = dict(reps=3, requests=2000, connects=300, heartbeat_seconds=3.0, edit_seconds=4.0, window=200, viewers=100,
+              fan_edits=1500, connections=1000, per_document=10, connections_heartbeat=8.0, keep=100,
+              idle_seconds=6.0, sessions=5000)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: how to read its value from a group's results, and its target."""
+
+    name: str
+    title: str
+    unit: str
+    value: Callable[[dict], float]
+    target: str
+    passes: Callable[[float, float], bool] | None  # (value, ratio) -> met
+    latency: bool = True  # p50/p99 columns from the group's latency samples
+    floor: float = 1e-9   # a baseline below the measurement resolution counts as this
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan")
+
+
+def _ms(values: list[float]) -> float:
+    return 1000 * _median(values)
+
+
+ROWS = {
+    "session_create": [Row("session_create", "session create, HTTP POST", "ms", lambda r: _ms(r["latency"]),
+                           "p50<=1ms, <=2x", lambda v, x: v <= 1.0 and x <= 2.0)],
+    "ws_connect": [Row("ws_connect", "WS connect to document_state", "ms", lambda r: _ms(r["latency"]),
+                       "p50<=5ms", lambda v, x: v <= 5.0)],
+    "heartbeat": [Row("heartbeat", "heartbeat round trips, 1 conn", "rt/s", lambda r: r["rate"],
+                      ">=50% bare", lambda v, x: x >= 0.5)],
+    "edits": [Row("edits", "edits acked, 1 conn, 200 B, {window} in flight", "edit/s", lambda r: r["rate"],
+                  ">=8000/s, >=20%", lambda v, x: v >= 8000 and x >= 0.2)],
+    "fanout": [Row("fanout", "fan-out, 1 editor -> {viewers} viewers", "deliv/s", lambda r: r["rate"],
+                   ">=50% bare", lambda v, x: x >= 0.5)],
+    "connections": [
+        Row("conn_rss", "server RSS per conn, {connections} open", "KB", lambda r: r["rss_per_connection"] / 1024,
+            "<=64 KB", lambda v, x: v <= 64, latency=False, floor=0.1),
+        Row("conn_heartbeat_p99", "heartbeat p99, {connections} conns open", "ms", lambda r: 1000 * _p99(r["latency"]),
+            "p99<=50ms", lambda v, x: v <= 50),
+        Row("idle_cpu", "server idle CPU, {keep} conns open", "%", lambda r: r["idle_cpu"],
+            "<5%", lambda v, x: v < 5, latency=False, floor=0.1)],
+    "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
+                           lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
+}
+
+
+def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]]:
+    """Each group's measurement, run once per repetition against one target."""
+    return {
+        "session_create": lambda t, rep: C.session_latency(t, p["requests"]),
+        "ws_connect": lambda t, rep: C.connect_latency(t, p["connects"]),
+        "heartbeat": lambda t, rep: C.heartbeat_rate(t, p["heartbeat_seconds"]),
+        "edits": lambda t, rep: C.edit_rate(t, p["edit_seconds"], p["window"], f"bench-edits-{rep}"),
+        "fanout": lambda t, rep: C.fan_out_rate(t, p["viewers"], p["fan_edits"], p["window"], f"bench-fan-{rep}"),
+        "connections": lambda t, rep: C.many_connections(t, p["connections"], p["per_document"],
+                                                         p["connections_heartbeat"], p["keep"], p["idle_seconds"]),
+        "session_memory": lambda t, rep: C.session_memory(t, p["sessions"]),
+    }
+
+
+GROUP_OF = {row.name: group for group, rows in ROWS.items() for row in rows}
+
+
+def select(only: list[str] | None) -> list[str]:
+    """The groups to run, in table order; `only` may name groups or rows."""
+    if not only:
+        return list(ROWS)
+    unknown = [n for n in only if n not in ROWS and n not in GROUP_OF]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join([*ROWS, *GROUP_OF])}")
+    wanted = {GROUP_OF.get(n, n) for n in only}
+    return [g for g in ROWS if g in wanted]
+
+
+# -- server processes ---------------------------------------------------------------
+
+
+class ServerProcess:
+    """`python -m mcprt.bench_servers KIND` in its own process; stopped with SIGTERM."""
+
+    def __init__(self, kind: str, workdir: str):
+        self.kind, self.workdir = kind, workdir
+        self.log_path = os.path.join(workdir, f"{kind}.log")
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> C.Target:
+        args = [sys.executable, "-m", "mcprt.bench_servers", "real" if self.kind == "mcprt" else "bare"]
+        if self.kind == "mcprt":
+            args.append(os.path.join(self.workdir, f"bench-{time.monotonic_ns()}.db"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=log,
+                                                             env=env, cwd=self.workdir)
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 60)).decode()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"{self.kind} server did not start: {line!r}; see {self.log_path}")
+        return C.Target(self.kind, int(line.split()[1]), self.proc.pid)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 20)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def problems(self) -> list[str]:
+        """Error lines the server logged."""
+        text = Path(self.log_path).read_text(errors="replace") if os.path.exists(self.log_path) else ""
+        return [line for line in text.splitlines() if " ERROR " in line or line.startswith("Traceback")]
+
+
+async def run_group(group: str, params: dict, workdir: str) -> dict:
+    """Fresh servers for one group, repetitions alternating bare and mcprt; samples merged per side."""
+    servers = {kind: ServerProcess(kind, workdir) for kind in ("bare", "mcprt")}
+    results: dict[str, list[dict]] = {"bare": [], "mcprt": []}
+    errors: list[str] = []
+    try:
+        targets = dict(zip(servers, await asyncio.gather(*(s.start() for s in servers.values()))))
+        measure = _group_runs(params)[group]
+        reps = 1 if group in ("connections", "session_memory") else params["reps"]
+        for rep in range(reps):
+            for kind, target in targets.items():
+                results[kind].append(await asyncio.wait_for(measure(target, rep), 600))
+        errors = [e for t in targets.values() for e in t.errors]
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers.values()))
+    logged = [line for s in servers.values() for line in s.problems()]
+    return {"bare": _merge(results["bare"]), "mcprt": _merge(results["mcprt"]), "errors": errors, "logged": logged}
+
+
+def _merge(runs: list[dict]) -> dict:
+    """Latency samples pooled; every other number the median over repetitions."""
+    merged = {}
+    for key in runs[0]:
+        if key == "latency":
+            merged[key] = [s for run in runs for s in run[key]]
+        else:
+            merged[key] = _median([run[key] for run in runs])
+    merged["repetitions"] = len(runs)
+    return merged
+
+
+# -- the table --------------------------------------------------------------------
+
+
+def evaluate(group: str, outcome: dict, params: dict) -> list[dict]:
+    """The rows of one group: value, p50/p99, baseline, ratio and verdict."""
+    rows = []
+    for row in ROWS[group]:
+        real, bare = outcome["mcprt"], outcome["bare"]
+        value, base = row.value(real), row.value(bare)
+        ratio = value / max(base, row.floor)
+        met = None if row.passes is None else row.passes(value, ratio)
+        if outcome["errors"]:
+            met = False
+        rows.append({"name": row.name, "title": row.title.format(**params), "unit": row.unit, "value": value,
+                     "bare": base, "ratio": ratio, "target": row.target, "met": met,
+                     "p50_ms": _ms(real["latency"]) if row.latency else None,
+                     "p99_ms": 1000 * _p99(real["latency"]) if row.latency else None,
+                     "bare_p50_ms": _ms(bare["latency"]) if row.latency else None,
+                     "server_cpu": real.get("cpu"), "bare_cpu": bare.get("cpu"),
+                     "errors": len(outcome["errors"])})
+    return rows
+
+
+def _num(value: float | None, width: int) -> str:
+    if value is None:
+        return "-".rjust(width)
+    if value != value:
+        return "nan".rjust(width)
+    digits = 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else 3
+    return f"{value:,.{digits}f}".rjust(width)
+
+
+HEADER = (f"{'benchmark':<20} {'measures':<42} {'value':>10} {'unit':<7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'bare':>10} {'ratio':>7} {'cpu%':>9} {'target':<16} result")
+
+
+def format_row(r: dict) -> str:
+    cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0f}/{r['bare_cpu']:.0f}"
+    result = "ERROR" if r["errors"] else "-" if r["met"] is None else "PASS" if r["met"] else "MISS"
+    return (f"{r['name']:<20} {r['title']:<42} {_num(r['value'], 10)} {r['unit']:<7} {_num(r['p50_ms'], 8)} "
+            f"{_num(r['p99_ms'], 8)} {_num(r['bare'], 10)} {r['ratio']:>6.2f}x {cpu:>9} {r['target']:<16} {result}")
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "tornado": tornado.version, "websockets": websockets.__version__, "platform": platform.platform()}
+
+
+def print_header(info: dict, quick: bool) -> None:
+    print(f"mcprt bench ({'quick' if quick else 'normal'} run): {info['cpu']}, {info['cores']} cores, "
+          f"Python {info['python']}, Tornado {info['tornado']}, websockets {info['websockets']}, {info['platform']}")
+    print("Each server runs in its own process on loopback; the client is this process. value: p50 for latency "
+          "rows, rate for throughput rows; p50/p99: per-operation latency (queueing included under pipelined "
+          "load); bare: the same measure on a bare Tornado server in the same run (for sessions, one that keeps "
+          "each session as a dict); cpu%: server/bare CPU during the measure (100 = one core).", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} before the run: other processes share the CPUs; expect noise")
+    print(HEADER)
+    print("-" * len(HEADER), flush=True)
+
+
+async def _run(groups: list[str], params: dict) -> tuple[list[dict], list[str]]:
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="mcprt-bench-") as workdir:
+        for group in groups:
+            started = time.monotonic()
+            try:
+                outcome = await run_group(group, params, workdir)
+            except Exception as exc:  # one failed group still leaves the others' rows
+                notes.append(f"{group}: failed: {type(exc).__name__}: {exc}")
+                print(f"{group:<20} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            for row in evaluate(group, outcome, params):
+                row["seconds"] = round(time.monotonic() - started, 1)
+                rows.append(row)
+                print(format_row(row), flush=True)
+            notes += [f"{group}: error message from the server: {e}" for e in outcome["errors"][:3]]
+            notes += [f"{group}: server log: {line}" for line in outcome["logged"][:3]]
+    return rows, notes
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None, as_json: bool = False) -> int:
+    """Run the benchmarks and print the table; 0 when every group ran without errors (misses are not errors)."""
+    try:
+        groups = select(only)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    params = QUICK if quick else NORMAL
+    info = machine()
+    print_header(info, quick)
+    started = time.monotonic()
+    rows, notes = asyncio.run(_run(groups, params))
+    elapsed = time.monotonic() - started
+    print("-" * len(HEADER))
+    print(f"{len(rows)} rows in {elapsed:.1f} s; "
+          f"{sum(r['met'] is True for r in rows)} PASS, {sum(r['met'] is False for r in rows)} MISS. "
+          f"Ratios are mcprt/bare; a baseline below the resolution counts as the resolution.")
+    for note in notes:
+        print(f"note: {note}")
+    if as_json:
+        print(json.dumps({"machine": info, "quick": quick, "params": params, "seconds": round(elapsed, 1),
+                          "rows": rows, "notes": notes}))
+    failed = len(rows) < sum(len(ROWS[g]) for g in groups) or any(r["errors"] for r in rows)
+    return 1 if failed else 0

@@ -1,0 +1,51 @@
+"""`python -m mcprt bench --quick` runs to the end and prints every row with a number and a ratio."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcprt.bench import ROWS
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBER = re.compile(r"^-?[\d,]*\.?\d+$")
+
+
+def cells(stdout: str, name: str, title: str) -> list[str]:
+    """The cells after the title on the table line of row `name`: value, unit, p50, p99, bare, ratio, ..."""
+    for line in stdout.splitlines():
+        if line.startswith(name + " ") and title in line:
+            return line.split(title, 1)[1].split()
+    raise AssertionError(f"no row {name} in:\n{stdout}")
+
+
+@pytest.mark.timeout(180)
+def test_quick_bench_prints_every_row():
+    result = subprocess.run([sys.executable, "-m", "mcprt", "bench", "--quick", "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("mcprt bench (quick run): ") and "Tornado" in lines[0] and "cores" in lines[0]
+    report = json.loads(lines[-1])
+    assert [r["name"] for r in report["rows"]] == [row.name for rows in ROWS.values() for row in rows]
+    for row in report["rows"]:
+        assert math.isfinite(row["value"]) and math.isfinite(row["ratio"]), row
+        assert row["errors"] == 0 and row["met"] in (True, False, None), row
+        value, unit, p50, p99, bare, ratio, *rest = cells(result.stdout, row["name"], row["title"])
+        assert NUMBER.match(value) and unit == row["unit"] and NUMBER.match(bare), (row["name"], value, bare)
+        assert re.match(r"^\d+\.\d\dx$", ratio), (row["name"], ratio)
+        assert rest[-1] in ("PASS", "MISS", "-"), (row["name"], rest)
+
+
+def test_bench_refuses_unknown_names(capsys):
+    from mcprt.bench import run_bench
+    assert run_bench(quick=True, only=["nonsense"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
