@@ -87,9 +87,10 @@ class SessionService:
                           client_info=client_info, state=ACTIVE if activate else PENDING,
                           created_at=iso(now), expires_at=iso(now + ttl),
                           activated_at=iso(now) if activate else None)
-        await self.store.insert_session(asdict(session))
+        stored = self.store.insert_session(asdict(session))
+        self._record(session, "session_created", client, {"state": session.state})  # same commit as the row
+        await stored
         self._cache[session.session_id] = session
-        self._record(session, "session_created", client, {"state": session.state})
         return session
 
     async def get(self, session_id: str) -> Session:
@@ -169,12 +170,13 @@ class SessionService:
         else:
             changes.update(ended_at=now, end_reason=reason)
         moved = replace(session, **changes)
-        await self.store.update_session(asdict(moved))
+        stored = self.store.update_session(asdict(moved))
+        self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
+        await stored
         if to == ACTIVE:
             self._cache[moved.session_id] = moved
         else:
             self._cache.pop(moved.session_id, None)
-        self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
         if to in (EXPIRED, INVALIDATED):
             for listener in list(self.on_end):
                 listener(moved, "session_expired" if to == EXPIRED else "session_invalidated")

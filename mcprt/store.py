@@ -1,4 +1,9 @@
-"""aiosqlite: the migrations runner, the batched writer, and every query (the only module that speaks SQL)."""
+"""SQLite: the migrations runner, the batched writer, and every query (the only module that speaks SQL).
+
+Reads go through aiosqlite. Writes go through one plain sqlite3 connection owned by a single writer
+thread: a whole batch (BEGIN, every row, COMMIT) is one call into that thread, so a commit costs one
+hop between threads however many rows it holds.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 import re
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +25,9 @@ log = logging.getLogger("mcprt.store")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BATCH_MAX = 2000
+CHECKPOINT_INTERVAL = 1.0  # seconds
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=5000")
 
 
 class MigrationError(RuntimeError):
@@ -70,61 +79,106 @@ class _Pending:
 class Store:
     """One writer connection fed by a queue (group commit) and one reader connection."""
 
-    def __init__(self, path: str, migrations_dir: Path = MIGRATIONS_DIR):
+    def __init__(self, path: str, migrations_dir: Path = MIGRATIONS_DIR,
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.path = path
+        self.checkpoint_interval = checkpoint_interval
         self.migrations_dir = migrations_dir
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None  # used only on the writer thread
+        self._writer_thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._checkpointer: asyncio.Task | None = None
+        self._commits_since_checkpoint = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
 
     # -- life cycle -------------------------------------------------------
 
     async def open(self) -> "Store":
         """Connect, migrate, and start the writer task."""
-        self._writer = await self._connect()
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcprt-writer")
         try:
+            self._writer = await self._on_writer(self._connect_writer)
             await self.migrate()
         except BaseException:
-            await self._writer.close()
-            self._writer = None
+            await self._close_writer()
             raise
         self._reader = await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._write_loop())
+        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
         return self
 
     async def _connect(self) -> aiosqlite.Connection:
+        """The reader connection."""
         db = await aiosqlite.connect(self.path, isolation_level=None)
         db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
+        for pragma in _PRAGMAS:
+            await db.execute(pragma)
         return db
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in _PRAGMAS:
+            db.execute(pragma)
+        # Commits never checkpoint (that fsyncs, and would stall the batch that triggers it every
+        # ~80 commits); _checkpoint_loop does it once a second instead.
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("PRAGMA journal_size_limit=16777216")  # a WAL reset after a busy second shrinks to 16 MB
+        return db
+
+    def _on_writer(self, fn: Callable, *args: Any) -> asyncio.Future:
+        """Run fn on the writer thread (the only thread that touches the writer connection)."""
+        return asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, *args)
+
+    async def _close_writer(self) -> None:
+        if self._writer is not None:
+            await self._on_writer(self._writer.close)
+            self._writer = None
+        if self._writer_thread is not None:
+            self._writer_thread.shutdown(wait=True)
+            self._writer_thread = None
+
+    async def _checkpoint_loop(self) -> None:
+        """Every interval with commits, a checkpoint on the writer thread, between two batches: with no
+        write running beside it, it copies the whole WAL, so the next commit starts the WAL over."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            if self._commits_since_checkpoint:
+                self._commits_since_checkpoint = 0
+                try:
+                    await self._on_writer(self._writer.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # a reader holding an old snapshot, say: next time
+                    log.warning("checkpoint failed: %s", exc)
 
     async def close(self) -> None:
         """Drain the queue (every accepted write is committed), then close both connections."""
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
         if self._task is not None:
             await self._queue.put(None)
             await self._task
             self._task = None
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
-        self._reader = self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        await self._close_writer()
 
     # -- migrations -------------------------------------------------------
 
     async def migrate(self) -> list[Migration]:
         """Apply pending migrations, each with its schema_migrations row in one transaction."""
+        return await self._on_writer(self._migrate)
+
+    def _migrate(self) -> list[Migration]:
         db = self._writer
-        await db.execute(
+        db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
         known = discover_migrations(self.migrations_dir)
-        applied = {row[0]: row[1] for row in await db.execute_fetchall(
-            "SELECT version, name FROM schema_migrations")}
+        applied = dict(db.execute("SELECT version, name FROM schema_migrations").fetchall())
         unknown = sorted(set(applied) - {m.version for m in known})
         if unknown:
             raise MigrationError(
@@ -134,20 +188,22 @@ class Store:
         for migration in known:
             if migration.version in applied:
                 continue
-            await db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in migration.statements():
-                    await db.execute(statement)
-                await db.execute(
+                    db.execute(statement)
+                db.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) "
                     "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                     (migration.version, migration.name))
-                await db.execute("COMMIT")
+                db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             log.info("applied migration %04d_%s", migration.version, migration.name)
             done.append(migration)
+        if done:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the new schema into the main file at once
         return done
 
     async def applied_migrations(self) -> list[dict]:
@@ -186,17 +242,14 @@ class Store:
             while stopping and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit_batch([p for p in batch if p is not None])
+            del batch  # do not hold the last batch's rows while waiting for the next
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
         started = time.perf_counter()
-        try:
-            await self._execute_grouped(batch)
-            failed = {}
-        except sqlite3.Error as exc:
-            log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
-            failed = await self._execute_one_by_one(batch)
+        failed = await self._on_writer(self._commit, batch)
+        self._commits_since_checkpoint += 1
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(batch))
         for pending in batch:
@@ -206,28 +259,37 @@ class Store:
                 else:
                     pending.future.set_result(None)
 
-    async def _execute_grouped(self, batch: list[_Pending]) -> None:
-        """One transaction; consecutive rows with the same SQL go in one executemany (one thread hop)."""
+    def _commit(self, batch: list[_Pending]) -> dict[int, Exception]:
+        """On the writer thread: the batch in one transaction, or row by row if that fails."""
+        try:
+            self._execute_grouped(batch)
+            return {}
+        except sqlite3.Error as exc:
+            log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
+            return self._execute_one_by_one(batch)
+
+    def _execute_grouped(self, batch: list[_Pending]) -> None:
+        """One transaction; consecutive rows with the same SQL go in one executemany."""
         db = self._writer
-        await db.execute("BEGIN")
+        db.execute("BEGIN")
         try:
             start = 0
             while start < len(batch):
                 end = start
                 while end < len(batch) and batch[end].sql == batch[start].sql:
                     end += 1
-                await db.executemany(batch[start].sql, [p.params for p in batch[start:end]])
+                db.executemany(batch[start].sql, [p.params for p in batch[start:end]])
                 start = end
-            await db.execute("COMMIT")
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
 
-    async def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
+    def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
         failed = {}
         for pending in batch:
             try:
-                await self._writer.execute(pending.sql, pending.params)
+                self._writer.execute(pending.sql, pending.params)
             except sqlite3.Error as exc:
                 log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
                 failed[id(pending)] = exc

@@ -40,6 +40,30 @@ async def test_migrations_apply_once_and_are_recorded(tmp_path):
     assert {"sessions", "connections", "documents", "ops", "snapshots", "events", "schema_migrations"} <= tables
 
 
+def _rows_in_main_file(db: str, tmp_path: Path) -> int:
+    """Events in the database file alone, as if its WAL were lost: what checkpoints have copied."""
+    copy = tmp_path / "main-file-only.db"
+    copy.write_bytes(Path(db).read_bytes())
+    with sqlite3.connect(copy) as conn:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+async def test_commits_stay_in_the_wal_until_the_periodic_checkpoint(tmp_path):
+    db = str(tmp_path / "c.db")
+    store = await Store(db, checkpoint_interval=0.2).open()
+    try:
+        for i in range(800):
+            store.record_event("2026-01-01T00:00:00Z", "test", "t", details={"i": i, "pad": "x" * 5000})
+        await store.flush()
+        assert _rows_in_main_file(db, tmp_path) == 0  # a commit does not checkpoint
+        await asyncio.sleep(0.6)
+        assert _rows_in_main_file(db, tmp_path) == 800
+        with sqlite3.connect(db) as conn:  # and every row is there through the WAL all along
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 800
+    finally:
+        await store.close()
+
+
 async def test_database_with_unknown_migration_is_refused(tmp_path):
     db = str(tmp_path / "future.db")
     await (await Store(db).open()).close()
