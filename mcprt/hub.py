@@ -17,7 +17,7 @@ class Peer(Protocol):
     document_id: str
     cursor: dict | None
 
-    def send_text(self, text: str) -> None: ...
+    def send_utf8(self, data: bytes) -> None: ...
 
 
 class Hub:
@@ -63,10 +63,11 @@ class Hub:
     @staticmethod
     def send_all(peers: Iterable[Peer], text: str, exclude: Peer | None = None) -> int:
         """Send one already-serialized message to each peer but `exclude`; returns how many."""
+        data = text.encode()
         sent = 0
         for peer in peers:
             if peer is not exclude:
-                peer.send_text(text)
+                peer.send_utf8(data)
                 sent += 1
         return sent
 

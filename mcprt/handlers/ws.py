@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
@@ -51,6 +52,24 @@ class _Protocol(WebSocketProtocol13):
                 return self._run_callback(self.handler.on_invalid_text, data)
             return self._run_callback(self.handler.on_message, decoded)
         return super()._handle_message(opcode, data)
+
+    def send_utf8(self, data: bytes) -> bool:
+        """One text frame of already-encoded UTF-8; False when the stream is closed.
+
+        write_message would encode the text again and wrap each frame in a Task; a broadcast
+        encodes once and writes the same bytes to every receiver this way.
+        """
+        if self.is_closing():
+            return False
+        try:
+            if self._compressor is not None:  # permessage-deflate (off unless configured): the long way
+                self.write_message(data).add_done_callback(_consume)
+            else:
+                self._message_bytes_out += len(data)
+                self._write_frame(True, 0x1, data)  # IOStream silences this future if the stream closes
+        except (StreamClosedError, WebSocketClosedError):
+            return False
+        return True
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         super().close(code, reason)
@@ -195,11 +214,12 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def send_text(self, text: str) -> None:
         """Write one serialized message; a closed peer is skipped, never an error."""
-        try:
-            self.write_message(text).add_done_callback(_consume)
+        self.send_utf8(text.encode())
+
+    def send_utf8(self, data: bytes) -> None:
+        """Write one message already serialized and encoded (a broadcast encodes once)."""
+        if self.ws_connection is not None and self.ws_connection.send_utf8(data):
             self.messages_out += 1
-        except WebSocketClosedError:
-            pass
 
     def send(self, type_: str, payload: dict, id_: str | None = None) -> None:
         """Build, serialize, count and send one message."""
