@@ -245,7 +245,9 @@ class DocumentService:
             if cleaned.html != content:
                 correction = diff(content, cleaned.html)
                 content = cleaned.html
-        if len(content) > self.max_bytes or len(content.encode("utf-8")) > self.max_bytes:
+        # A code point is 1-4 bytes: encode only when the length alone cannot decide.
+        if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes
+                                             and len(content.encode("utf-8")) > self.max_bytes):
             raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"the document would exceed {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
         full = op.compose(correction) if correction is not None else op

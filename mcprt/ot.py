@@ -284,8 +284,8 @@ def from_delta(delta: dict | list[dict], doc_length: int) -> TextOperation:
         raise OpError("change_delta list is empty")
     if _count(doc_length, "document length") < 0:
         raise OpError(f"document length cannot be negative, got {doc_length}")
-    op = TextOperation().retain(doc_length)
-    for part in parts:
+    op = _part_op(parts[0], doc_length)
+    for part in parts[1:]:
         op = op.compose(_part_op(part, op.target_length))
     return op
 
