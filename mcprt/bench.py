@@ -21,10 +21,10 @@ from . import bench_client as C
 
 ROOT = Path(__file__).resolve().parent.parent
 
-QUICK = dict(reps=1, requests=300, connects=100, heartbeat_seconds=1.5, edit_seconds=1.5, window=200, viewers=100,
+QUICK = dict(sanitize_runs=(60, 4), reps=1, requests=300, connects=100, heartbeat_seconds=1.5, edit_seconds=1.5, window=200, viewers=100,
              fan_edits=300, connections=300, per_document=10, connections_heartbeat=2.0, keep=100,
              idle_seconds=2.0, sessions=1000)
-NORMAL = dict(reps=3, requests=2000, connects=300, heartbeat_seconds=3.0, edit_seconds=4.0, window=200, viewers=100,
+NORMAL = dict(sanitize_runs=(300, 20), reps=3, requests=2000, connects=300, heartbeat_seconds=3.0, edit_seconds=4.0, window=200, viewers=100,
               fan_edits=1500, connections=1000, per_document=10, connections_heartbeat=8.0, keep=100,
               idle_seconds=6.0, sessions=5000)
 
@@ -41,6 +41,7 @@ class Row:
     passes: Callable[[float, float], bool] | None  # (value, ratio) -> met
     latency: bool = True  # p50/p99 columns from the group's latency samples
     floor: float = 1e-9   # a baseline below the measurement resolution counts as this
+    samples: str = "latency"  # which sample list the p50/p99 columns read
 
 
 def _median(values: list[float]) -> float:
@@ -75,9 +76,58 @@ ROWS = {
             "p99<=50ms", lambda v, x: v <= 50),
         Row("idle_cpu", "server idle CPU, {keep} conns open", "%", lambda r: r["idle_cpu"],
             "<5%", lambda v, x: v < 5, latency=False, floor=0.1)],
+    "sanitize": [
+        Row("sanitize_1k", "bleach per markup edit, 1 KB doc (bare: nh3)", "ms", lambda r: _ms(r["full_1k"]),
+            "(report)", None, samples="full_1k"),
+        Row("sanitize_100k", "bleach per markup edit, 100 KB (bare: nh3)", "ms", lambda r: _ms(r["full_100k"]),
+            "(report)", None, samples="full_100k"),
+        Row("sanitize_inert_100k", "plain typing, 100 KB (bare: full clean)", "ms",
+            lambda r: _ms(r["inert_100k"]), "<=1% of clean", lambda v, x: x <= 0.01, samples="inert_100k")],
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
 }
+
+
+def _rich_text(size: int) -> str:
+    """Clean rich text of about `size` bytes, as the demo's editor makes it."""
+    block = ('<p>Some <b>bold</b>, some <i>italic</i> and <a href="https://example.com/a">a link</a> '
+             'in a paragraph of ordinary prose.</p><ul><li>one item</li><li>another <u>item</u></li></ul>')
+    return block * max(1, size // len(block))
+
+
+def sanitize_costs(params: dict) -> dict:
+    """In this process: what sanitizing costs one edit of a 1 KB and a 100 KB html document.
+
+    A markup edit (inserting "<b>x</b>") re-cleans the whole document: bleach, beside nh3 as the
+    baseline. Plain typing inside a text node takes the inert shortcut (edit_is_inert), beside
+    the full bleach clean it saves.
+    """
+    from . import sanitize
+    small_runs, large_runs = params["sanitize_runs"]
+    real: dict[str, list[float]] = {}
+    base: dict[str, list[float]] = {}
+
+    def timed(runs: int, fn) -> list[float]:
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    for label, size, runs in (("1k", 1024, small_runs), ("100k", 102400, large_runs)):
+        doc = _rich_text(size)
+        position = doc.index("ordinary") + 3  # inside a text node
+        edited = doc[:position] + "<b>x</b>" + doc[position:]
+        assert sanitize.edit_is_inert(doc, position, 0, "hello") and sanitize.clean_html(doc).html == doc
+        real[f"full_{label}"] = timed(runs, lambda: sanitize.clean_html(edited, "bleach"))
+        base[f"full_{label}"] = timed(runs, lambda: sanitize.clean_html(edited, "nh3"))
+        real[f"inert_{label}"] = timed(runs * 10, lambda: sanitize.edit_is_inert(doc, position, 0, "hello"))
+        base[f"inert_{label}"] = real[f"full_{label}"]
+    return {"mcprt": real, "bare": base, "errors": [], "logged": []}
+
+
+LOCAL_GROUPS = {"sanitize": sanitize_costs}  # measured in this process, no servers
 
 
 def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]]:
@@ -150,6 +200,8 @@ class ServerProcess:
 
 async def run_group(group: str, params: dict, workdir: str) -> dict:
     """Fresh servers for one group, repetitions alternating bare and mcprt; samples merged per side."""
+    if group in LOCAL_GROUPS:
+        return LOCAL_GROUPS[group](params)
     servers = {kind: ServerProcess(kind, workdir) for kind in ("bare", "mcprt")}
     results: dict[str, list[dict]] = {"bare": [], "mcprt": []}
     errors: list[str] = []
@@ -194,9 +246,9 @@ def evaluate(group: str, outcome: dict, params: dict) -> list[dict]:
             met = False
         rows.append({"name": row.name, "title": row.title.format(**params), "unit": row.unit, "value": value,
                      "bare": base, "ratio": ratio, "target": row.target, "met": met,
-                     "p50_ms": _ms(real["latency"]) if row.latency else None,
-                     "p99_ms": 1000 * _p99(real["latency"]) if row.latency else None,
-                     "bare_p50_ms": _ms(bare["latency"]) if row.latency else None,
+                     "p50_ms": _ms(real[row.samples]) if row.latency else None,
+                     "p99_ms": 1000 * _p99(real[row.samples]) if row.latency else None,
+                     "bare_p50_ms": _ms(bare[row.samples]) if row.latency else None,
                      "server_cpu": real.get("cpu"), "bare_cpu": bare.get("cpu"),
                      "errors": len(outcome["errors"])})
     return rows
@@ -215,11 +267,15 @@ HEADER = (f"{'benchmark':<20} {'measures':<42} {'value':>10} {'unit':<7} {'p50 m
           f"{'bare':>10} {'ratio':>7} {'cpu%':>9} {'target':<16} result")
 
 
+def _ratio(ratio: float) -> str:
+    return f"{ratio:.0e}x" if 0 < ratio < 0.01 else f"{ratio:.2f}x"
+
+
 def format_row(r: dict) -> str:
     cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0f}/{r['bare_cpu']:.0f}"
     result = "ERROR" if r["errors"] else "-" if r["met"] is None else "PASS" if r["met"] else "MISS"
     return (f"{r['name']:<20} {r['title']:<42} {_num(r['value'], 10)} {r['unit']:<7} {_num(r['p50_ms'], 8)} "
-            f"{_num(r['p99_ms'], 8)} {_num(r['bare'], 10)} {r['ratio']:>6.2f}x {cpu:>9} {r['target']:<16} {result}")
+            f"{_num(r['p99_ms'], 8)} {_num(r['bare'], 10)} {_ratio(r['ratio']):>7} {cpu:>9} {r['target']:<16} {result}")
 
 
 def machine() -> dict:
@@ -242,7 +298,8 @@ def print_header(info: dict, quick: bool) -> None:
     print("Each server runs in its own process on loopback; the client is this process. value: p50 for latency "
           "rows, rate for throughput rows; p50/p99: per-operation latency (queueing included under pipelined "
           "load); bare: the same measure on a bare Tornado server in the same run (for sessions, one that keeps "
-          "each session as a dict); cpu%: server/bare CPU during the measure (100 = one core).", flush=True)
+          "each session as a dict; for sanitize rows, measured in this process, the row names its baseline); "
+          "cpu%: server/bare CPU during the measure (100 = one core).", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
         print(f"warning: load average {load:.2f} before the run: other processes share the CPUs; expect noise")

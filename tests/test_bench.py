@@ -41,7 +41,7 @@ def test_quick_bench_prints_every_row():
         assert row["errors"] == 0 and row["met"] in (True, False, None), row
         value, unit, p50, p99, bare, ratio, *rest = cells(result.stdout, row["name"], row["title"])
         assert NUMBER.match(value) and unit == row["unit"] and NUMBER.match(bare), (row["name"], value, bare)
-        assert re.match(r"^\d+\.\d\dx$", ratio), (row["name"], ratio)
+        assert re.match(r"^(\d+\.\d\d|\de-\d\d)x$", ratio), (row["name"], ratio)
         assert rest[-1] in ("PASS", "MISS", "-"), (row["name"], rest)
 
 
