@@ -95,6 +95,16 @@ async function api(method, path, body, headers = {}) {
   }
 }
 
+// Document endpoints answer only to an Active session (or the operator's token).
+function sessionHeaders(session) {
+  return session && session.state === 'Active' ? { 'X-Session-ID': session.session_id } : {};
+}
+
+function anySessionHeaders() {
+  const editor = editors.find((e) => e.session && e.session.state === 'Active');
+  return sessionHeaders(editor && editor.session);
+}
+
 function errorText(reply) {
   const error = reply.json && reply.json.error;
   return error ? `${error.code}: ${error.message}` : `${reply.status} ${reply.statusText}`;
@@ -827,7 +837,7 @@ class Editor {
     try {
       while (client.revision < target) {
         const path = `/api/documents/${encodeURIComponent(this.docId)}/history?since=${client.revision}&limit=1000`;
-        const reply = await api('GET', path);
+        const reply = await api('GET', path, undefined, sessionHeaders(this.session));
         if (token !== this.syncToken) return;
         if (!reply.ok) throw new Error(errorText(reply));
         for (const entry of reply.json.ops) {
@@ -1142,7 +1152,7 @@ async function openDocument(docId, format) {
     return false;
   }
   if (format === 'text') {
-    const reply = await api('POST', '/api/documents', { document_id: docId, format: 'text' });
+    const reply = await api('POST', '/api/documents', { document_id: docId, format: 'text' }, anySessionHeaders());
     if (reply.status === 201) note.textContent = `Created plain-text document ${docId}.`;
     else if (reply.status === 409) note.textContent = `${docId} already exists; it keeps the format it was created with.`;
     else {
@@ -1183,7 +1193,7 @@ function setUpApiPanel() {
       ` ${reply.statusText} · ${method} ${path} · ${reply.ms.toFixed(0)} ms`);
     body.textContent = reply.json === null ? '' : JSON.stringify(reply.json, null, 2);
   };
-  const run = async (method, path, payload) => show(method, path, await api(method, path, payload));
+  const run = async (method, path, payload, headers) => show(method, path, await api(method, path, payload, headers));
 
   panel.querySelector('[data-api="create-session"]').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -1211,9 +1221,10 @@ function setUpApiPanel() {
     const form = event.target;
     const id = encodeURIComponent(form.document_id.value.trim());
     if (event.submitter && event.submitter.dataset.what === 'history') {
-      run('GET', `/api/documents/${id}/history?since=${Number(form.since.value) || 0}&limit=${Number(form.limit.value) || 20}`);
+      run('GET', `/api/documents/${id}/history?since=${Number(form.since.value) || 0}&limit=${Number(form.limit.value) || 20}`,
+        undefined, anySessionHeaders());
     } else {
-      run('GET', `/api/documents/${id}`);
+      run('GET', `/api/documents/${id}`, undefined, anySessionHeaders());
     }
   });
   panel.querySelector('[data-api="health"]').addEventListener('submit', (event) => {

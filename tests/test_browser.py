@@ -115,7 +115,7 @@ async def converged(harness, demos: list[Demo], doc: str = "default", timeout: f
             return None
         if len({(s["content"], s["revision"]) for s in states}) != 1:
             return None
-        reply = await harness.fetch("GET", f"/api/documents/{doc}")
+        reply = await harness.fetch("GET", f"/api/documents/{doc}", admin=True)
         body = reply.json
         if body["content"] == states[0]["content"] and body["revision"] == states[0]["revision"]:
             return body["content"]
@@ -226,7 +226,7 @@ async def test_plain_text_document_created_from_the_picker(start, browser):
     await demo.page.wait_for_function(
         "(doc) => window.mcprtDemo.ready && window.mcprtDemo.states.every(s => s.document === doc && s.format === 'text')",
         arg=doc, timeout=10_000)
-    assert (await harness.fetch("GET", f"/api/documents/{doc}")).json["format"] == "text"
+    assert (await harness.fetch("GET", f"/api/documents/{doc}", admin=True)).json["format"] == "text"
     assert await demo.rich(1).is_hidden()
 
     await demo.type_at_end(1, "<b>not bold</b> & caf\u00e9 \U0001F600", area=".plain")
@@ -318,7 +318,7 @@ async def test_reconnection_catches_up_and_keeps_offline_edits(start, browser):
     await demo.type_at_end(2, " Bob offline.")
     bob = (await demo.states())[1]
     assert bob["pending"] and "Bob offline." in bob["content"]
-    assert "Bob offline." not in (await harness.fetch("GET", "/api/documents/default")).json["content"]
+    assert "Bob offline." not in (await harness.fetch("GET", "/api/documents/default", admin=True)).json["content"]
 
     await demo.card(2).locator(".switch").click()
     content = await converged(harness, [demo])

@@ -30,12 +30,12 @@ async def edit(ws, payload: dict, id_: str | None = None) -> dict:
 
 
 async def test_create_document_by_rest_and_refuse_duplicates_and_bad_ids(app):
-    reply = await app.fetch("POST", "/api/documents", {"document_id": "notes.txt", "format": "text"})
+    reply = await app.fetch("POST", "/api/documents", {"document_id": "notes.txt", "format": "text"}, admin=True)
     assert reply.status == 201 and reply.json == {"document_id": "notes.txt", "format": "text", "content": "",
                                                   "revision": 0}
-    assert (await app.fetch("POST", "/api/documents", {"document_id": "notes.txt"})).status == 409
+    assert (await app.fetch("POST", "/api/documents", {"document_id": "notes.txt"}, admin=True)).status == 409
     for bad in ("", "a b", "x" * 129, "../etc", "é"):
-        reply = await app.fetch("POST", "/api/documents", {"document_id": bad})
+        reply = await app.fetch("POST", "/api/documents", {"document_id": bad}, admin=True)
         assert reply.status == 400 and reply.json["error"]["details"]["pointer"] == "/document_id"
 
 
@@ -81,7 +81,7 @@ async def test_concurrent_edits_against_the_same_revision_are_transformed(app):
     await bob.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 3, "insert": "Y"}})
     first, second = (await alice.recv_type("edit_ack")), (await bob.recv_type("edit_ack"))
     assert {first["payload"]["content"], second["payload"]["content"]} >= {"XabcY"}
-    assert (await app.fetch("GET", "/api/documents/default")).json["content"] == "XabcY"
+    assert (await app.fetch("GET", "/api/documents/default", admin=True)).json["content"] == "XabcY"
 
 
 async def test_content_only_edit_becomes_the_minimal_delta(app):
@@ -91,7 +91,7 @@ async def test_content_only_edit_becomes_the_minimal_delta(app):
     await edit(alice, {"content": "hello brave world"})
     got = await bob.recv_type("realtime_edit")
     assert got["payload"]["change_delta"] == [{"position": 6, "insert": "brave "}]
-    history = (await app.fetch("GET", "/api/documents/default/history")).json["ops"]
+    history = (await app.fetch("GET", "/api/documents/default/history", admin=True)).json["ops"]
     assert history[-1]["op"] == [6, "brave ", 5]
 
 
@@ -100,7 +100,7 @@ async def test_content_only_edit_against_an_old_base_keeps_the_others_work(app):
     await edit(alice, {"content": "one two"})
     await edit(bob, {"base_revision": 1, "change_delta": {"position": 7, "insert": " three"}})
     await edit(alice, {"base_revision": 1, "content": "ONE two"})
-    assert (await app.fetch("GET", "/api/documents/default")).json["content"] == "ONE two three"
+    assert (await app.fetch("GET", "/api/documents/default", admin=True)).json["content"] == "ONE two three"
 
 
 async def test_list_change_delta_is_applied_in_order(app):
@@ -119,7 +119,7 @@ async def test_out_of_range_positions_are_invalid_and_change_nothing(app, delta)
     await ws.send_msg("realtime_edit", {"change_delta": delta})
     error = await ws.recv_type("error")
     assert error["payload"]["code"] == "INVALID_MESSAGE"
-    state = (await app.fetch("GET", "/api/documents/default")).json
+    state = (await app.fetch("GET", "/api/documents/default", admin=True)).json
     assert state["content"] == "abc" and state["revision"] == 1
 
 
@@ -138,7 +138,7 @@ async def test_a_payload_user_id_of_someone_else_is_unauthorized_and_recorded(ap
     await app.settle()
     events = await app.deps.store.events(type="impersonation")
     assert events[0]["severity"] == "high" and events[0]["details"]["claimed_user_id"] == "bob"
-    assert (await app.fetch("GET", "/api/documents/default")).json["revision"] == 0
+    assert (await app.fetch("GET", "/api/documents/default", admin=True)).json["revision"] == 0
 
 
 async def test_sync_request_returns_the_ops_since_a_revision(app):
@@ -198,13 +198,13 @@ async def test_history_versions_snapshots_and_restore(start, tmp_path):
     with sqlite3.connect(tmp_path / "mcprt.db") as conn:
         snaps = [r[0] for r in conn.execute("SELECT revision FROM snapshots WHERE document_id='hist' ORDER BY 1")]
     assert snaps == [0, 10, 20]
-    assert (await app.fetch("GET", "/api/documents/hist?revision=15")).json["content"] == "abcdefghijklmno"
-    assert (await app.fetch("GET", "/api/documents/hist?revision=0")).json["content"] == ""
-    assert (await app.fetch("GET", "/api/documents/hist?revision=99")).status == 404
-    page = (await app.fetch("GET", "/api/documents/hist/history?since=20&limit=3")).json
+    assert (await app.fetch("GET", "/api/documents/hist?revision=15", admin=True)).json["content"] == "abcdefghijklmno"
+    assert (await app.fetch("GET", "/api/documents/hist?revision=0", admin=True)).json["content"] == ""
+    assert (await app.fetch("GET", "/api/documents/hist?revision=99", admin=True)).status == 404
+    page = (await app.fetch("GET", "/api/documents/hist/history?since=20&limit=3", admin=True)).json
     assert [o["revision"] for o in page["ops"]] == [21, 22, 23] and page["next_since"] == 23
     assert page["ops"][0]["user_id"] == "alice" and page["ops"][0]["time"]
-    restored = await app.fetch("POST", "/api/documents/hist/restore", {"revision": 3})
+    restored = await app.fetch("POST", "/api/documents/hist/restore", {"revision": 3}, admin=True)
     assert restored.status == 200 and restored.json == {"document_id": "hist", "format": "html",
                                                          "content": "abc", "revision": 26}
     pushed = await ws.recv_type("realtime_edit")
@@ -212,9 +212,9 @@ async def test_history_versions_snapshots_and_restore(start, tmp_path):
 
 
 async def test_unknown_documents_are_404(app):
-    assert (await app.fetch("GET", "/api/documents/nothing")).status == 404
-    assert (await app.fetch("GET", "/api/documents/nothing/history")).status == 404
-    assert (await app.fetch("POST", "/api/documents/nothing/restore", {"revision": 0})).status == 404
+    assert (await app.fetch("GET", "/api/documents/nothing", admin=True)).status == 404
+    assert (await app.fetch("GET", "/api/documents/nothing/history", admin=True)).status == 404
+    assert (await app.fetch("POST", "/api/documents/nothing/restore", {"revision": 0}, admin=True)).status == 404
 
 
 async def test_document_size_cap_refuses_the_edit_and_applies_nothing(start):
@@ -224,7 +224,7 @@ async def test_document_size_cap_refuses_the_edit_and_applies_nothing(start):
     await ws.send_msg("realtime_edit", {"change_delta": {"position": 10, "insert": "é" * 6}})
     error = await ws.recv_type("error")
     assert error["payload"]["code"] == "MESSAGE_TOO_LARGE"
-    state = (await app.fetch("GET", "/api/documents/default")).json
+    state = (await app.fetch("GET", "/api/documents/default", admin=True)).json
     assert state == {"document_id": "default", "format": "html", "content": "0123456789", "revision": 1}
 
 
@@ -251,7 +251,7 @@ async def test_positions_count_code_points(app):
 
 
 async def test_text_documents_are_never_escaped_and_refuse_control_characters(app):
-    await app.fetch("POST", "/api/documents", {"document_id": "plain", "format": "text"})
+    await app.fetch("POST", "/api/documents", {"document_id": "plain", "format": "text"}, admin=True)
     ws = await app.editor(document_id="plain")
     ack = await edit(ws, {"change_delta": {"position": 0, "insert": "<b>&amp;</b>\ttab\r\nline"}})
     assert ack["payload"]["content"] == "<b>&amp;</b>\ttab\nline"
@@ -295,7 +295,7 @@ async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, s
         await asyncio.sleep(0.02)
     for task in readers:
         task.cancel()
-    server = (await app.fetch("GET", f"/api/documents/conv-{seed}")).json
+    server = (await app.fetch("GET", f"/api/documents/conv-{seed}", admin=True)).json
     assert all(not c.errors for c in clients), [c.errors for c in clients]
     assert [c.content for c in clients] == [server["content"]] * 4
     assert [c.revision for c in clients] == [server["revision"]] * 4
@@ -303,7 +303,7 @@ async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, s
 
 async def test_concurrent_inserts_only_every_marker_survives_intact(app):
     rng = random.Random(7)
-    await app.fetch("POST", "/api/documents", {"document_id": "inserts", "format": "text"})
+    await app.fetch("POST", "/api/documents", {"document_id": "inserts", "format": "text"}, admin=True)
     clients = []
     for i in range(3):
         ws = await app.editor(f"u{i}", document_id="inserts")
@@ -332,7 +332,7 @@ async def test_concurrent_inserts_only_every_marker_survives_intact(app):
         await asyncio.sleep(0.02)
     for task in readers:
         task.cancel()
-    final = (await app.fetch("GET", "/api/documents/inserts")).json["content"]
+    final = (await app.fetch("GET", "/api/documents/inserts", admin=True)).json["content"]
     assert all(c.content == final for c in clients)
     assert all(final.count(m) == 1 for m in markers)
 
@@ -366,12 +366,12 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
     try:
         from tornado.httpclient import AsyncHTTPClient
         http = AsyncHTTPClient(force_instance=True)
-        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST",
-                         body=json.dumps({"document_id": "d", "format": "text"}))
         reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
                                  body=json.dumps({"user_id": "durable"}))
-        http.close()
         sid = json.loads(reply.body)["session_id"]
+        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST", headers={"X-Session-ID": sid},
+                         body=json.dumps({"document_id": "d", "format": "text"}))
+        http.close()
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=d",
                                       close_timeout=0.2) as ws:
             await ws.recv()
@@ -398,7 +398,9 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
     proc = _spawn(db, port)
     try:
         import urllib.request
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/documents/d") as r:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/documents/d",
+                                         headers={"Authorization": f"Bearer {sid}"})  # the session outlived the kill
+        with urllib.request.urlopen(request) as r:
             document = json.load(r)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -415,3 +417,54 @@ async def test_cursor_from_an_older_revision_is_moved_through_later_edits(app):
     await bob.send_msg("cursor_update", {"position": 5, "base_revision": 1})
     presence = await alice.recv_type("presence")
     assert presence["payload"]["cursor"]["position"] == 11 and presence["payload"]["cursor"]["revision"] == 2
+
+
+DOCUMENT_ENDPOINTS = [("POST", "/api/documents", {"document_id": "guarded"}), ("GET", "/api/documents/guarded", None),
+                      ("GET", "/api/documents/guarded/history", None),
+                      ("POST", "/api/documents/guarded/restore", {"revision": 0})]
+
+
+async def security_events(app, type_: str) -> list[dict]:
+    await app.settle()
+    return (await app.fetch("GET", f"/api/events?kind=security&type={type_}", admin=True)).json["events"]
+
+
+@pytest.mark.parametrize("method,path,body", DOCUMENT_ENDPOINTS)
+async def test_document_endpoints_need_a_session_or_the_admin_token(app, method, path, body):
+    ended = await app.session("mallory")
+    await app.fetch("DELETE", f"/api/sessions/{ended['session_id']}")
+    a, b = await app.session("alice"), await app.session("bob")
+    refused = [
+        ({}, "UNAUTHORIZED", "unauthorized"),
+        ({"Authorization": "Bearer " + a["session_id"], "X-Session-ID": b["session_id"]}, "UNAUTHORIZED",
+         "unauthorized"),
+        ({"X-Session-ID": "00000000-0000-4000-8000-000000000000"}, "INVALID_SESSION", "invalid_session"),
+        ({"Authorization": "Bearer " + ended["session_id"]}, "INVALID_SESSION", "invalid_session"),
+    ]
+    for headers, code, event in refused:
+        reply = await app.fetch(method, path, body, headers=headers)
+        assert reply.status == 401 and reply.json["error"]["code"] == code, (headers, reply.json)
+        assert ended["session_id"] not in reply.body.decode()
+        recorded = await security_events(app, event)
+        assert recorded and recorded[0]["details"]["endpoint"] == path.split("?")[0]
+    assert (await app.fetch("GET", "/api/documents/guarded", admin=True)).status == 404  # nothing was created
+    await app.fetch("POST", "/api/documents", {"document_id": "guarded"}, headers={"X-Session-ID": a["session_id"]})
+    for headers in ({"X-Session-ID": a["session_id"]}, {"Authorization": "Bearer " + b["session_id"]}):
+        reply = await app.fetch(method, path, body, headers=headers)
+        assert reply.status == (409 if path == "/api/documents" else 200), reply.json
+
+
+async def test_a_restore_is_authored_by_its_session(app):
+    ws = await app.editor(document_id="authored")
+    await edit(ws, {"change_delta": {"position": 0, "insert": "draft"}})
+    bob = await app.session("bob")
+    reply = await app.fetch("POST", "/api/documents/authored/restore", {"revision": 0},
+                            headers={"X-Session-ID": bob["session_id"]})
+    assert reply.status == 200 and reply.json["content"] == ""
+    pushed = await ws.recv_type("realtime_edit")
+    assert pushed["payload"]["user_id"] == "bob" and pushed["session_info"]["peer_id"] == bob["peer_id"]
+    await app.settle()
+    ops = (await app.fetch("GET", "/api/documents/authored/history", admin=True)).json["ops"]
+    assert ops[-1]["user_id"] == "bob"
+    events = (await app.fetch("GET", "/api/events?type=document_restored", admin=True)).json["events"]
+    assert events[0]["user_id"] == "bob" and events[0]["document_id"] == "authored"

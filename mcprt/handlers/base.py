@@ -10,8 +10,9 @@ import traceback
 import tornado.httputil
 import tornado.web
 
+from ..documents import Author
 from ..protocol import AppError, ErrorCode, error_body
-from ..sessions import Client
+from ..sessions import Client, mask
 
 log = logging.getLogger("mcprt.http")
 
@@ -19,6 +20,16 @@ log = logging.getLogger("mcprt.http")
 def client_of(request: tornado.httputil.HTTPServerRequest) -> Client:
     """The caller's address and (truncated) user agent, for the event log."""
     return Client(request.remote_ip, (request.headers.get("User-Agent") or "")[:256] or None)
+
+
+def session_ids_given(request: tornado.httputil.HTTPServerRequest, *more: str | None) -> set[str]:
+    """The session ids a request carries in `Authorization: Bearer` and `X-Session-ID` (and `more`)."""
+    auth = request.headers.get("Authorization", "")
+    values = (auth[7:] if auth[:7].lower() == "bearer " else None, request.headers.get("X-Session-ID"), *more)
+    return {v.strip() for v in values if v and v.strip()}
+
+
+OPERATOR = Author(user_id="operator", peer_id="operator")
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -53,11 +64,38 @@ class ApiHandler(tornado.web.RequestHandler):
         scheme, _, token = header.partition(" ")
         return token.strip() or None if scheme.lower() == "bearer" else None
 
+    def is_admin(self) -> bool:
+        """The request carries the admin token from the settings (compared in constant time)."""
+        expected = self.settings["mcprt"].admin_token
+        given = self.bearer()
+        return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
+
+    async def require_editor(self) -> Author:
+        """Who may read and change documents: an Active session (`Authorization: Bearer <session id>`
+        or `X-Session-ID`), or an operator with the admin token."""
+        if self.is_admin():
+            return OPERATOR
+        given = session_ids_given(self.request)
+        client = self.client_info()
+        why = ("no session: pass Authorization: Bearer <session id> or X-Session-ID" if not given else
+               "the session ids in Authorization and X-Session-ID disagree" if len(given) > 1 else None)
+        if why:
+            self.audit.security("unauthorized", "medium", {"endpoint": self.request.path, "why": why},
+                                client_addr=client.addr, user_agent=client.user_agent)
+            raise AppError(ErrorCode.UNAUTHORIZED, why, {"endpoint": self.request.path})
+        session_id = given.pop()
+        try:
+            session = await self.sessions.authenticate(session_id)
+        except AppError as exc:
+            self.audit.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message},
+                                client_addr=client.addr, user_agent=client.user_agent)
+            raise AppError(exc.code, exc.message, {**exc.details, "session_id": mask(session_id)}, status=401) from None
+        return Author(user_id=session.user_id, peer_id=session.peer_id)
+
     def require_admin(self) -> None:
         """Operators only: the admin token from the settings, compared in constant time."""
         expected = self.settings["mcprt"].admin_token
-        given = self.bearer()
-        if not expected or not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        if not self.is_admin():
             self.audit.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "admin token"},
                                 client_addr=self.request.remote_ip,
                                 user_agent=self.request.headers.get("User-Agent"))

@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 from .. import __version__
 from ..clock import iso, iso_seconds, parse_iso
-from ..documents import Author, check_document_id
+from ..documents import check_document_id
 from ..protocol import AppError, ErrorCode
 from ..sessions import STATES
 from .base import ApiHandler
@@ -133,17 +133,20 @@ class EventsHandler(ApiHandler):
 class DocumentsHandler(ApiHandler):
     async def post(self) -> None:
         """Create a document (format html unless told text)."""
+        author = await self.require_editor()
         body = self.json_body("document_create")
         document = await self.documents.create(body["document_id"], body.get("format", "html"))
         self.documents.release(document.document_id)
         self.audit.event("document", "document_created", "info", {"format": document.format},
-                         document_id=document.document_id, client_addr=self.request.remote_ip)
+                         document_id=document.document_id, user_id=author.user_id,
+                         client_addr=self.request.remote_ip)
         self.write_json(document.state(), 201)
 
 
 class DocumentHandler(ApiHandler):
     async def get(self, document_id: str) -> None:
         """A document now, or as it was at ?revision=N."""
+        await self.require_editor()
         check_document_id(document_id)
         self.write_json(await self.documents.read(document_id, int_arg(self, "revision", None)))
 
@@ -151,6 +154,7 @@ class DocumentHandler(ApiHandler):
 class HistoryHandler(ApiHandler):
     async def get(self, document_id: str) -> None:
         """Stored ops after ?since=N (default 0), oldest first, at most ?limit=."""
+        await self.require_editor()
         check_document_id(document_id)
         since, limit = int_arg(self, "since", 0), int_arg(self, "limit", 100, 1, 1000)
         ops = await self.documents.history(document_id, since, limit)
@@ -161,15 +165,16 @@ class HistoryHandler(ApiHandler):
 class RestoreHandler(ApiHandler):
     async def post(self, document_id: str) -> None:
         """Write the content of an old revision as a new revision; editors receive it as an edit."""
+        author = await self.require_editor()
         check_document_id(document_id)
         revision = self.json_body("document_restore")["revision"]
-        author = Author(user_id="restore", peer_id="server")
         applied = await self.documents.restore(document_id, revision, author)
         publish_edit(self.hub, applied, author, None, None, self.clock())
         if not self.hub.peers(document_id):
             self.documents.release(document_id)
         self.audit.event("document", "document_restored", "info", {"from_revision": revision,
-                         "revision": applied.revision}, document_id=document_id, client_addr=self.request.remote_ip)
+                         "revision": applied.revision}, document_id=document_id, user_id=author.user_id,
+                         client_addr=self.request.remote_ip)
         self.write_json(applied.document.state())
 
 

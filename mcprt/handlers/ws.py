@@ -20,7 +20,7 @@ from ..ot import to_delta
 from ..protocol import AppError, ErrorCode
 from ..ratelimit import TokenBucket
 from ..sessions import Client, mask
-from .base import client_of
+from .base import client_of, session_ids_given
 
 log = logging.getLogger("mcprt.ws")
 
@@ -135,11 +135,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def credential(self) -> str | None:
         """The session id from the query, Authorization: Bearer, or X-Session-ID; they must agree."""
-        headers = self.request.headers
-        auth = headers.get("Authorization", "")
-        given = {v.strip() for v in (self.get_query_argument("session_id", None),
-                                     auth[7:] if auth[:7].lower() == "bearer " else None,
-                                     headers.get("X-Session-ID")) if v and v.strip()}
+        given = session_ids_given(self.request, self.get_query_argument("session_id", None))
         if not given:
             raise AppError(ErrorCode.UNAUTHORIZED, "no session: pass ?session_id=, Authorization: Bearer or "
                            "X-Session-ID", {"close_code": CLOSE_NO_CREDENTIAL})
