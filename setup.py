@@ -7,6 +7,8 @@ requirements = [line.strip() for line in (here / "requirements.txt").read_text()
                 if line.strip() and not line.startswith("#")]
 runtime = [r for r in requirements if not r.startswith(("pytest", "hypothesis", "playwright"))]
 
+DATA = {"schemas": ["*.json"], "migrations": ["*.sql"], "static": ["*.html", "*.js", "*.css", "*.svg", "*.ico"]}
+
 setup(
     name="mcprt",
     version="0.1.0",
@@ -14,10 +16,11 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["mcprt", "mcprt.*"]),
-    include_package_data=True,
-    data_files=[("share/mcprt/schemas", [str(p) for p in sorted(Path("schemas").glob("*.json"))]),
-                ("share/mcprt/migrations", [str(p) for p in sorted(Path("migrations").glob("*.sql"))])],
+    # schemas/, migrations/ and static/ sit beside the package in a checkout; an installed mcprt
+    # carries them inside as mcprt/_data/<name> (see mcprt.resource_dir).
+    packages=find_packages(include=["mcprt", "mcprt.*"]) + [f"mcprt._data.{name}" for name in DATA],
+    package_dir={f"mcprt._data.{name}": name for name in DATA},
+    package_data={f"mcprt._data.{name}": patterns for name, patterns in DATA.items()},
     install_requires=runtime,
     extras_require={"test": [r for r in requirements if r not in runtime]},
     entry_points={"console_scripts": ["mcprt = mcprt.__main__:main"]},

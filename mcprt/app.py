@@ -7,13 +7,13 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from . import resource_dir
 from .audit import Audit
 from .clock import iso, system_clock
 from .config import Settings
@@ -30,7 +30,7 @@ from .handlers.static import StaticHandler
 
 log = logging.getLogger("mcprt")
 access_log = logging.getLogger("mcprt.access")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = resource_dir("static")
 
 _SECRET_IN_QUERY = re.compile(r"(session_id=)([^&]{8})[^&]*")
 _UUID_IN_PATH = re.compile(r"([0-9a-fA-F]{8})-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")

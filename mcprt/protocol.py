@@ -12,7 +12,9 @@ import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+from . import resource_dir
+
+SCHEMAS_DIR = resource_dir("schemas")
 SCHEMA_BASE = "https://mcprt.dev/schemas/"
 MAX_DEPTH = 32
 

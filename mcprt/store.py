@@ -20,9 +20,11 @@ from typing import Any, Callable
 
 import aiosqlite
 
+from . import resource_dir
+
 log = logging.getLogger("mcprt.store")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = resource_dir("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BATCH_MAX = 2000
 CHECKPOINT_INTERVAL = 1.0  # seconds

@@ -222,3 +222,44 @@ def test_iso_matches_datetime_formatting():
         text = iso(ts)
         assert text[:19] == datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         assert abs(parse_iso(text) - ts) < 2e-6
+
+
+@pytest.mark.timeout(180)
+def test_an_installed_mcprt_serves_without_the_checkout(tmp_path):
+    """`pip install .` carries schemas/, migrations/ and static/; the server runs from site-packages alone."""
+    import shutil
+    source, site, work = tmp_path / "source", tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "*.db", "*.db-*", "__pycache__", "build",
+                                                                "*.egg-info", ".pytest_cache", "artifacts"))
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                            str(source)], capture_output=True, text=True, timeout=170)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert (site / "bin" / "mcprt").exists()
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+    where = subprocess.run([sys.executable, "-c", "import mcprt; print(mcprt.resource_dir('static'))"], cwd=work,
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(site / "mcprt" / "_data" / "static")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port)], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import urllib.request
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert "<title>" in r.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                         data=json.dumps({"user_id": "installed"}).encode())
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output
+    assert (work / "mcprt.db").exists()
