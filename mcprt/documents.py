@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,7 +13,7 @@ from . import sanitize
 from .clock import iso
 from .ot import OpError, TextOperation, diff, from_delta, span, transform_cursor
 from .protocol import AppError, ErrorCode
-from .store import Store
+from .store import Store, document_chain
 
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 FORMATS = ("html", "text")
@@ -27,6 +28,7 @@ class Document:
     content: str
     revision: int
     history: list[TextOperation] = field(default_factory=list)  # ops for revisions (revision-len+1 .. revision]
+    broken: bool = False  # a write failed: this copy is ahead of the database and takes no more edits
 
     @property
     def oldest_known(self) -> int:
@@ -110,6 +112,18 @@ class DocumentService:
     def release(self, document_id: str) -> None:
         """Free a document nobody is editing (it stays in SQLite)."""
         self._open.pop(document_id, None)
+
+    def discard(self, document: Document) -> bool:
+        """After a failed write: drop this in-memory copy, which is ahead of the database, so the next
+        open reloads what is durable. Edits already queued behind the failure fail too (no gaps).
+        False when it was discarded already."""
+        if document.broken:
+            return False
+        document.broken = True
+        if self._open.get(document.document_id) is document:
+            del self._open[document.document_id]
+        self.store.reset_chain(document_chain(document.document_id))
+        return True
 
     async def create(self, document_id: str, format_: str) -> Document:
         """A new document, or CONFLICT if the id is taken."""
@@ -235,6 +249,9 @@ class DocumentService:
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:
         """Transform, apply, sanitize and bump the revision now; the future resolves once it is durable."""
+        if document.broken:
+            raise AppError(ErrorCode.SERVER_ERROR, "the document is being reloaded after a storage error; "
+                           "reconnect", {"document_id": document.document_id})
         for landed in document.ops_since(base):
             op, _ = TextOperation.transform(op, landed)
         content = op.apply(document.content)
@@ -279,7 +296,12 @@ class DocumentService:
         document = await self.open(document_id)
         applied, durable = self.apply(document, diff(document.content, old["content"]), document.revision,
                                       author, None)
-        await durable
+        try:
+            await durable
+        except sqlite3.Error as exc:
+            self.discard(document)
+            raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
+                           {"document_id": document_id}) from exc
         return applied
 
     async def flush(self) -> None:

@@ -69,13 +69,26 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def document_chain(document_id: str) -> str:
+    """The chain of a document's ops and snapshots."""
+    return f"document:{document_id}"
+
+
+class ChainBroken(sqlite3.DatabaseError):
+    """A write not attempted: an earlier write of its chain failed (and the chain was not reset yet)."""
+
+
 class _Pending:
-    """One queued write: SQL, parameters, and the future of a caller that awaits durability."""
+    """One queued write: SQL, parameters, the future of a caller that awaits durability, and its chain.
 
-    __slots__ = ("sql", "params", "future")
+    Writes that share a chain (a document's ops, say) must land without gaps: after one fails, the
+    later ones fail too, without being tried, until the chain is reset (sql None: a reset marker).
+    """
 
-    def __init__(self, sql: str, params: tuple, future: asyncio.Future | None):
-        self.sql, self.params, self.future = sql, params, future
+    __slots__ = ("sql", "params", "future", "chain")
+
+    def __init__(self, sql: str | None, params: tuple, future: asyncio.Future | None, chain: str | None = None):
+        self.sql, self.params, self.future, self.chain = sql, params, future, chain
 
 
 class Store:
@@ -93,6 +106,7 @@ class Store:
         self._task: asyncio.Task | None = None
         self._checkpointer: asyncio.Task | None = None
         self._commits_since_checkpoint = 0
+        self._broken_chains: set[str] = set()  # touched on the writer thread only
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
 
     # -- life cycle -------------------------------------------------------
@@ -218,11 +232,15 @@ class Store:
         """Queue a write; it commits with the next batch (no one waits for it)."""
         self._queue.put_nowait(_Pending(sql, params, None))
 
-    def write(self, sql: str, params: tuple = ()) -> asyncio.Future:
+    def write(self, sql: str, params: tuple = (), chain: str | None = None) -> asyncio.Future:
         """Queue a write; the returned future resolves once its batch is committed."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(sql, params, future))
+        self._queue.put_nowait(_Pending(sql, params, future, chain))
         return future
+
+    def reset_chain(self, chain: str) -> None:
+        """Writes of `chain` queued after this are tried again (those queued before still fail)."""
+        self._queue.put_nowait(_Pending(None, (), None, chain))
 
     def flush(self) -> asyncio.Future:
         """Resolves once everything queued before it is committed."""
@@ -263,12 +281,13 @@ class Store:
 
     def _commit(self, batch: list[_Pending]) -> dict[int, Exception]:
         """On the writer thread: the batch in one transaction, or row by row if that fails."""
-        try:
-            self._execute_grouped(batch)
-            return {}
-        except sqlite3.Error as exc:
-            log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
-            return self._execute_one_by_one(batch)
+        if not self._broken_chains:
+            try:
+                self._execute_grouped([p for p in batch if p.sql is not None])
+                return {}
+            except sqlite3.Error as exc:
+                log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
+        return self._execute_one_by_one(batch)
 
     def _execute_grouped(self, batch: list[_Pending]) -> None:
         """One transaction; consecutive rows with the same SQL go in one executemany."""
@@ -290,11 +309,19 @@ class Store:
     def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
         failed = {}
         for pending in batch:
+            if pending.sql is None:
+                self._broken_chains.discard(pending.chain)
+                continue
+            if pending.chain in self._broken_chains:
+                failed[id(pending)] = ChainBroken(f"an earlier write of {pending.chain} failed")
+                continue
             try:
                 self._writer.execute(pending.sql, pending.params)
             except sqlite3.Error as exc:
                 log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
                 failed[id(pending)] = exc
+                if pending.chain is not None:
+                    self._broken_chains.add(pending.chain)
         return failed
 
     # -- reads --------------------------------------------------------------
@@ -424,12 +451,13 @@ class Store:
         """Store the operation that produced `revision`."""
         return self.write(
             "INSERT INTO ops (document_id, revision, op, user_id, peer_id, message_id, time)"
-            " VALUES (?,?,?,?,?,?,?)", (document_id, revision, op_json, user_id, peer_id, message_id, time_iso))
+            " VALUES (?,?,?,?,?,?,?)", (document_id, revision, op_json, user_id, peer_id, message_id, time_iso),
+            chain=document_chain(document_id))
 
     def insert_snapshot(self, document_id: str, revision: int, content: str, time_iso: str) -> asyncio.Future:
         """Store the full content at `revision`."""
         return self.write("INSERT OR REPLACE INTO snapshots (document_id, revision, content, time) VALUES (?,?,?,?)",
-                          (document_id, revision, content, time_iso))
+                          (document_id, revision, content, time_iso), chain=document_chain(document_id))
 
     async def latest_snapshot(self, document_id: str, at_or_before: int | None = None) -> dict | None:
         """The newest snapshot at or before a revision (any revision when None)."""

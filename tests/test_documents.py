@@ -468,3 +468,39 @@ async def test_a_restore_is_authored_by_its_session(app):
     assert ops[-1]["user_id"] == "bob"
     events = (await app.fetch("GET", "/api/events?type=document_restored", admin=True)).json["events"]
     assert events[0]["user_id"] == "bob" and events[0]["document_id"] == "authored"
+
+
+async def test_a_failed_write_sends_everyone_back_to_what_is_durable(start, tmp_path):
+    app = await start()
+    alice = await app.editor("alice", document_id="fragile")
+    bob = await app.editor("bob", document_id="fragile")
+    for i, letter in enumerate("ab"):
+        await edit(alice, {"change_delta": {"position": i, "insert": letter}})
+        await bob.recv_type("realtime_edit")
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:  # the database refuses revision 3, as a full disk would
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ops WHEN NEW.document_id = 'fragile' AND NEW.revision = 3"
+                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    sent = [await alice.send_msg("realtime_edit", {"change_delta": {"position": 2 + i, "insert": letter}})
+            for i, letter in enumerate("xyz")]  # pipelined: 4 and 5 are queued behind the failing 3
+    code, got = await alice.closed()
+    assert code == 4500
+    errors = [m for m in got if m["type"] == "error"]
+    assert errors and errors[0]["id"] == sent[0] and errors[0]["payload"]["code"] == "SERVER_ERROR"
+    assert not [m for m in got if m["type"] == "edit_ack"]
+    code, got = await bob.closed()
+    assert code == 4500 and not [m for m in got if m["type"] == "realtime_edit"]
+    await app.settle()
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT revision FROM ops WHERE document_id='fragile' ORDER BY 1")] == [1, 2]
+        conn.execute("DROP TRIGGER refuse")
+    again = await app.ws_connect(alice.session["session_id"], "fragile")
+    assert again.state["payload"]["revision"] == 2 and again.state["payload"]["content"] == "ab"
+    ack = await edit(again, {"change_delta": {"position": 2, "insert": "c"}, "base_revision": 2})
+    assert ack["payload"]["revision"] == 3
+    await app.settle()
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT revision FROM ops WHERE document_id='fragile' ORDER BY 1")] == [1, 2, 3]
+    reset = (await app.fetch("GET", "/api/events?type=document_reset", admin=True)).json["events"]
+    assert len(reset) == 1 and reset[0]["severity"] == "high" and reset[0]["document_id"] == "fragile"
+    assert not (await app.fetch("GET", "/api/events?kind=security&session_id=" + alice.session["session_id"],
+                                admin=True)).json["events"]  # our failure is not the client's offence

@@ -284,8 +284,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         """Answer a bad message with an error, record it, and disconnect a client that keeps at it."""
         id_ = id_ or _message_id(raw)
         self.send_error(exc, id_)
-        if exc.code == ErrorCode.CONFLICT:
-            return  # a stale edit is a client's ordinary race, not an attack
+        if exc.code in (ErrorCode.CONFLICT, ErrorCode.SERVER_ERROR):
+            return  # a stale edit is a client's ordinary race, and our own failure is no attack
         details = {"code": exc.code.value, "message": exc.message[:300], **exc.details}
         if isinstance(raw, str):
             details["sample"] = raw[:200]
@@ -344,6 +344,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
     def _apply(self, message: dict, op, base: int) -> None:
         deps = self.deps
         started = time.perf_counter()
+        if self.document.broken:  # a storage error discarded this copy while the edit was on its way
+            self.send_error(AppError(ErrorCode.SERVER_ERROR, "the document was reloaded after a storage error; "
+                                     "reconnect", {}), message["id"])
+            self.end(CLOSE_SERVER_ERROR, "server_error")
+            return
         author = Author(self.user_id, self.peer_id, self.session_id)
         applied, durable = deps.documents.apply(self.document, op, base, author, message["id"])
         if applied.removed:
@@ -358,6 +363,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if future.exception() is not None:
                 log.error("edit %s on %s not stored: %s", message["id"], self.document_id, future.exception())
                 self.send_error(AppError(ErrorCode.SERVER_ERROR, "the edit could not be stored", {}), message["id"])
+                reset_document(deps, applied.document, str(future.exception()))
                 return
             self.send(P.EDIT_ACK, {"edit_id": message["id"], "revision": applied.revision,
                                    "op": applied.op.to_json(),
@@ -462,6 +468,22 @@ def _message_id(raw) -> str | None:
         if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
             return value["id"]
     return None
+
+
+def reset_document(deps, document, why: str) -> None:
+    """A write of this document failed: drop the in-memory copy (it is ahead of the database) and close
+    every socket on it with 4500, so its editors reconnect to what is durable."""
+    if deps.documents.discard(document):
+        deps.audit.event("document", "document_reset", "high", {"why": why[:300], "revision": document.revision},
+                         document_id=document.document_id)
+    close_stale_sockets(deps.hub, document.document_id)
+
+
+def close_stale_sockets(hub, document_id: str) -> None:
+    """Close (4500) the sockets still holding a discarded copy of a document; they reconnect to a fresh one."""
+    for peer in hub.peers(document_id):
+        if peer.document is not None and peer.document.broken:
+            peer.end(CLOSE_SERVER_ERROR, "server_error")
 
 
 def close_session_sockets(deps, session_id: str, reason: str) -> None:
