@@ -165,6 +165,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _get_once_serving(proc: subprocess.Popen, port: int, path: str, seconds: float = 20) -> str:
+    """GET `path` from a server process as soon as it listens; its body."""
+    import urllib.request
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
 def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
     port = _free_port()
     env = {**os.environ, "MCPRT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
@@ -172,15 +185,7 @@ def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import urllib.request
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert json.load(r)["status"] == "healthy"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        assert json.loads(_get_once_serving(proc, port, "/health"))["status"] == "healthy"
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
                                          data=json.dumps({"user_id": "smoke"}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -245,15 +250,7 @@ def test_an_installed_mcprt_serves_without_the_checkout(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import urllib.request
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    assert "<title>" in r.read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.1)
+        assert "<title>" in _get_once_serving(proc, port, "/")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
                                          data=json.dumps({"user_id": "installed"}).encode())
         with urllib.request.urlopen(request, timeout=5) as r:
