@@ -21,7 +21,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 from conftest import ADMIN  # noqa: E402
 from mcprt.ot import TextOperation, transform_cursor  # noqa: E402
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio]
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]

@@ -20,6 +20,8 @@ import websockets
 from mcprt.ot import TextOperation
 from otclient import OTClient
 
+pytestmark = pytest.mark.asyncio
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -23,6 +23,7 @@ from mcprt.store import MigrationError, Store, discover_migrations
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.asyncio
 async def test_migrations_apply_once_and_are_recorded(tmp_path):
     db = str(tmp_path / "m.db")
     store = Store(db)
@@ -48,6 +49,7 @@ def _rows_in_main_file(db: str, tmp_path: Path) -> int:
         return conn.execute("SELECT count(*) FROM events").fetchone()[0]
 
 
+@pytest.mark.asyncio
 async def test_commits_stay_in_the_wal_until_the_periodic_checkpoint(tmp_path):
     db = str(tmp_path / "c.db")
     store = await Store(db, checkpoint_interval=0.2).open()
@@ -64,6 +66,7 @@ async def test_commits_stay_in_the_wal_until_the_periodic_checkpoint(tmp_path):
         await store.close()
 
 
+@pytest.mark.asyncio
 async def test_database_with_unknown_migration_is_refused(tmp_path):
     db = str(tmp_path / "future.db")
     await (await Store(db).open()).close()
@@ -73,6 +76,7 @@ async def test_database_with_unknown_migration_is_refused(tmp_path):
         await Store(db).open()
 
 
+@pytest.mark.asyncio
 async def test_failed_migration_leaves_no_trace(tmp_path):
     migrations = tmp_path / "migrations"
     migrations.mkdir()
@@ -88,6 +92,7 @@ async def test_failed_migration_leaves_no_trace(tmp_path):
     assert "a" in tables and "b" not in tables
 
 
+@pytest.mark.asyncio
 async def test_health_reports_healthy_with_the_reference_fields(app):
     reply = await app.fetch("GET", "/health")
     assert reply.status == 200
@@ -97,6 +102,7 @@ async def test_health_reports_healthy_with_the_reference_fields(app):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["timestamp"])
 
 
+@pytest.mark.asyncio
 async def test_health_is_503_when_the_database_is_unreachable(app):
     await app.deps.store._reader.close()
     reply = await app.fetch("GET", "/health")
@@ -107,6 +113,7 @@ async def test_health_is_503_when_the_database_is_unreachable(app):
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/nope"), ("POST", "/api/nothing"), ("GET", "/api/sessions/x/y/z")])
+@pytest.mark.asyncio
 async def test_unknown_paths_get_a_json_404(app, method, path):
     reply = await app.fetch(method, path, body={} if method == "POST" else None)
     assert reply.status == 404
@@ -114,12 +121,14 @@ async def test_unknown_paths_get_a_json_404(app, method, path):
     assert set(reply.json["error"]) == {"code", "message", "details"}
 
 
+@pytest.mark.asyncio
 async def test_wrong_method_gets_the_error_shape(app):
     reply = await app.fetch("PUT", "/health", body={})
     assert reply.status == 405
     assert set(reply.json["error"]) == {"code", "message", "details"}
 
 
+@pytest.mark.asyncio
 async def test_clean_shutdown_writes_every_queued_event(tmp_path, start):
     harness = await start()
     for i in range(500):
@@ -209,6 +218,7 @@ def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/", "/static/index.html", "/static/demo.js"])
+@pytest.mark.asyncio
 async def test_demo_files_are_served_with_a_content_security_policy(app, path):
     reply = await app.fetch("GET", path)
     assert reply.status == 200

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from tornado.httpclient import AsyncHTTPClient
+
+pytestmark = pytest.mark.asyncio
 
 
 async def test_metrics_need_the_admin_token(app):

@@ -15,6 +15,8 @@ import pytest
 from mcprt.__main__ import main
 from xss_corpus import XSS_VECTORS
 
+pytestmark = pytest.mark.asyncio
+
 ROOT = Path(__file__).resolve().parent.parent
 _ON_ATTRIBUTE = re.compile(r"<[^>]*\son[a-z]+\s*=", re.IGNORECASE)
 _BAD_URL = re.compile(r"""(href|src|action)\s*=\s*["']?\s*(javascript|vbscript|data):""", re.IGNORECASE)

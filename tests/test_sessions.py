@@ -11,6 +11,7 @@ from mcprt.sessions import ACTIVE, EXPIRED, INVALIDATED, PENDING, STATES, TRANSI
 from conftest import ADMIN
 
 
+@pytest.mark.asyncio
 async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_host(app):
     reply = await app.fetch("POST", "/api/sessions", {"user_id": "alice", "client_info": "tests"},
                             headers={"Host": "editor.example:8443"})
@@ -21,12 +22,14 @@ async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_
     assert body["websocket_url"] == f"ws://editor.example:8443/ws?session_id={body['session_id']}"
 
 
+@pytest.mark.asyncio
 async def test_websocket_url_is_wss_behind_tls(start):
     harness = await start(trust_proxy_headers=True)
     reply = await harness.fetch("POST", "/api/sessions", {"user_id": "a"}, headers={"X-Forwarded-Proto": "https"})
     assert reply.json["websocket_url"].startswith("wss://")
 
 
+@pytest.mark.asyncio
 async def test_create_pending_then_activate(app):
     session = await app.session("bob", activate=False)
     assert session["state"] == PENDING
@@ -36,6 +39,7 @@ async def test_create_pending_then_activate(app):
     assert again.status == 200 and again.json["state"] == ACTIVE  # idempotent
 
 
+@pytest.mark.asyncio
 async def test_get_reports_the_session(app):
     session = await app.session("carol")
     reply = await app.fetch("GET", f"/api/sessions/{session['session_id']}")
@@ -45,12 +49,14 @@ async def test_get_reports_the_session(app):
 
 
 @pytest.mark.parametrize("session_id", ["3f2b9c1e-8a7d-4e6f-9b0a-1c2d3e4f5a6b", "not-a-uuid", "%00", "x" * 300])
+@pytest.mark.asyncio
 async def test_unknown_or_malformed_ids_are_404_invalid_session(app, session_id):
     reply = await app.fetch("GET", f"/api/sessions/{session_id}")
     assert reply.status == 404
     assert reply.json["error"]["code"] == "INVALID_SESSION"
 
 
+@pytest.mark.asyncio
 async def test_delete_invalidates(app):
     session = await app.session()
     reply = await app.fetch("DELETE", f"/api/sessions/{session['session_id']}")
@@ -74,6 +80,7 @@ ACTIONS = {"activate": ("POST", "/activate"), "invalidate": ("DELETE", "")}
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("action", sorted(ACTIONS))
+@pytest.mark.asyncio
 async def test_transition_table(start, clock, state, action):
     app = await start(clock=clock)
     sid = await _in_state(app, clock, state)
@@ -88,6 +95,7 @@ async def test_transition_table(start, clock, state, action):
         assert reply.status == 200 and reply.json["state"] == target
 
 
+@pytest.mark.asyncio
 async def test_expiry_is_seen_before_the_sweeper_runs_and_recorded(start, clock, tmp_path):
     app = await start(clock=clock)
     session = await app.session()
@@ -102,6 +110,7 @@ async def test_expiry_is_seen_before_the_sweeper_runs_and_recorded(start, clock,
         assert conn.execute("SELECT count(*) FROM events WHERE type='session_expired'").fetchone()[0] == 1
 
 
+@pytest.mark.asyncio
 async def test_sweeper_expires_active_and_pending_sessions(start, clock):
     app = await start(clock=clock, pending_ttl=600)
     active = await app.session("a")
@@ -117,6 +126,7 @@ async def test_sweeper_expires_active_and_pending_sessions(start, clock):
     assert {s.session_id for s in swept} == {active["session_id"], fresh["session_id"]}
 
 
+@pytest.mark.asyncio
 async def test_sessions_survive_a_restart(start, tmp_path):
     first = await start()
     session = await first.session("dora")
@@ -132,6 +142,7 @@ async def test_sessions_survive_a_restart(start, tmp_path):
     ({"user_id": "a", "client_info": "x" * 513}, "/client_info"), ({"user_id": "a", "admin": True}, "/"),
     ({"user_id": "a", "activate": "yes"}, "/activate"), ([], "/"), ("text", "/"),
 ])
+@pytest.mark.asyncio
 async def test_bad_bodies_get_400_naming_the_pointer(app, body, pointer):
     reply = await app.fetch("POST", "/api/sessions", body)
     assert reply.status == 400
@@ -142,17 +153,20 @@ async def test_bad_bodies_get_400_naming_the_pointer(app, body, pointer):
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b'{"user_id": "a",}'])
+@pytest.mark.asyncio
 async def test_bodies_that_are_not_json_get_400(app, raw):
     reply = await app.fetch("POST", "/api/sessions", raw=raw)
     assert reply.status == 400 and reply.json["error"]["code"] == "INVALID_MESSAGE"
     assert "JSON" in reply.json["error"]["message"]
 
 
+@pytest.mark.asyncio
 async def test_bodies_over_16kb_get_413(app):
     reply = await app.fetch("POST", "/api/sessions", {"user_id": "a", "client_info": "x" * 20000})
     assert reply.status == 413 and reply.json["error"]["code"] == "MESSAGE_TOO_LARGE"
 
 
+@pytest.mark.asyncio
 async def test_session_creation_is_rate_limited_per_address_and_recorded(start):
     app = await start(session_create_limit=3)
     for _ in range(3):
@@ -164,6 +178,7 @@ async def test_session_creation_is_rate_limited_per_address_and_recorded(start):
     assert len(events) == 1 and events[0]["kind"] == "security" and events[0]["client_addr"] == "127.0.0.1"
 
 
+@pytest.mark.asyncio
 async def test_transitions_are_events_with_address_and_user_agent(app):
     session = await app.session("eve", activate=False)
     sid = session["session_id"]
@@ -176,6 +191,7 @@ async def test_transitions_are_events_with_address_and_user_agent(app):
     assert events[1]["user_agent"] == "probe/1"
 
 
+@pytest.mark.asyncio
 async def test_listing_sessions_needs_the_admin_token(app):
     await app.session()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + ADMIN}):
@@ -184,12 +200,14 @@ async def test_listing_sessions_needs_the_admin_token(app):
         assert "session_id" not in reply.body.decode()
 
 
+@pytest.mark.asyncio
 async def test_listing_without_a_configured_token_is_401(start):
     app = await start(admin_token=None)
     reply = await app.fetch("GET", "/api/sessions", headers={"Authorization": "Bearer anything"})
     assert reply.status == 401
 
 
+@pytest.mark.asyncio
 async def test_admin_list_filters_and_paginates(app):
     made = [await app.session("u1") for _ in range(5)] + [await app.session("u2", activate=False)]
     reply = await app.fetch("GET", "/api/sessions?user_id=u1&limit=2", admin=True)

@@ -22,6 +22,8 @@ import psutil
 import pytest
 import websockets
 
+pytestmark = pytest.mark.asyncio
+
 SECONDS = float(os.environ.get("MCPRT_SOAK_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("MCPRT_SOAK_CONNECTIONS", "200"))
 DOCUMENTS = max(1, CONNECTIONS // 10)

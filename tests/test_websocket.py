@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import websockets
 
+pytestmark = pytest.mark.asyncio
+
 SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "websocket-api.md"
 
 
