@@ -297,11 +297,18 @@ async def test_client_type_is_recorded_and_unknown_values_are_not_refused(app, t
     assert types == ["mobile", "unknown"]
 
 
-def _reference_client_class() -> str:
-    text = SPEC.read_text()
+REFERENCE_CLIENT = Path(__file__).resolve().parent / "reference_client.js"
+
+
+def _class_in(text: str) -> str:
     start = text.index("class MCPWebSocketClient {")
-    end = text.index("```", start)
-    return text[start:end]
+    return text[start:text.index("```", start) if "```" in text[start:] else len(text)]
+
+
+async def test_the_copied_reference_client_matches_the_reference_document():
+    if not SPEC.exists():
+        pytest.skip("the reference document is not beside the project; the copy in tests/ stands")
+    assert _class_in(REFERENCE_CLIENT.read_text()) == _class_in(SPEC.read_text())
 
 
 def _node_with_websocket() -> list[str] | None:
@@ -318,12 +325,12 @@ def _node_with_websocket() -> list[str] | None:
 
 async def test_the_reference_javascript_client_works_unchanged(app):
     node = _node_with_websocket()
-    if node is None or not SPEC.exists():
-        pytest.skip("needs Node.js with a WebSocket global and the reference document beside the project")
+    if node is None:
+        pytest.skip("needs Node.js with a WebSocket global (node 22, or node 20 with --experimental-websocket)")
     peer = await app.editor("bob")
     session = await app.session("user1")
     # The class exactly as the reference prints it; only its hard-coded localhost:3000 points at this server.
-    cls = _reference_client_class().replace("localhost:3000", f"127.0.0.1:{app.server.port}")
+    cls = _class_in(REFERENCE_CLIENT.read_text()).replace("localhost:3000", f"127.0.0.1:{app.server.port}")
     script = cls + """
 const client = new MCPWebSocketClient(process.argv[1]);
 client.userId = 'user1';
