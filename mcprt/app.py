@@ -56,6 +56,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     """One access-log line per request, session ids masked (Tornado's default prints query strings)."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
     request = handler.request
     access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, masked_uri(request.uri),
                    request.remote_ip, 1000.0 * request.request_time())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 from .clock import iso, parse_iso
@@ -48,8 +48,8 @@ class Session:
     last_seen: str | None = None
 
     def to_json(self) -> dict:
-        """The REST representation (the secret id is the caller's own)."""
-        return asdict(self)
+        """The REST representation (the secret id is the caller's own); also the row stored."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     def effective(self, now: float, pending_ttl: float) -> "Session":
         """This session as it stands at `now`: past its deadline it is Expired, swept or not."""
@@ -82,12 +82,13 @@ class SessionService:
     async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client) -> Session:
         """A new session, Active unless activate is False; durable before it is returned."""
         now = self.clock()
+        created = iso(now)
         ttl = self.session_ttl if activate else self.pending_ttl
         session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
                           client_info=client_info, state=ACTIVE if activate else PENDING,
-                          created_at=iso(now), expires_at=iso(now + ttl),
-                          activated_at=iso(now) if activate else None)
-        stored = self.store.insert_session(asdict(session))
+                          created_at=created, expires_at=iso(now + ttl),
+                          activated_at=created if activate else None)
+        stored = self.store.insert_session(session.to_json())
         self._record(session, "session_created", client, {"state": session.state})  # same commit as the row
         await stored
         self._cache[session.session_id] = session
@@ -170,7 +171,7 @@ class SessionService:
         else:
             changes.update(ended_at=now, end_reason=reason)
         moved = replace(session, **changes)
-        stored = self.store.update_session(asdict(moved))
+        stored = self.store.update_session(moved.to_json())
         self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
         await stored
         if to == ACTIVE:
@@ -188,5 +189,8 @@ class SessionService:
                                 client_addr=client.addr, user_agent=client.user_agent)
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(Session))
+
+
 def _fields(row: dict) -> dict:
-    return {k: row[k] for k in Session.__dataclass_fields__}
+    return {k: row[k] for k in _FIELD_NAMES}
