@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -290,19 +289,11 @@ class DocumentService:
         durable.add_done_callback(self._pending.discard)
         return durable
 
-    async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
-        """Write the content of an old revision as a new revision."""
+    async def restore(self, document_id: str, revision: int, author: Author) -> tuple[Applied, asyncio.Future]:
+        """Write the content of an old revision as a new revision (applied like an edit)."""
         old = await self.read(document_id, revision)
         document = await self.open(document_id)
-        applied, durable = self.apply(document, diff(document.content, old["content"]), document.revision,
-                                      author, None)
-        try:
-            await durable
-        except sqlite3.Error as exc:
-            self.discard(document)
-            raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
-                           {"document_id": document_id}) from exc
-        return applied
+        return self.apply(document, diff(document.content, old["content"]), document.revision, author, None)
 
     async def flush(self) -> None:
         """Wait until every applied edit is durable."""

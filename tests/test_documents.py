@@ -506,3 +506,21 @@ async def test_a_failed_write_sends_everyone_back_to_what_is_durable(start, tmp_
     assert len(reset) == 1 and reset[0]["severity"] == "high" and reset[0]["document_id"] == "fragile"
     assert not (await app.fetch("GET", "/api/events?kind=security&session_id=" + alice.session["session_id"],
                                 admin=True)).json["events"]  # our failure is not the client's offence
+
+
+async def test_a_restore_that_cannot_be_stored_resets_the_document_too(start, tmp_path):
+    app = await start()
+    alice = await app.editor("alice", document_id="fragile")
+    await edit(alice, {"change_delta": {"position": 0, "insert": "keep"}})
+    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ops WHEN NEW.document_id = 'fragile' AND NEW.revision = 2"
+                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    reply = await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
+    assert reply.status == 500 and reply.json["error"]["code"] == "SERVER_ERROR"
+    code, got = await alice.closed()
+    assert code == 4500 and not [m for m in got if m["type"] == "realtime_edit"]
+    document = (await app.fetch("GET", "/api/documents/fragile", admin=True)).json
+    assert document["revision"] == 1 and document["content"] == "keep"
+    await app.settle()
+    reset = (await app.fetch("GET", "/api/events?type=document_reset", admin=True)).json["events"]
+    assert len(reset) == 1 and reset[0]["document_id"] == "fragile"

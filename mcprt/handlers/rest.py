@@ -10,7 +10,7 @@ from ..documents import check_document_id
 from ..protocol import AppError, ErrorCode
 from ..sessions import STATES
 from .base import ApiHandler
-from .ws import close_stale_sockets, publish_edit
+from .ws import publish_edit, reset_document
 
 SERVICE_NAME = "mcprt-realtime-editing"
 
@@ -168,12 +168,13 @@ class RestoreHandler(ApiHandler):
         author = await self.require_editor()
         check_document_id(document_id)
         revision = self.json_body("document_restore")["revision"]
+        applied, durable = await self.documents.restore(document_id, revision, author)
         try:
-            applied = await self.documents.restore(document_id, revision, author)
-        except AppError as exc:
-            if exc.code == ErrorCode.SERVER_ERROR:
-                close_stale_sockets(self.hub, document_id)
-            raise
+            await durable
+        except Exception as exc:  # the same recovery as a failed edit: editors reload what is durable
+            reset_document(self.application.deps, applied.document, str(exc))
+            raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
+                           {"document_id": document_id}) from exc
         publish_edit(self.hub, applied, author, None, None, self.clock())
         if not self.hub.peers(document_id):
             self.documents.release(document_id)

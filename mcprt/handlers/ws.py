@@ -473,16 +473,12 @@ def _message_id(raw) -> str | None:
 def reset_document(deps, document, why: str) -> None:
     """A write of this document failed: drop the in-memory copy (it is ahead of the database) and close
     every socket on it with 4500, so its editors reconnect to what is durable."""
-    if deps.documents.discard(document):
-        deps.audit.event("document", "document_reset", "high", {"why": why[:300], "revision": document.revision},
-                         document_id=document.document_id)
-    close_stale_sockets(deps.hub, document.document_id)
-
-
-def close_stale_sockets(hub, document_id: str) -> None:
-    """Close (4500) the sockets still holding a discarded copy of a document; they reconnect to a fresh one."""
-    for peer in hub.peers(document_id):
-        if peer.document is not None and peer.document.broken:
+    if not deps.documents.discard(document):
+        return  # discarded already, its sockets closed then
+    deps.audit.event("document", "document_reset", "high", {"why": why[:300], "revision": document.revision},
+                     document_id=document.document_id)
+    for peer in deps.hub.peers(document.document_id):
+        if peer.document is document:
             peer.end(CLOSE_SERVER_ERROR, "server_error")
 
 
