@@ -163,9 +163,15 @@ class Store:
             if self._commits_since_checkpoint:
                 self._commits_since_checkpoint = 0
                 try:
-                    await self._on_writer(self._writer.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                    await self._on_writer(self._checkpoint, "PASSIVE")
                 except sqlite3.Error as exc:  # a reader holding an old snapshot, say: next time
                     log.warning("checkpoint failed: %s", exc)
+
+    def _checkpoint(self, mode: str) -> tuple:
+        """On the writer thread. The row is read here: a cursor handed back to the loop would keep the
+        PRAGMA's statement open until the loop dropped it, and a COMMIT of the next batch, running
+        meanwhile, would fail with "SQL statements in progress"."""
+        return tuple(self._writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
 
     async def close(self) -> None:
         """Drain the queue (every accepted write is committed), then close both connections."""
@@ -219,7 +225,7 @@ class Store:
             log.info("applied migration %04d_%s", migration.version, migration.name)
             done.append(migration)
         if done:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the new schema into the main file at once
+            self._checkpoint("TRUNCATE")  # the new schema into the main file at once
         return done
 
     async def applied_migrations(self) -> list[dict]:

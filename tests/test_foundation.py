@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -64,6 +65,25 @@ async def test_commits_stay_in_the_wal_until_the_periodic_checkpoint(tmp_path):
             assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 800
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_checkpoints_between_batches_never_fail_a_commit(tmp_path, caplog):
+    """A checkpoint runs on the writer thread just before the next batch; nothing it leaves open may
+    make that batch's COMMIT fail ("SQL statements in progress") and fall back to row by row."""
+    db = str(tmp_path / "k.db")
+    store = await Store(db, checkpoint_interval=0.0005).open()
+    try:
+        for round_ in range(300):
+            await asyncio.gather(*(store.write("INSERT INTO events (time, kind, type, details) "
+                                               "VALUES ('2026-01-01T00:00:00Z', 'test', 't', ?)",
+                                               (f'{{"r": {round_}, "i": {i}}}',)) for i in range(5)))
+            await asyncio.sleep(0)
+    finally:
+        await store.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE kind = 'test'").fetchone()[0] == 1500
 
 
 @pytest.mark.asyncio
