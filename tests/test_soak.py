@@ -22,14 +22,14 @@ import psutil
 import pytest
 import websockets
 
+from mcprt.bench_servers import BENCH_LIMITS
+
 pytestmark = pytest.mark.asyncio
 
 SECONDS = float(os.environ.get("MCPRT_SOAK_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("MCPRT_SOAK_CONNECTIONS", "200"))
 DOCUMENTS = max(1, CONNECTIONS // 10)
 WARM_UP = min(5.0, SECONDS)
-LIMITS = dict(rate_limit=1e9, rate_burst=10**9, session_create_limit=10**9, max_connections=100000,
-              max_connections_per_session=10000)
 STAMP = "2025-11-07T10:00:00Z"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789.,;\néü中文"
 MAX_LENGTH = 2000  # past this, editors only delete, so documents stay small
@@ -242,7 +242,7 @@ def live_sockets() -> int:
 
 @pytest.mark.timeout(SECONDS + 180)
 async def test_soak_loses_no_edit_and_leaks_nothing(start, tmp_path):
-    harness = await start(db=str(tmp_path / "soak.db"), **LIMITS)
+    harness = await start(db=str(tmp_path / "soak.db"), **BENCH_LIMITS)
     db = harness.server.settings.db
     session_ids = [(await harness.session(f"soak-{i}"))["session_id"] for i in range(CONNECTIONS)]
     check_stored(db, (await soak_round(harness, session_ids, WARM_UP, "warm"))[0])  # pools and caches fill

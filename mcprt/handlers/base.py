@@ -22,10 +22,15 @@ def client_of(request: tornado.httputil.HTTPServerRequest) -> Client:
     return Client(request.remote_ip, (request.headers.get("User-Agent") or "")[:256] or None)
 
 
+def bearer_token(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """The token of an `Authorization: Bearer` header."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def session_ids_given(request: tornado.httputil.HTTPServerRequest, *more: str | None) -> set[str]:
     """The session ids a request carries in `Authorization: Bearer` and `X-Session-ID` (and `more`)."""
-    auth = request.headers.get("Authorization", "")
-    values = (auth[7:] if auth[:7].lower() == "bearer " else None, request.headers.get("X-Session-ID"), *more)
+    values = (bearer_token(request), request.headers.get("X-Session-ID"), *more)
     return {v.strip() for v in values if v and v.strip()}
 
 
@@ -58,16 +63,15 @@ class ApiHandler(tornado.web.RequestHandler):
         """The request body, decoded and validated against schemas/<schema>.json."""
         return self.registry.parse_json(self.request.body or b"", schema)
 
-    def bearer(self) -> str | None:
-        """The token of an `Authorization: Bearer` header."""
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        return token.strip() or None if scheme.lower() == "bearer" else None
+    def security(self, type_: str, severity: str | None, details: dict) -> None:
+        """Record a security event about this request, with the caller's address and user agent."""
+        client = self.client_info()
+        self.audit.security(type_, severity, details, client_addr=client.addr, user_agent=client.user_agent)
 
     def is_admin(self) -> bool:
         """The request carries the admin token from the settings (compared in constant time)."""
         expected = self.settings["mcprt"].admin_token
-        given = self.bearer()
+        given = bearer_token(self.request)
         return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
 
     async def require_editor(self) -> Author:
@@ -76,19 +80,16 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.is_admin():
             return OPERATOR
         given = session_ids_given(self.request)
-        client = self.client_info()
         why = ("no session: pass Authorization: Bearer <session id> or X-Session-ID" if not given else
                "the session ids in Authorization and X-Session-ID disagree" if len(given) > 1 else None)
         if why:
-            self.audit.security("unauthorized", "medium", {"endpoint": self.request.path, "why": why},
-                                client_addr=client.addr, user_agent=client.user_agent)
+            self.security("unauthorized", "medium", {"endpoint": self.request.path, "why": why})
             raise AppError(ErrorCode.UNAUTHORIZED, why, {"endpoint": self.request.path})
         session_id = given.pop()
         try:
             session = await self.sessions.authenticate(session_id)
         except AppError as exc:
-            self.audit.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message},
-                                client_addr=client.addr, user_agent=client.user_agent)
+            self.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message})
             raise AppError(exc.code, exc.message, {**exc.details, "session_id": mask(session_id)}, status=401) from None
         return Author(user_id=session.user_id, peer_id=session.peer_id)
 
@@ -96,9 +97,7 @@ class ApiHandler(tornado.web.RequestHandler):
         """Operators only: the admin token from the settings, compared in constant time."""
         expected = self.settings["mcprt"].admin_token
         if not self.is_admin():
-            self.audit.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "admin token"},
-                                client_addr=self.request.remote_ip,
-                                user_agent=self.request.headers.get("User-Agent"))
+            self.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "admin token"})
             raise AppError(ErrorCode.UNAUTHORIZED, "this endpoint needs the operator token "
                            "(Authorization: Bearer <admin token>)" if expected else
                            "operator endpoints are disabled: the server has no admin token")

@@ -73,8 +73,7 @@ class SessionsHandler(ApiHandler):
         body = self.json_body("session_create")
         client = self.client_info()
         if not self.create_limiter.allow(client.addr or "-", self.clock()):
-            self.audit.security("session_rate_limited", None, {"limit_per_minute": self.create_limiter.limit},
-                                client_addr=client.addr, user_agent=client.user_agent)
+            self.security("session_rate_limited", None, {"limit_per_minute": self.create_limiter.limit})
             self.set_header("Retry-After", "60")
             raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
                            {"limit_per_minute": self.create_limiter.limit})
