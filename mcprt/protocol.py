@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -179,13 +180,61 @@ class Registry:
         return message
 
 
+# Every number in this protocol is an integer: 1.0, 1e3, NaN and Infinity are refused, and integers
+# are bounded by the schemas (at most 2**53 - 1, what a JavaScript client holds exactly).
+MAX_INTEGER = 2**53 - 1
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_float(text: str):
+    raise AppError(ErrorCode.INVALID_MESSAGE, f"not an integer: {text[:40]} (every number here is an integer)",
+                   {"pointer": ""})
+
+
+def _no_constant(text: str):
+    raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {text}", {"pointer": ""})
+
+
 def loads(raw: str | bytes) -> Any:
-    """json.loads with the errors this server reports (INVALID_MESSAGE with line and column)."""
+    """json.loads with the errors this server reports (INVALID_MESSAGE with line and column).
+
+    Bytes must be UTF-8 (RFC 8259), strictly: json.loads would decode them with surrogatepass. A lone
+    surrogate (a `\\ud800` escape without its pair) is refused in every string and key: no UTF-8 can
+    carry it, so SQLite, the log and every client would choke on it later.
+    """
     try:
-        value = json.loads(raw)
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        value = json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                        {"pointer": "", "line": exc.lineno, "column": exc.colno}) from None
     except (UnicodeDecodeError, RecursionError) as exc:
         raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {type(exc).__name__}", {"pointer": ""}) from None
+    except ValueError:  # an integer past Python's digit limit (sys.get_int_max_str_digits)
+        raise AppError(ErrorCode.INVALID_MESSAGE, "not valid JSON: an integer with too many digits",
+                       {"pointer": ""}) from None
+    if _SURROGATE_ESCAPE.search(text):
+        pointer = _surrogate_at(value)
+        if pointer is not None:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"lone surrogate in a string (at {pointer})",
+                           {"pointer": pointer})
     return value
+
+
+def _surrogate_at(value: Any) -> str | None:
+    """The JSON pointer of the first string or key holding a lone surrogate, or None."""
+    stack = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return _pointer(path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    return _pointer(path)
+                stack.append((child, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*path, i)) for i, child in enumerate(item))
+    return None
