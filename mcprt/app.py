@@ -6,8 +6,10 @@ import asyncio
 import logging
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import unquote
 
 import tornado.httpserver
 import tornado.netutil
@@ -17,15 +19,15 @@ from . import resource_dir
 from .audit import Audit
 from .clock import iso, system_clock
 from .config import Settings
-from .documents import DocumentService
+from .documents import DocumentQuota, DocumentService
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Registry
-from .ratelimit import KeyedWindows
+from .ratelimit import Buckets, KeyedWindows
 from .sessions import SessionService, mask
 from .store import Store
 from .handlers import rest, ws
-from .handlers.base import NotFoundHandler
+from .handlers.base import HostCheck, HostRejectedHandler, NotFoundHandler
 from .handlers.static import StaticHandler
 
 log = logging.getLogger("mcprt")
@@ -37,8 +39,9 @@ _UUID_IN_PATH = re.compile(r"([0-9a-fA-F]{8})-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[
 
 
 def masked_uri(uri: str) -> str:
-    """A request URI with every session id cut to its first 8 characters."""
-    return _UUID_IN_PATH.sub(r"\1…", _SECRET_IN_QUERY.sub(r"\1\2…", uri))
+    """A request URI with every session id cut to its first 8 characters (decoded first: Tornado reads
+    `session%5Fid=%61…` as a session id too)."""
+    return _UUID_IN_PATH.sub(r"\1…", _SECRET_IN_QUERY.sub(r"\1\2…", unquote(uri)))
 
 
 class MaskingFilter(logging.Filter):
@@ -77,7 +80,9 @@ class Deps:
     documents: DocumentService
     metrics: Metrics
     create_limiter: KeyedWindows
-    buckets: dict  # session id -> TokenBucket shared by the session's sockets
+    buckets: Buckets  # session id -> the TokenBucket its sockets share, kept across reconnects
+    hosts: HostCheck
+    probes: KeyedWindows  # NOT_FOUND answers per session (document id guessing)
 
 
 def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = system_clock) -> tornado.web.Application:
@@ -88,19 +93,22 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     metrics = Metrics(store, sessions)
     hub = Hub()
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
-                                settings.snapshot_interval, settings.history_window)
+                                settings.snapshot_interval, settings.history_window,
+                                quota=DocumentQuota(settings.max_documents, settings.document_create_limit))
     deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics,
-                KeyedWindows(60.0, settings.session_create_limit), {})
+                KeyedWindows(60.0, settings.session_create_limit), Buckets(settings.rate_limit, settings.rate_burst),
+                HostCheck(settings.host, settings.allowed_hosts), KeyedWindows(60.0, settings.document_probe_limit))
     metrics.watch(audit, hub)
     common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
+    probes = {"probes": deps.probes}
     routes = [
         (r"/health", rest.HealthHandler, common),
         (r"/api/sessions", rest.SessionsHandler, {**common, "create_limiter": deps.create_limiter}),
         (r"/api/sessions/([^/]+)", rest.SessionHandler, common),
         (r"/api/sessions/([^/]+)/activate", rest.ActivateHandler, common),
         (r"/api/documents", rest.DocumentsHandler, {**common, "documents": documents}),
-        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, "documents": documents}),
-        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, "documents": documents}),
+        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, **probes, "documents": documents}),
+        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, **probes, "documents": documents}),
         (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "documents": documents, "hub": hub}),
         (r"/api/events", rest.EventsHandler, common),
         (r"/ws", ws.EditorSocket, {"deps": deps}),
@@ -108,13 +116,23 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     ]
     if settings.metrics_port is None:
         routes.append((r"/metrics", rest.MetricsHandler, {**common, "metrics": metrics}))
-    app = tornado.web.Application(
+    app = _Application(
         routes, static_path=str(STATIC_DIR), static_handler_class=StaticHandler, default_handler_class=NotFoundHandler,
         default_handler_args=common, log_function=log_request, mcprt=settings,
         websocket_max_message_size=max(1 << 20, 8 * settings.max_message_bytes),
         websocket_ping_interval=settings.ping_interval, websocket_ping_timeout=settings.ping_timeout)
-    app.deps = deps
+    app.deps, app.common = deps, common
     return app
+
+
+class _Application(tornado.web.Application):
+    """Tornado's Application, except that a request for a Host that is not ours meets no handler but
+    HostRejectedHandler, whatever its path (REST, WebSocket, the demo's files)."""
+
+    def find_handler(self, request, **kwargs):
+        if not self.deps.hosts.allows(request.host):
+            return self.get_handler_delegate(request, HostRejectedHandler, self.common)
+        return super().find_handler(request, **kwargs)
 
 
 def make_metrics_app(deps: Deps) -> tornado.web.Application:
@@ -175,6 +193,9 @@ class Server:
         now = self.clock()
         deps.audit.prune()
         deps.create_limiter.prune(now)
+        deps.documents.quota.prune(now)
+        deps.probes.prune(now)
+        deps.buckets.prune(time.monotonic(), keep=deps.hub.by_session.keys())
         cutoff = iso(now - self.settings.event_retention)
         if await deps.store.events(limit=1, until=cutoff):
             await deps.store.prune_events(cutoff)

@@ -17,7 +17,7 @@ import tornado.websocket
 from .config import Settings
 
 BENCH_LIMITS = dict(rate_limit=1e9, rate_burst=10**9, session_create_limit=10**9, max_connections=100000,
-                    max_connections_per_session=10000)
+                    max_connections_per_session=10000, document_create_limit=10**9, max_documents=10**9)
 HELLO = json.dumps({"id": "hello", "type": "document_state", "payload": {"document_id": "bare", "format": "text",
                     "content": "", "revision": 0, "participants": []}, "timestamp": "2025-11-07T10:00:00Z"},
                    separators=(",", ":"))

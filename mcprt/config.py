@@ -37,6 +37,9 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     allowed_origins: tuple = field(default=(), metadata={
         "help": "comma-separated origins allowed to open WebSockets besides the server's own", "type": _origins})
+    allowed_hosts: tuple = field(default=(), metadata={
+        "help": "comma-separated Host names the server answers (name, name:port, .domain, or *); loopback names "
+                "always; unset: the --host address, or any host when listening on every address", "type": _origins})
     admin_token: str | None = field(default=None, metadata={
         "help": "bearer token for operator endpoints; unset, they answer 401"})
     session_ttl: float = field(default=86400.0, metadata={
@@ -59,6 +62,11 @@ class Settings:
         "help": "what too many violations do: disconnect, or invalidate (disconnect and end the session)"})
     sanitizer: str = field(default="bleach", metadata={"help": "HTML sanitizer engine: bleach or nh3"})
     max_document_bytes: int = field(default=1_000_000, metadata={"help": "largest document (UTF-8 bytes)"})
+    max_documents: int = field(default=100_000, metadata={"help": "documents the server holds at most"})
+    document_create_limit: int = field(default=100, metadata={
+        "help": "documents one user, one session or one client address may create per hour"})
+    document_probe_limit: int = field(default=30, metadata={
+        "help": "NOT_FOUND answers about documents one session may get per minute (id guessing)"})
     history_window: int = field(default=1000, metadata={
         "help": "recent ops kept in memory per open document: edits and sync_request older than this resync"})
     snapshot_interval: int = field(default=100, metadata={"help": "store a document snapshot every N revisions"})

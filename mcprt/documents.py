@@ -12,9 +12,11 @@ from . import sanitize
 from .clock import iso
 from .ot import OpError, TextOperation, diff, from_delta, span, transform_cursor
 from .protocol import AppError, ErrorCode
+from .ratelimit import KeyedWindows
 from .store import Store, document_chain
 
-DOCUMENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# "." and ".." are refused: an id ends up in URLs and paths, where they mean something else.
+DOCUMENT_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
 FORMATS = ("html", "text")
 
 
@@ -65,10 +67,38 @@ class Applied:
     content: str
 
 
+class DocumentQuota:
+    """How many documents there may be, and how fast one user, session or address may add to them."""
+
+    def __init__(self, max_documents: int, per_hour: int):
+        self.max_documents = max_documents
+        self.creates = KeyedWindows(3600.0, per_hour)
+        self.count: int | None = None  # documents stored, read once, then counted here
+
+    def admit(self, creator: tuple[str, ...], now: float) -> None:
+        """Count one creation by `creator` (its keys, e.g. user:…, session:…, addr:…), or RATE_LIMITED."""
+        if self.count is not None and self.count >= self.max_documents:
+            raise AppError(ErrorCode.RATE_LIMITED, f"the server holds its maximum of {self.max_documents} documents",
+                           {"quota": "max_documents", "limit": self.max_documents})
+        if creator and not self.creates.allow_all(creator, now):
+            raise AppError(ErrorCode.RATE_LIMITED, f"at most {self.creates.limit} new documents an hour; "
+                           "use an existing one or wait", {"quota": "document_create_limit",
+                                                           "limit": self.creates.limit})
+
+    def prune(self, now: float) -> None:
+        """Forget creators with no creation in the last hour."""
+        self.creates.prune(now)
+
+
+def creator(author: Author, addr: str | None) -> tuple[str, ...]:
+    """The keys a creation counts against: the user, the session (by its public peer id), the address."""
+    return (f"user:{author.user_id}", f"session:{author.peer_id}", f"addr:{addr or '-'}")
+
+
 def check_document_id(document_id: str) -> str:
     """The id itself, or INVALID_MESSAGE."""
     if not isinstance(document_id, str) or not DOCUMENT_ID.match(document_id):
-        raise AppError(ErrorCode.INVALID_MESSAGE, "document_id must be 1-128 characters of A-Z a-z 0-9 . _ -",
+        raise AppError(ErrorCode.INVALID_MESSAGE, "document_id must be 1-128 characters of A-Z a-z 0-9 . _ - (not . or ..)",
                        {"pointer": "document_id"})
     return document_id
 
@@ -77,8 +107,9 @@ class DocumentService:
     """Loads documents into memory while someone edits them, applies edits, and answers history queries."""
 
     def __init__(self, store: Store, clock: Callable[[], float], engine: str, max_bytes: int, snapshot_every: int,
-                 history_window: int = 1000):
+                 history_window: int = 1000, quota: DocumentQuota | None = None):
         self.store, self.clock, self.history_window = store, clock, history_window
+        self.quota = quota or DocumentQuota(10**12, 10**12)
         self.engine, self.max_bytes, self.snapshot_every = engine, max_bytes, snapshot_every
         self._open: dict[str, Document] = {}
         self._loading: dict[str, asyncio.Future] = {}
@@ -88,8 +119,9 @@ class DocumentService:
     def open_count(self) -> int:
         return len(self._open)
 
-    async def open(self, document_id: str, format_: str = "html") -> Document:
-        """The live document, loaded from SQLite (created as `format_` if new) on first use."""
+    async def open(self, document_id: str, format_: str = "html", creator: tuple[str, ...] = ()) -> Document:
+        """The live document, loaded from SQLite (created as `format_` by `creator`, within the quota, if
+        new) on first use."""
         if document_id in self._open:
             return self._open[document_id]
         if document_id in self._loading:
@@ -97,7 +129,7 @@ class DocumentService:
         future = asyncio.get_running_loop().create_future()
         self._loading[document_id] = future
         try:
-            document = await self._load(document_id) or await self._create(document_id, format_)
+            document = await self._load(document_id) or await self._create(document_id, format_, creator)
             self._open[document_id] = document
             future.set_result(document)
             return document
@@ -124,14 +156,18 @@ class DocumentService:
         self.store.reset_chain(document_chain(document.document_id))
         return True
 
-    async def create(self, document_id: str, format_: str) -> Document:
-        """A new document, or CONFLICT if the id is taken."""
+    async def create(self, document_id: str, format_: str, creator: tuple[str, ...] = ()) -> Document:
+        """A new document, or CONFLICT if the id is taken (RATE_LIMITED past the quota)."""
         if document_id in self._open or await self.store.get_document(document_id):
             raise AppError(ErrorCode.CONFLICT, f"document {document_id!r} already exists",
                            {"document_id": document_id})
-        return await self._create(document_id, format_)
+        return await self._create(document_id, format_, creator)
 
-    async def _create(self, document_id: str, format_: str) -> Document:
+    async def _create(self, document_id: str, format_: str, creator: tuple[str, ...]) -> Document:
+        if self.quota.count is None:
+            self.quota.count = await self.store.count_documents()
+        self.quota.admit(creator, self.clock())
+        self.quota.count += 1  # a concurrent create of the same id counts twice: the cap errs low
         now = iso(self.clock())
         await asyncio.gather(self.store.insert_document(document_id, format_, now),
                              self.store.insert_snapshot(document_id, 0, "", now))

@@ -61,7 +61,50 @@ class KeyedWindows:
         counter.hit(now)
         return True
 
+    def allow_all(self, keys, now: float) -> bool:
+        """Count a hit for every key, or for none when one of them is over `limit` already."""
+        counters = [self._counters.setdefault(key, WindowCounter(self.window)) for key in keys]
+        if any(c.count(now) >= self.limit for c in counters):
+            return False
+        for counter in counters:
+            counter.hit(now)
+        return True
+
+    def count(self, key: str, now: float) -> int:
+        """Hits of `key` inside the window."""
+        counter = self._counters.get(key)
+        return counter.count(now) if counter else 0
+
+    def hit(self, key: str, now: float) -> int:
+        """Count a hit for `key` whatever the limit; return the hits inside the window."""
+        return self._counters.setdefault(key, WindowCounter(self.window)).hit(now)
+
     def prune(self, now: float) -> None:
         """Forget keys with no hits in the window (bounded memory)."""
         for key in [k for k, c in self._counters.items() if c.count(now) == 0]:
             del self._counters[key]
+
+
+class Buckets:
+    """A TokenBucket per key (a session) that outlives the key's connections: reconnecting does not
+    refill it. A bucket that has refilled is the same as a new one, so prune() drops it."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def get(self, key: str, now: float) -> TokenBucket:
+        """The key's bucket, made full the first time."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket
+
+    def prune(self, now: float, keep=frozenset()) -> None:
+        """Drop the buckets that are full again by `now`, except those of keys in `keep`."""
+        for key, b in list(self._buckets.items()):
+            if key not in keep and b.tokens + max(0.0, now - b.stamp) * b.rate >= b.burst:
+                del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -492,3 +492,7 @@ class Store:
             "SELECT d.document_id, d.format, d.created_at,"
             " coalesce((SELECT max(revision) FROM ops o WHERE o.document_id = d.document_id), 0) AS revision"
             " FROM documents d ORDER BY d.document_id LIMIT ?", (limit,))
+
+    async def count_documents(self) -> int:
+        """How many documents are stored."""
+        return (await self._row("SELECT count(*) AS n FROM documents"))["n"]

@@ -12,7 +12,8 @@ from conftest import ADMIN
 
 
 @pytest.mark.asyncio
-async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_host(app):
+async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_host(start):
+    app = await start(allowed_hosts=("editor.example",))
     reply = await app.fetch("POST", "/api/sessions", {"user_id": "alice", "client_info": "tests"},
                             headers={"Host": "editor.example:8443"})
     assert reply.status == 201

@@ -36,6 +36,50 @@ def session_ids_given(request: tornado.httputil.HTTPServerRequest, *more: str | 
 
 OPERATOR = Author(user_id="operator", peer_id="operator")
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def split_host(host: str) -> tuple[str, str | None]:
+    """A Host header as (lowercased name, port or None); IPv6 literals lose their brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else None
+    name, colon, port = host.rpartition(":")
+    return (name, port) if colon and port.isdigit() and ":" not in name else (host, None)
+
+
+class HostCheck:
+    """Which Host headers this server answers (against DNS rebinding: a page on evil.example whose name
+    resolves to 127.0.0.1 sends Host: evil.example, and would pass an Origin check that compares the
+    Origin with the Host).
+
+    Loopback names pass on any port. Then the address the server was started for, or, when it listens on
+    every address, any host unless --allowed-hosts names them. Entries: `name` (any port), `name:port`,
+    `.example.com` (the domain and its subdomains), `*` (anything).
+    """
+
+    def __init__(self, bind_host: str, allowed: tuple[str, ...]):
+        self.any = "*" in allowed or (not allowed and bind_host in WILDCARD_BINDS)
+        self.entries = [split_host(entry) for entry in allowed if entry != "*"]
+        if bind_host not in WILDCARD_BINDS:
+            self.entries.append((split_host(bind_host)[0], None))
+
+    def allows(self, host: str) -> bool:
+        """True when a request with this Host header is for us."""
+        if self.any:
+            return True
+        name, port = split_host(host)
+        if name in LOOPBACK_NAMES:
+            return True
+        for allowed, allowed_port in self.entries:
+            if allowed_port not in (None, port):
+                continue
+            if name == allowed or (allowed.startswith(".") and (name.endswith(allowed) or name == allowed[1:])):
+                return True
+        return False
+
 
 class ApiHandler(tornado.web.RequestHandler):
     """Every REST handler: JSON in, JSON out, errors in the one shape."""
@@ -138,6 +182,15 @@ class ApiHandler(tornado.web.RequestHandler):
         if isinstance(value, tornado.web.HTTPError):
             return  # the access log already says it; no stack trace for a client's mistake
         super().log_exception(typ, value, tb)
+
+
+class HostRejectedHandler(ApiHandler):
+    """Any request whose Host header is not ours: 400, recorded."""
+
+    def prepare(self) -> None:
+        self.security("host_rejected", None, {"host": self.request.host, "path": self.request.path})
+        raise AppError(ErrorCode.INVALID_MESSAGE, "this server does not answer for that Host; "
+                       "list it in --allowed-hosts", {"host": self.request.host[:200]})
 
 
 class NotFoundHandler(ApiHandler):

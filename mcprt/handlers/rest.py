@@ -6,10 +6,10 @@ from urllib.parse import urlencode
 
 from .. import __version__
 from ..clock import iso, iso_seconds, parse_iso
-from ..documents import check_document_id
+from ..documents import check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..sessions import STATES
-from .base import ApiHandler
+from .base import OPERATOR, ApiHandler
 from .ws import publish_edit, reset_document
 
 SERVICE_NAME = "mcprt-realtime-editing"
@@ -134,7 +134,13 @@ class DocumentsHandler(ApiHandler):
         """Create a document (format html unless told text)."""
         author = await self.require_editor()
         body = self.json_body("document_create")
-        document = await self.documents.create(body["document_id"], body.get("format", "html"))
+        keys = () if author is OPERATOR else creator(author, self.request.remote_ip)
+        try:
+            document = await self.documents.create(body["document_id"], body.get("format", "html"), keys)
+        except AppError as exc:
+            if "quota" in exc.details:
+                self.security("document_quota", None, {**exc.details, "user_id": author.user_id})
+            raise
         self.documents.release(document.document_id)
         self.audit.event("document", "document_created", "info", {"format": document.format},
                          document_id=document.document_id, user_id=author.user_id,
@@ -142,21 +148,39 @@ class DocumentsHandler(ApiHandler):
         self.write_json(document.state(), 201)
 
 
-class DocumentHandler(ApiHandler):
+class ProbedHandler(ApiHandler):
+    """A reader of documents by id: NOT_FOUND answers count per session, and past the limit a minute
+    (id guessing) the session gets RATE_LIMITED until the window has passed."""
+
+    async def read(self, document_id: str, call, *args):
+        """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
+        author = await self.require_editor()
+        check_document_id(document_id)
+        key, now = author.peer_id, self.clock()
+        if author is not OPERATOR and self.probes.count(key, now) >= self.probes.limit:
+            raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
+                           {"limit_per_minute": self.probes.limit})
+        try:
+            return await call(document_id, *args)
+        except AppError as exc:
+            if exc.code == ErrorCode.NOT_FOUND and author is not OPERATOR \
+                    and self.probes.hit(key, now) == self.probes.limit:
+                self.security("document_probe", None, {"limit_per_minute": self.probes.limit,
+                                                       "user_id": author.user_id, "peer_id": author.peer_id})
+            raise
+
+
+class DocumentHandler(ProbedHandler):
     async def get(self, document_id: str) -> None:
         """A document now, or as it was at ?revision=N."""
-        await self.require_editor()
-        check_document_id(document_id)
-        self.write_json(await self.documents.read(document_id, int_arg(self, "revision", None)))
+        self.write_json(await self.read(document_id, self.documents.read, int_arg(self, "revision", None)))
 
 
-class HistoryHandler(ApiHandler):
+class HistoryHandler(ProbedHandler):
     async def get(self, document_id: str) -> None:
         """Stored ops after ?since=N (default 0), oldest first, at most ?limit=."""
-        await self.require_editor()
-        check_document_id(document_id)
         since, limit = int_arg(self, "since", 0), int_arg(self, "limit", 100, 1, 1000)
-        ops = await self.documents.history(document_id, since, limit)
+        ops = await self.read(document_id, self.documents.history, since, limit)
         self.write_json({"document_id": document_id, "ops": ops,
                          "next_since": ops[-1]["revision"] if len(ops) == limit else None})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -14,11 +15,10 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
-from ..clock import iso
-from ..documents import Applied, Author, check_document_id
+from ..clock import iso, parse_iso
+from ..documents import Applied, Author, check_document_id, creator
 from ..ot import to_delta
 from ..protocol import AppError, ErrorCode
-from ..ratelimit import TokenBucket
 from ..sessions import Client, mask
 from .base import client_of, session_ids_given
 
@@ -30,6 +30,7 @@ CLOSE_NO_CREDENTIAL = 4001
 CLOSE_CREDENTIALS_DISAGREE = 4003
 CLOSE_BAD_DOCUMENT = 4004
 CLOSE_TOO_MANY_CONNECTIONS = 4008
+CLOSE_COOLING_DOWN = 4029
 CLOSE_SESSION_INVALIDATED = 4010
 CLOSE_SESSION_EXPIRED = 4011
 CLOSE_SERVER_ERROR = 4500
@@ -37,6 +38,7 @@ CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 
 CLIENT_TYPES = ("web", "mobile", "desktop")
+ABUSE_INVALIDATE_AFTER = 3  # abuse disconnects of one session within the violation window
 RATE_ERROR_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
 
 
@@ -95,6 +97,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.session_id = self.user_id = self.peer_id = None
         self.document_id = None
         self.cursor: dict | None = None
+        self.expires = float("inf")  # the session's deadline (epoch seconds), checked on each message
         self.end_reason: str | None = None
         self.messages_in = self.messages_out = 0
         self.opened = time.monotonic()
@@ -116,7 +119,9 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def where(self, **extra: Any) -> dict:
         """The who/where fields of an event about this connection."""
-        return {"session_id": self.session_id, "user_id": self.user_id, "document_id": self.document_id,
+        # Before authentication the id is only a claim (anything, up to the size of a request line; the
+        # admin token, even): it is not stored as a session id, only masked in a refusal's details.
+        return {"session_id": self.session_id if self.session is not None else None, "user_id": self.user_id, "document_id": self.document_id,
                 "connection_id": self.connection_id, "client_addr": self.request.remote_ip,
                 "user_agent": self.client().user_agent, **extra}
 
@@ -163,15 +168,20 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         except AppError as exc:
             exc.details["close_code"] = CLOSE_INVALID_SESSION
             raise
+        cooldown = deps.audit.cooldown_left(self.session_id)
+        if cooldown:
+            raise AppError(ErrorCode.RATE_LIMITED, f"this session was disconnected for abuse; retry in "
+                           f"{cooldown:.0f} s", {"close_code": CLOSE_COOLING_DOWN, "retry_after": round(cooldown, 1)})
         self.session, self.user_id, self.peer_id = session, session.user_id, session.peer_id
+        self.expires = parse_iso(session.expires_at)
         if deps.hub.session_connections(self.session_id) >= deps.settings.max_connections_per_session \
                 or deps.hub.connection_count >= deps.settings.max_connections:
             raise AppError(ErrorCode.RATE_LIMITED, "too many connections for this session or server",
                            {"close_code": CLOSE_TOO_MANY_CONNECTIONS,
                             "per_session": deps.settings.max_connections_per_session})
-        self.bucket = deps.buckets.setdefault(self.session_id, TokenBucket(
-            deps.settings.rate_limit, deps.settings.rate_burst, time.monotonic()))
-        self.document = await deps.documents.open(self.document_id)
+        self.bucket = deps.buckets.get(self.session_id, time.monotonic())
+        self.document = await deps.documents.open(
+            self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip))
         self.join()
 
     def join(self) -> None:
@@ -191,12 +201,23 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                  self.connection_id)
 
     def _refuse(self, exc: AppError) -> None:
-        close_code = exc.details.pop("close_code", CLOSE_INVALID_SESSION)
+        close_code = exc.details.pop("close_code", CLOSE_TOO_MANY_CONNECTIONS if exc.code == ErrorCode.RATE_LIMITED
+                                     else CLOSE_INVALID_SESSION)
+        audit = self.deps.audit
         type_ = {ErrorCode.UNAUTHORIZED: "unauthorized", ErrorCode.INVALID_SESSION: "invalid_session",
                  ErrorCode.RATE_LIMITED: "connection_limit", ErrorCode.INVALID_MESSAGE: "invalid_message"}.get(exc.code)
+        if "quota" in exc.details:
+            type_ = "document_quota"
+        if exc.code in (ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SESSION) \
+                and audit.address_blocked(self.request.remote_ip):
+            exc = AppError(ErrorCode.RATE_LIMITED, "too many failed attempts from this address; retry later",
+                           {"retry_after": audit.window})
+            close_code = CLOSE_COOLING_DOWN
         if type_:
-            self.deps.audit.security(type_, None, {"message": exc.message, "close_code": close_code},
-                                     **self.where(session_id=self.session_id if exc.code != ErrorCode.UNAUTHORIZED else None))
+            details = {"message": exc.message, "close_code": close_code}
+            if self.session is None and self.session_id:
+                details["claimed_session"] = mask(self.session_id)
+            audit.security(type_, None, details, **self.where())
         if exc.code == ErrorCode.INVALID_MESSAGE:
             close_code = CLOSE_BAD_DOCUMENT
         self.send_error(exc)
@@ -210,7 +231,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def send_text(self, text: str) -> None:
         """Write one serialized message; a closed peer is skipped, never an error."""
-        self.send_utf8(text.encode())
+        self.send_utf8(text.encode("utf-8", "replace"))  # a lone surrogate here would be our bug: not fatal
 
     def send_utf8(self, data: bytes) -> None:
         """Write one message already serialized and encoded (a broadcast encodes once)."""
@@ -251,6 +272,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if not self.bucket.take(time.monotonic()):
                 return self._rate_limited()
             parsed = self.deps.registry.parse(message)
+            if self.deps.clock() >= self.expires:
+                return self._expired(parsed["id"])
             self.deps.metrics.messages_in.labels(parsed["type"]).inc()
             result = self._dispatch[parsed["type"]](parsed)
             return self._guard(result, parsed["id"]) if result is not None else None
@@ -295,16 +318,30 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.abuse_disconnect()
 
     def abuse_disconnect(self) -> None:
-        """Too many violations in the window: close with 1008 (and end the session if so configured)."""
+        """Too many violations in the window: close with 1008. Each abuse disconnect refuses the
+        session's reconnects for a cool-down that doubles; the ABUSE_INVALIDATE_AFTER-th in the window
+        (or the first, with --violation-action invalidate) ends the session."""
         deps = self.deps
+        count, cooldown = deps.audit.abused(self.session_id)
+        invalidate = deps.settings.violation_action == "invalidate" or count >= ABUSE_INVALIDATE_AFTER
         deps.audit.security("abuse_disconnect", None, {"threshold": deps.settings.violation_threshold,
-                            "window_seconds": deps.settings.violation_window,
-                            "action": deps.settings.violation_action}, **self.where())
+                            "window_seconds": deps.settings.violation_window, "count": count,
+                            "cooldown_seconds": cooldown, "action": "invalidate" if invalidate else "disconnect"},
+                            **self.where())
         deps.audit.forget(self.session_id)
         self.end_reason = "abuse"
         self.close(CLOSE_POLICY, "too many invalid messages")
-        if deps.settings.violation_action == "invalidate":
+        if invalidate:
             asyncio.ensure_future(deps.sessions.invalidate(self.session_id, self.client(), "abuse"))
+
+    def _expired(self, id_: str) -> None:
+        """The session passed its deadline since the last sweep: refuse the message and end the session
+        now (its sockets close with 4011), not at the next sweep."""
+        self.send_error(AppError(ErrorCode.INVALID_SESSION, "session ended: session_expired",
+                                 {"reason": "session_expired"}), id_)
+        if self.end_reason is None:
+            self.end_reason = "session_expired"
+            asyncio.ensure_future(self.deps.sessions.get(self.session_id)).add_done_callback(_consume)
 
     def _rate_limited(self) -> None:
         now = time.monotonic()
@@ -405,8 +442,6 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         left = P.build(P.SESSION_DISCONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
                                                 "reason": reason}, self.now_iso())
         self.fan_out(P.SESSION_DISCONNECTED, left)
-        if deps.hub.session_connections(self.session_id) == 0:
-            deps.buckets.pop(self.session_id, None)
         duration = round(time.monotonic() - self.opened, 3)
         deps.store.close_connection(self.connection_id, self.now_iso(), self.close_code, reason,
                                     self.messages_in, self.messages_out)
@@ -459,14 +494,16 @@ async def _release_when_stored(deps, document_id: str) -> None:
 
 
 def _message_id(raw) -> str | None:
-    """The id of a message we could not fully accept, when one can be read cheaply and safely."""
+    """The id of a message we could not fully accept, when one can be read cheaply and safely (leniently:
+    a message refused for a 1.0 or a NaN elsewhere still has its id read)."""
     if isinstance(raw, str) and len(raw) <= 16384:
         try:
-            value = P.loads(raw)
-        except AppError:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, or an integer past Python's digit limit
             return None
-        if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
-            return value["id"]
+        id_ = value.get("id") if isinstance(value, dict) else None
+        if isinstance(id_, str) and 0 < len(id_) <= 128 and id_.isprintable():  # no surrogate, no control
+            return id_
     return None
 
 
