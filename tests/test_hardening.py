@@ -110,6 +110,18 @@ async def test_violations_without_a_session_count_per_address_and_their_events_a
     assert ws.state["type"] == "document_state"
 
 
+async def test_rest_credential_failures_from_one_address_are_told_to_back_off(start):
+    app = await start(violation_threshold=3)
+    codes = []
+    for i in range(5):
+        reply = await app.fetch("GET", "/api/documents/x", headers={"X-Session-ID": f"guess-{i}"})
+        codes.append((reply.status, reply.json["error"]["code"]))
+    assert codes == [(401, "INVALID_SESSION")] * 2 + [(429, "RATE_LIMITED")] * 3
+    session = await app.session()
+    reply = await app.fetch("GET", "/api/documents/x", headers={"X-Session-ID": session["session_id"]})
+    assert reply.status == 404  # the credential holder from the same address is served
+
+
 async def test_the_rate_limit_survives_a_reconnect(start):
     app = await start(rate_limit=0.5, rate_burst=3)
     session = await app.session()

@@ -128,12 +128,16 @@ class ApiHandler(tornado.web.RequestHandler):
                "the session ids in Authorization and X-Session-ID disagree" if len(given) > 1 else None)
         if why:
             self.security("unauthorized", "medium", {"endpoint": self.request.path, "why": why})
-            raise AppError(ErrorCode.UNAUTHORIZED, why, {"endpoint": self.request.path})
+            raise AppError(ErrorCode.UNAUTHORIZED, why, {"endpoint": self.request.path[:200]})
         session_id = given.pop()
         try:
             session = await self.sessions.authenticate(session_id)
         except AppError as exc:
-            self.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message})
+            self.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message,
+                                                    "claimed_session": mask(session_id)})
+            if self.audit.address_blocked(self.request.remote_ip):
+                raise AppError(ErrorCode.RATE_LIMITED, "too many failed attempts from this address; retry later",
+                               {"retry_after": self.audit.window}) from None
             raise AppError(exc.code, exc.message, {**exc.details, "session_id": mask(session_id)}, status=401) from None
         return Author(user_id=session.user_id, peer_id=session.peer_id)
 
