@@ -99,7 +99,7 @@ class SessionService:
         session = await self._load(session_id)
         current = session.effective(self.clock(), self.pending_ttl)
         if current.state != session.state:
-            current = await self._move(session, "expire", Client(), current.end_reason)
+            current = await self._move(session, "expire", Client(), current.end_reason, quiet=True)
         return current
 
     async def authenticate(self, session_id: str) -> Session:
@@ -127,7 +127,7 @@ class SessionService:
             session = self._cache.get(row["session_id"]) or Session(**_fields(row))
             if session.state in (ACTIVE, PENDING):
                 reason = "ttl" if session.state == ACTIVE else "not_activated"
-                swept.append(await self._move(session, "expire", Client(), reason))
+                swept.append(await self._move(session, "expire", Client(), reason, quiet=True))
         return swept
 
     def touch(self, session_id: str) -> None:
@@ -150,34 +150,49 @@ class SessionService:
                            {"session_id": mask(session_id)})
         session = Session(**_fields(row))
         if session.state in (ACTIVE, PENDING):
-            self._cache[session_id] = session
+            # Another request may have loaded it (and moved it) while this one read: the cache wins.
+            session = self._cache.setdefault(session_id, session)
         return session
 
     async def _transition(self, session_id: str, action: str, client: Client, reason: str) -> Session:
         session = await self.get(session_id)
         if (session.state, action) not in TRANSITIONS:
-            raise AppError(ErrorCode.INVALID_SESSION, f"cannot {action} a session that is {session.state}",
-                           {"state": session.state, "session_id": mask(session_id)}, status=409)
-        if TRANSITIONS[(session.state, action)] == session.state:
-            return session
+            raise _illegal(session, action)
         return await self._move(session, action, client, reason)
 
-    async def _move(self, session: Session, action: str, client: Client, reason: str | None) -> Session:
-        now = iso(self.clock())
+    async def _move(self, session: Session, action: str, client: Client, reason: str | None,
+                    quiet: bool = False) -> Session:
+        """One transition, a compare-and-set: in memory (the cache is updated before anything is awaited,
+        so a concurrent transition sees the new state) and in the store (the row changes only if it is
+        still in the state this move started from). `quiet`: a move overtaken by another (an expiry
+        meeting a DELETE) returns the session as it now is instead of refusing."""
+        current = self._cache.get(session.session_id, session)
+        if current.state != session.state:  # moved by someone else while this caller awaited
+            if (current.state, action) not in TRANSITIONS:
+                if quiet:
+                    return current
+                raise _illegal(current, action)
+            session = current
         to = TRANSITIONS[(session.state, action)]
+        if to == session.state:
+            return session
+        now = iso(self.clock())
         changes = {"state": to}
         if to == ACTIVE:
             changes.update(activated_at=now, expires_at=iso(self.clock() + self.session_ttl))
         else:
             changes.update(ended_at=now, end_reason=reason)
         moved = replace(session, **changes)
-        stored = self.store.update_session(moved.to_json())
+        self._cache[moved.session_id] = moved
+        changed = await self.store.update_session(moved.to_json(), session.state)
+        if self._cache.get(moved.session_id) is moved and (to != ACTIVE or not changed):
+            del self._cache[moved.session_id]  # final (read from the store from now on), or not ours
+        if not changed:  # the stored row had moved on (a transition this cache never saw)
+            stored = await self._load(moved.session_id)
+            if quiet:
+                return stored
+            raise _illegal(stored, action)
         self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
-        await stored
-        if to == ACTIVE:
-            self._cache[moved.session_id] = moved
-        else:
-            self._cache.pop(moved.session_id, None)
         if to in (EXPIRED, INVALIDATED):
             for listener in list(self.on_end):
                 listener(moved, "session_expired" if to == EXPIRED else "session_invalidated")
@@ -187,6 +202,11 @@ class SessionService:
         self.store.record_event(iso(self.clock()), "session", type_, "info", details,
                                 session_id=session.session_id, user_id=session.user_id,
                                 client_addr=client.addr, user_agent=client.user_agent)
+
+
+def _illegal(session: Session, action: str) -> AppError:
+    return AppError(ErrorCode.INVALID_SESSION, f"cannot {action} a session that is {session.state}",
+                    {"state": session.state, "session_id": mask(session.session_id)}, status=409)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Session))

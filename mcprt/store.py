@@ -85,10 +85,13 @@ class _Pending:
     later ones fail too, without being tried, until the chain is reset (sql None: a reset marker).
     """
 
-    __slots__ = ("sql", "params", "future", "chain")
+    __slots__ = ("sql", "params", "future", "chain", "counted", "result")
 
-    def __init__(self, sql: str | None, params: tuple, future: asyncio.Future | None, chain: str | None = None):
+    def __init__(self, sql: str | None, params: tuple, future: asyncio.Future | None, chain: str | None = None,
+                 counted: bool = False):
         self.sql, self.params, self.future, self.chain = sql, params, future, chain
+        self.counted = counted  # the future resolves to how many rows the statement changed
+        self.result: int | None = None
 
 
 class Store:
@@ -238,10 +241,11 @@ class Store:
         """Queue a write; it commits with the next batch (no one waits for it)."""
         self._queue.put_nowait(_Pending(sql, params, None))
 
-    def write(self, sql: str, params: tuple = (), chain: str | None = None) -> asyncio.Future:
-        """Queue a write; the returned future resolves once its batch is committed."""
+    def write(self, sql: str, params: tuple = (), chain: str | None = None, counted: bool = False) -> asyncio.Future:
+        """Queue a write; the returned future resolves once its batch is committed (to the number of rows
+        changed when `counted`, else None)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(sql, params, future, chain))
+        self._queue.put_nowait(_Pending(sql, params, future, chain, counted))
         return future
 
     def reset_chain(self, chain: str) -> None:
@@ -283,7 +287,7 @@ class Store:
                 if id(pending) in failed:
                     pending.future.set_exception(failed[id(pending)])
                 else:
-                    pending.future.set_result(None)
+                    pending.future.set_result(pending.result)
 
     def _commit(self, batch: list[_Pending]) -> dict[int, Exception]:
         """On the writer thread: the batch in one transaction, or row by row if that fails."""
@@ -302,10 +306,15 @@ class Store:
         try:
             start = 0
             while start < len(batch):
+                first = batch[start]
+                if first.counted:
+                    first.result = db.execute(first.sql, first.params).rowcount
+                    start += 1
+                    continue
                 end = start
-                while end < len(batch) and batch[end].sql == batch[start].sql:
+                while end < len(batch) and batch[end].sql == first.sql and not batch[end].counted:
                     end += 1
-                db.executemany(batch[start].sql, [p.params for p in batch[start:end]])
+                db.executemany(first.sql, [p.params for p in batch[start:end]])
                 start = end
             db.execute("COMMIT")
         except BaseException:
@@ -322,7 +331,8 @@ class Store:
                 failed[id(pending)] = ChainBroken(f"an earlier write of {pending.chain} failed")
                 continue
             try:
-                self._writer.execute(pending.sql, pending.params)
+                changed = self._writer.execute(pending.sql, pending.params).rowcount
+                pending.result = changed if pending.counted else None
             except sqlite3.Error as exc:
                 log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
                 failed[id(pending)] = exc
@@ -390,13 +400,14 @@ class Store:
         return self.write(f"INSERT INTO sessions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                           tuple(row.get(c) for c in cols))
 
-    def update_session(self, row: dict) -> asyncio.Future:
-        """Store a session's changed state and times."""
+    def update_session(self, row: dict, expected_state: str) -> asyncio.Future:
+        """Store a session's changed state and times if its stored state is still `expected_state` (a
+        compare-and-set); the future resolves to True when the row changed."""
         return self.write(
             "UPDATE sessions SET state=?, activated_at=?, expires_at=?, ended_at=?, end_reason=?, last_seen=?"
-            " WHERE session_id=?",
+            " WHERE session_id=? AND state=?",
             (row["state"], row["activated_at"], row["expires_at"], row["ended_at"], row["end_reason"],
-             row["last_seen"], row["session_id"]))
+             row["last_seen"], row["session_id"], expected_state), counted=True)
 
     async def get_session(self, session_id: str) -> dict | None:
         """One session row by its id."""

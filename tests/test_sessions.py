@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +246,60 @@ def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
     assert main(["sessions", "--db", str(tmp_path / "c.db"), "--state", "Pending", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and '"yan"' in lines[0]
+
+
+async def _stored_state(db: Path, session_id: str) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT state FROM sessions WHERE session_id=?", (session_id,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "after-restart"])
+@pytest.mark.asyncio
+async def test_delete_racing_activate_never_ends_active(start, tmp_path, cached):
+    app = await start()
+    pending = [(await app.session(f"u{i}", activate=False))["session_id"] for i in range(20)]
+    if not cached:  # a fresh process: both requests read the row from the store at once
+        await app.server.stop()
+        app = await start()
+    for sid in pending:
+        deleted, activated = await asyncio.gather(app.fetch("DELETE", f"/api/sessions/{sid}"),
+                                                  app.fetch("POST", f"/api/sessions/{sid}/activate"))
+        assert deleted.status == 200 and deleted.json["state"] == INVALIDATED, deleted.json
+        assert activated.status in (200, 409), activated.json
+        await app.settle()
+        assert await _stored_state(tmp_path / "mcprt.db", sid) == INVALIDATED
+        assert (await app.fetch("GET", f"/api/sessions/{sid}")).json["state"] == INVALIDATED
+
+
+@pytest.mark.asyncio
+async def test_two_activates_record_one_activation(start, tmp_path):
+    app = await start()
+    sid = (await app.session(activate=False))["session_id"]
+    replies = await asyncio.gather(*(app.fetch("POST", f"/api/sessions/{sid}/activate") for _ in range(5)))
+    assert all(r.status == 200 and r.json["state"] == ACTIVE for r in replies)
+    assert len({r.json["activated_at"] for r in replies}) == 1
+    await app.settle()
+    assert len(await app.deps.store.events(type="session_activated")) == 1
+
+
+@pytest.mark.asyncio
+async def test_the_sweepers_expiry_racing_delete_keeps_one_final_state(start, clock, tmp_path):
+    app = await start(clock=clock)
+    sids = [(await app.session(f"u{i}"))["session_id"] for i in range(10)]
+    await app.server.stop()
+    app = await start(clock=clock)
+    for sid in sids[5:]:  # half of them read back into the cache, half known only to the store
+        assert (await app.fetch("GET", f"/api/sessions/{sid}")).status == 200
+    clock.advance(app.server.settings.session_ttl + 1)
+    ended: list[tuple[str, str]] = []
+    app.deps.sessions.on_end.append(lambda session, reason: ended.append((session.session_id, reason)))
+    replies = await asyncio.gather(app.server.sweep(), *(app.fetch("DELETE", f"/api/sessions/{sid}") for sid in sids))
+    await app.settle()
+    for sid, reply in zip(sids, replies[1:]):
+        stored = await _stored_state(tmp_path / "mcprt.db", sid)
+        assert stored == EXPIRED  # past its deadline, a DELETE finds it Expired: final
+        assert reply.status == 409 and reply.json["error"]["details"]["state"] == EXPIRED
+    assert sorted(ended) == sorted((sid, "session_expired") for sid in sids)  # each ended once
+    events = await app.deps.store.events(kind="session", limit=100)
+    assert sorted(e["session_id"] for e in events if e["type"] == "session_expired") == sorted(sids)
+    assert not [e for e in events if e["type"] == "session_invalidated"]
