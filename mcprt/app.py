@@ -20,6 +20,7 @@ from .audit import Audit
 from .clock import iso, system_clock
 from .config import Settings
 from .documents import DocumentQuota, DocumentService
+from .edits import EditService
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Registry
@@ -83,6 +84,7 @@ class Deps:
     buckets: Buckets  # session id -> the TokenBucket its sockets share, kept across reconnects
     hosts: HostCheck
     probes: KeyedWindows  # NOT_FOUND answers per session (document id guessing)
+    edits: EditService
 
 
 def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = system_clock) -> tornado.web.Application:
@@ -95,9 +97,10 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
                                 settings.snapshot_interval, settings.history_window,
                                 quota=DocumentQuota(settings.max_documents, settings.document_create_limit))
+    edits = EditService(documents, hub, audit, clock, metrics)
     deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics,
                 KeyedWindows(60.0, settings.session_create_limit), Buckets(settings.rate_limit, settings.rate_burst),
-                HostCheck(settings.host, settings.allowed_hosts), KeyedWindows(60.0, settings.document_probe_limit))
+                HostCheck(settings.host, settings.allowed_hosts), KeyedWindows(60.0, settings.document_probe_limit), edits)
     metrics.watch(audit, hub)
     common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
     probes = {"probes": deps.probes}
@@ -109,7 +112,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/api/documents", rest.DocumentsHandler, {**common, "documents": documents}),
         (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, **probes, "documents": documents}),
         (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, **probes, "documents": documents}),
-        (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "documents": documents, "hub": hub}),
+        (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "edits": edits}),
         (r"/api/events", rest.EventsHandler, common),
         (r"/ws", ws.EditorSocket, {"deps": deps}),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),

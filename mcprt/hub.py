@@ -1,4 +1,5 @@
-"""Who is connected to which document and session; fan-out of one serialized message; presence."""
+"""Who is connected to which document and session; the only way to reach other connections: fan-out of one
+serialized message, closing a document's or a session's sockets; presence."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ class Peer(Protocol):
     user_id: str
     peer_id: str
     document_id: str
+    document: object  # the in-memory Document this connection edits
     cursor: dict | None
 
     def send_utf8(self, data: bytes) -> None: ...
+
+    def end(self, code: int, reason: str) -> None: ...
 
 
 class Hub:
@@ -46,13 +50,14 @@ class Hub:
                     del table[key]
         return peer.document_id not in self.rooms
 
-    def peers(self, document_id: str) -> list[Peer]:
-        """Everyone on a document."""
+    def members(self, document_id: str) -> list[Peer]:
+        """Everyone on a document, now (a snapshot to publish to later)."""
         return list(self.rooms.get(document_id, {}).values())
 
-    def session_peers(self, session_id: str) -> list[Peer]:
-        """Every live connection of a session."""
-        return list(self.by_session.get(session_id, {}).values())
+    def has_others(self, document_id: str, exclude: Peer | None, peers: list[Peer] | None = None) -> bool:
+        """True when a publish would reach someone (the members given, or the document's)."""
+        members = self.rooms.get(document_id, {}).values() if peers is None else peers
+        return any(peer is not exclude for peer in members)
 
     def session_connections(self, session_id: str) -> int:
         return len(self.by_session.get(session_id, ()))
@@ -60,20 +65,32 @@ class Hub:
     def all_peers(self) -> list[Peer]:
         return [p for room in self.rooms.values() for p in room.values()]
 
-    @staticmethod
-    def send_all(peers: Iterable[Peer], text: str, exclude: Peer | None = None) -> int:
-        """Send one already-serialized message to each peer but `exclude`; returns how many."""
-        data = text.encode()
+    def publish(self, document_id: str, text: str, exclude: Peer | None = None,
+                peers: Iterable[Peer] | None = None) -> int:
+        """Send one serialized message to everyone on a document (or to the members snapshot `peers`)
+        but `exclude`, encoded once; returns how many it went to."""
+        data = text.encode("utf-8", "replace")
         sent = 0
-        for peer in peers:
+        for peer in self.rooms.get(document_id, {}).values() if peers is None else peers:
             if peer is not exclude:
                 peer.send_utf8(data)
                 sent += 1
         return sent
 
-    def broadcast(self, document_id: str, text: str, exclude: Peer | None = None) -> int:
-        """Send to everyone on a document but `exclude`."""
-        return self.send_all(self.rooms.get(document_id, {}).values(), text, exclude)
+    def close_document(self, document, code: int, reason: str) -> None:
+        """Close every connection editing this in-memory copy of a document."""
+        for peer in self.members(document.document_id):
+            if peer.document is document:
+                peer.end(code, reason)
+
+    def close_session(self, session_id: str, code: int, reason: str, text: str) -> int:
+        """Send `text` to every connection of a session, then close them; returns how many."""
+        peers = list(self.by_session.get(session_id, {}).values())
+        data = text.encode("utf-8", "replace")
+        for peer in peers:
+            peer.send_utf8(data)
+            peer.end(code, reason)
+        return len(peers)
 
     def participants(self, document_id: str) -> list[dict]:
         """One entry per session on the document: user, peer id, connection count and cursor."""

@@ -10,7 +10,6 @@ from ..documents import check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..sessions import STATES
 from .base import OPERATOR, ApiHandler
-from .ws import publish_edit, reset_document
 
 SERVICE_NAME = "mcprt-realtime-editing"
 
@@ -191,16 +190,7 @@ class RestoreHandler(ApiHandler):
         author = await self.require_editor()
         check_document_id(document_id)
         revision = self.json_body("document_restore")["revision"]
-        applied, durable = await self.documents.restore(document_id, revision, author)
-        try:
-            await durable
-        except Exception as exc:  # the same recovery as a failed edit: editors reload what is durable
-            reset_document(self.application.deps, applied.document, str(exc))
-            raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
-                           {"document_id": document_id}) from exc
-        publish_edit(self.hub, applied, author, None, None, self.clock())
-        if not self.hub.peers(document_id):
-            self.documents.release(document_id)
+        applied = await self.edits.restore(document_id, revision, author)
         self.audit.event("document", "document_restored", "info", {"from_revision": revision,
                          "revision": applied.revision}, document_id=document_id, user_id=author.user_id,
                          client_addr=self.request.remote_ip)

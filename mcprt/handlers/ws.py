@@ -16,8 +16,8 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
 from ..clock import iso, parse_iso
-from ..documents import Applied, Author, check_document_id, creator
-from ..ot import to_delta
+from ..edits import CLOSE_SERVER_ERROR
+from ..documents import Author, check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
 from .base import client_of, session_ids_given
@@ -33,7 +33,6 @@ CLOSE_TOO_MANY_CONNECTIONS = 4008
 CLOSE_COOLING_DOWN = 4029
 CLOSE_SESSION_INVALIDATED = 4010
 CLOSE_SESSION_EXPIRED = 4011
-CLOSE_SERVER_ERROR = 4500
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 
@@ -249,10 +248,9 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.deps.metrics.messages_out.labels(P.ERROR).inc()
         self.send_text(P.dumps(P.build_error(error, self.now_iso(), id_)))
 
-    def fan_out(self, type_: str, message: dict, peers=None) -> None:
+    def fan_out(self, type_: str, message: dict) -> None:
         """Serialize once and send to everyone else on the document."""
-        text = P.dumps(message)
-        n = self.deps.hub.send_all(self.deps.hub.peers(self.document_id) if peers is None else peers, text, self)
+        n = self.deps.hub.publish(self.document_id, P.dumps(message), self)
         self.deps.metrics.messages_out.labels(type_).inc(n)
 
     # -- receiving -----------------------------------------------------
@@ -366,50 +364,33 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         payload = message["payload"]
         if "user_id" in payload and payload["user_id"] != self.user_id:
             raise_impersonation(self, payload["user_id"])
-        document = self.document
-        base = payload.get("base_revision", document.revision)
-        if "change_delta" not in payload and base != document.revision:
+        if self.deps.edits.needs_base(self.document, payload):
             return self._edit_from_old_base(message)
-        self._apply(message, *self.deps.documents.base_op(document, payload, document.content))
+        self._submit(message)
         return None
 
     async def _edit_from_old_base(self, message: dict) -> None:
-        documents = self.deps.documents
-        content = await documents.base_content(self.document, message["payload"]["base_revision"])
-        self._apply(message, *documents.base_op(self.document, message["payload"], content))
+        self._submit(message, await self.deps.edits.base_content(self.document, message["payload"]))
 
-    def _apply(self, message: dict, op, base: int) -> None:
-        deps = self.deps
-        started = time.perf_counter()
+    def _submit(self, message: dict, base_content: str | None = None) -> None:
         if self.document.broken:  # a storage error discarded this copy while the edit was on its way
             self.send_error(AppError(ErrorCode.SERVER_ERROR, "the document was reloaded after a storage error; "
                                      "reconnect", {}), message["id"])
             self.end(CLOSE_SERVER_ERROR, "server_error")
             return
-        author = Author(self.user_id, self.peer_id, self.session_id)
-        applied, durable = deps.documents.apply(self.document, op, base, author, message["id"])
-        if applied.removed:
-            crossed = deps.audit.security("xss_attempt", None, {"removed": [r[:200] for r in applied.removed[:20]],
-                                          "revision": applied.revision}, **self.where())
-            if crossed:
-                self.abuse_disconnect()
-        peers = deps.hub.peers(self.document_id)  # those present now get this revision; later joiners see it in state
-        deps.hub.shift_cursors(self.document_id, applied.op, self)
 
-        def done(future: asyncio.Future) -> None:
-            if future.exception() is not None:
-                log.error("edit %s on %s not stored: %s", message["id"], self.document_id, future.exception())
-                self.send_error(AppError(ErrorCode.SERVER_ERROR, "the edit could not be stored", {}), message["id"])
-                reset_document(deps, applied.document, str(future.exception()))
+        def done(outcome) -> None:
+            if isinstance(outcome, AppError):
+                self.send_error(outcome, message["id"])
                 return
-            self.send(P.EDIT_ACK, {"edit_id": message["id"], "revision": applied.revision,
-                                   "op": applied.op.to_json(),
-                                   "correction": applied.correction.to_json() if applied.correction else None,
-                                   "content": applied.content}, message["id"])
-            publish_edit(deps.hub, applied, author, message, self, deps.clock(), peers, deps.metrics)
-            deps.metrics.edit_latency.observe(time.perf_counter() - started)
+            self.send(P.EDIT_ACK, {"edit_id": message["id"], "revision": outcome.revision,
+                                   "op": outcome.op.to_json(),
+                                   "correction": outcome.correction.to_json() if outcome.correction else None,
+                                   "content": outcome.content}, message["id"])
 
-        durable.add_done_callback(done)
+        author = Author(self.user_id, self.peer_id, self.session_id)
+        if self.deps.edits.submit(self.document, message, author, self, self.where(), done, base_content):
+            self.abuse_disconnect()
 
     def on_cursor_update(self, message: dict) -> None:
         payload = message["payload"]
@@ -466,30 +447,9 @@ def raise_impersonation(socket: EditorSocket, claimed: str) -> None:
                    {"pointer": "/payload/user_id"})
 
 
-def publish_edit(hub, applied: Applied, author: Author, message: dict | None, exclude, now: float,
-                 peers=None, metrics=None) -> None:
-    """The realtime_edit every other editor receives: serialized once, with the authoritative content."""
-    if peers is None:
-        peers = hub.peers(applied.document.document_id)
-    if not any(peer is not exclude for peer in peers):
-        return  # an editor alone on its document: nothing to build
-    payload = message["payload"] if message else {}
-    body = {"content": applied.content, "cursor_position": payload.get("cursor_position"),
-            "user_id": author.user_id, "operation": payload.get("operation", "edit"),
-            "change_delta": to_delta(applied.op), "op": applied.op.to_json(),
-            "revision": applied.revision, "base_revision": applied.revision - 1}
-    stamp = iso(now)
-    id_ = f"{message['id']}-broadcast" if message else None
-    text = P.dumps(P.build(P.REALTIME_EDIT, body, stamp, id_, session_info={
-        "user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}))
-    n = hub.send_all(peers, text, exclude)
-    if metrics is not None:
-        metrics.messages_out.labels(P.REALTIME_EDIT).inc(n)
-
-
 async def _release_when_stored(deps, document_id: str) -> None:
     await deps.documents.flush()
-    if not deps.hub.peers(document_id):
+    if not deps.hub.members(document_id):
         deps.documents.release(document_id)
 
 
@@ -507,24 +467,13 @@ def _message_id(raw) -> str | None:
     return None
 
 
-def reset_document(deps, document, why: str) -> None:
-    """A write of this document failed: drop the in-memory copy (it is ahead of the database) and close
-    every socket on it with 4500, so its editors reconnect to what is durable."""
-    if not deps.documents.discard(document):
-        return  # discarded already, its sockets closed then
-    deps.audit.event("document", "document_reset", "high", {"why": why[:300], "revision": document.revision},
-                     document_id=document.document_id)
-    for peer in deps.hub.peers(document.document_id):
-        if peer.document is document:
-            peer.end(CLOSE_SERVER_ERROR, "server_error")
-
-
 def close_session_sockets(deps, session_id: str, reason: str) -> None:
     """Close every live socket of a session that was invalidated or expired."""
     code = CLOSE_SESSION_EXPIRED if reason == "session_expired" else CLOSE_SESSION_INVALIDATED
-    for peer in deps.hub.session_peers(session_id):
-        peer.send_error(AppError(ErrorCode.INVALID_SESSION, f"session ended: {reason}", {"reason": reason}))
-        peer.end(code, reason)
+    error = AppError(ErrorCode.INVALID_SESSION, f"session ended: {reason}", {"reason": reason})
+    closed = deps.hub.close_session(session_id, code, reason, P.dumps(P.build_error(error, iso(deps.clock()))))
+    deps.metrics.errors.labels(error.code.value).inc(closed)
+    deps.metrics.messages_out.labels(P.ERROR).inc(closed)
 
 
 async def close_all(deps, code: int, reason: str) -> None:
