@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import socket
-import time
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote
@@ -19,12 +18,12 @@ from . import resource_dir
 from .audit import Audit
 from .clock import iso, system_clock
 from .config import Settings
-from .documents import DocumentQuota, DocumentService
+from .documents import DocumentService
 from .edits import EditService
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Registry
-from .ratelimit import Buckets, KeyedWindows
+from .limits import Limits
 from .sessions import SessionService, mask
 from .store import Store
 from .handlers import rest, ws
@@ -80,10 +79,8 @@ class Deps:
     hub: Hub
     documents: DocumentService
     metrics: Metrics
-    create_limiter: KeyedWindows
-    buckets: Buckets  # session id -> the TokenBucket its sockets share, kept across reconnects
+    limits: Limits
     hosts: HostCheck
-    probes: KeyedWindows  # NOT_FOUND answers per session (document id guessing)
     edits: EditService
 
 
@@ -94,24 +91,22 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     sessions = SessionService(store, clock, settings.session_ttl, settings.pending_ttl)
     metrics = Metrics(store, sessions)
     hub = Hub()
+    limits = Limits(settings, clock)
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
-                                settings.snapshot_interval, settings.history_window,
-                                quota=DocumentQuota(settings.max_documents, settings.document_create_limit))
+                                settings.snapshot_interval, settings.history_window, quota=limits.documents)
     edits = EditService(documents, hub, audit, clock, metrics)
-    deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics,
-                KeyedWindows(60.0, settings.session_create_limit), Buckets(settings.rate_limit, settings.rate_burst),
-                HostCheck(settings.host, settings.allowed_hosts), KeyedWindows(60.0, settings.document_probe_limit), edits)
+    deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics, limits,
+                HostCheck(settings.host, settings.allowed_hosts), edits)
     metrics.watch(audit, hub)
     common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
-    probes = {"probes": deps.probes}
     routes = [
         (r"/health", rest.HealthHandler, common),
-        (r"/api/sessions", rest.SessionsHandler, {**common, "create_limiter": deps.create_limiter}),
+        (r"/api/sessions", rest.SessionsHandler, {**common, "limits": limits}),
         (r"/api/sessions/([^/]+)", rest.SessionHandler, common),
         (r"/api/sessions/([^/]+)/activate", rest.ActivateHandler, common),
         (r"/api/documents", rest.DocumentsHandler, {**common, "documents": documents}),
-        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, **probes, "documents": documents}),
-        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, **probes, "documents": documents}),
+        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, "limits": limits, "documents": documents}),
+        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, "limits": limits, "documents": documents}),
         (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "edits": edits}),
         (r"/api/events", rest.EventsHandler, common),
         (r"/ws", ws.EditorSocket, {"deps": deps}),
@@ -195,10 +190,7 @@ class Server:
         await deps.sessions.sweep()
         now = self.clock()
         deps.audit.prune()
-        deps.create_limiter.prune(now)
-        deps.documents.quota.prune(now)
-        deps.probes.prune(now)
-        deps.buckets.prune(time.monotonic(), keep=deps.hub.by_session.keys())
+        deps.limits.prune(deps.hub.by_session.keys())
         cutoff = iso(now - self.settings.event_retention)
         if await deps.store.events(limit=1, until=cutoff):
             await deps.store.prune_events(cutoff)

@@ -18,7 +18,7 @@ class TokenBucket:
         """Spend `cost` tokens if available; False means over the limit."""
         elapsed = max(0.0, now - self.stamp)
         self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.stamp = now
+        self.stamp = max(self.stamp, now)  # a clock stepping back and forth again earns nothing
         if self.tokens >= cost:
             self.tokens -= cost
             return True

@@ -194,8 +194,8 @@ async def soak_round(harness, session_ids: list[str], seconds: float, prefix: st
     assert all(r["heartbeats_acked"] == r["heartbeats_sent"] for r in reports), "a heartbeat was never answered"
     assert sum(r["sent"] for r in reports) == sum(len(r["acks"]) for r in reports) > len(reports) * seconds / 4
     assert let_go, f"rooms {list(deps.hub.rooms)}, open documents {deps.documents.open_count}"
-    deps.buckets.prune(time.monotonic() + BENCH_LIMITS["rate_burst"] / BENCH_LIMITS["rate_limit"])
-    assert deps.hub.by_session == {} and len(deps.buckets) == 0 and memory["sockets"] == 0
+    deps.limits.buckets.prune(time.time() + BENCH_LIMITS["rate_burst"] / BENCH_LIMITS["rate_limit"])
+    assert deps.hub.by_session == {} and len(deps.limits.buckets) == 0 and memory["sockets"] == 0
     return reports, memory
 
 

@@ -71,11 +71,12 @@ class SessionsHandler(ApiHandler):
         """Create a session (Active unless "activate": false)."""
         body = self.json_body("session_create")
         client = self.client_info()
-        if not self.create_limiter.allow(client.addr or "-", self.clock()):
-            self.security("session_rate_limited", None, {"limit_per_minute": self.create_limiter.limit})
-            self.set_header("Retry-After", "60")
-            raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
-                           {"limit_per_minute": self.create_limiter.limit})
+        try:
+            self.limits.create_session(client.addr)
+        except AppError as exc:
+            self.security("session_rate_limited", None, {"limit_per_minute": exc.details["limit_per_minute"]})
+            self.set_header("Retry-After", str(exc.details["retry_after"]))
+            raise
         session = await self.sessions.create(body["user_id"], body.get("client_info"),
                                              body.get("activate", True), client)
         reply = session.to_json()
@@ -155,17 +156,16 @@ class ProbedHandler(ApiHandler):
         """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
         author = await self.require_editor()
         check_document_id(document_id)
-        key, now = author.peer_id, self.clock()
-        if author is not OPERATOR and self.probes.count(key, now) >= self.probes.limit:
+        limit = self.limits.probes.limit
+        if author is not OPERATOR and self.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
-                           {"limit_per_minute": self.probes.limit})
+                           {"limit_per_minute": limit})
         try:
             return await call(document_id, *args)
         except AppError as exc:
-            if exc.code == ErrorCode.NOT_FOUND and author is not OPERATOR \
-                    and self.probes.hit(key, now) == self.probes.limit:
-                self.security("document_probe", None, {"limit_per_minute": self.probes.limit,
-                                                       "user_id": author.user_id, "peer_id": author.peer_id})
+            if exc.code == ErrorCode.NOT_FOUND and author is not OPERATOR and self.limits.probed(author.peer_id):
+                self.security("document_probe", None, {"limit_per_minute": limit, "user_id": author.user_id,
+                                                       "peer_id": author.peer_id})
             raise
 
 

@@ -18,6 +18,7 @@ from .. import protocol as P
 from ..clock import iso, parse_iso
 from ..edits import CLOSE_SERVER_ERROR
 from ..documents import Author, check_document_id, creator
+from ..limits import Notices
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
 from .base import client_of, session_ids_given
@@ -38,7 +39,6 @@ CLOSE_GOING_AWAY = 1001
 
 CLIENT_TYPES = ("web", "mobile", "desktop")
 ABUSE_INVALIDATE_AFTER = 3  # abuse disconnects of one session within the violation window
-RATE_ERROR_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
 
 
 class _Protocol(WebSocketProtocol13):
@@ -101,8 +101,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.messages_in = self.messages_out = 0
         self.opened = time.monotonic()
         self.joined = False
-        self._rate_error_at = -1e9
-        self._dropped = 0
+        self.notices = Notices()  # RATE_LIMITED replies, coalesced
         self._dispatch = {P.HEARTBEAT: self.on_heartbeat, P.REALTIME_EDIT: self.on_realtime_edit,
                           P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
 
@@ -173,12 +172,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                            f"{cooldown:.0f} s", {"close_code": CLOSE_COOLING_DOWN, "retry_after": round(cooldown, 1)})
         self.session, self.user_id, self.peer_id = session, session.user_id, session.peer_id
         self.expires = parse_iso(session.expires_at)
-        if deps.hub.session_connections(self.session_id) >= deps.settings.max_connections_per_session \
-                or deps.hub.connection_count >= deps.settings.max_connections:
-            raise AppError(ErrorCode.RATE_LIMITED, "too many connections for this session or server",
-                           {"close_code": CLOSE_TOO_MANY_CONNECTIONS,
-                            "per_session": deps.settings.max_connections_per_session})
-        self.bucket = deps.buckets.get(self.session_id, time.monotonic())
+        deps.limits.check_connection(deps.hub.session_connections(self.session_id), deps.hub.connection_count)
+        self.bucket = deps.limits.bucket(self.session_id)
         self.document = await deps.documents.open(
             self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip))
         self.join()
@@ -267,7 +262,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if len(message) > limit or (4 * len(message) > limit and len(message.encode("utf-8")) > limit):
                 raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"message exceeds {limit} bytes",
                                {"limit": limit, "size": len(message.encode("utf-8", "surrogatepass"))})
-            if not self.bucket.take(time.monotonic()):
+            if not self.deps.limits.message(self.bucket):
                 return self._rate_limited()
             parsed = self.deps.registry.parse(message)
             if self.deps.clock() >= self.expires:
@@ -342,14 +337,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             asyncio.ensure_future(self.deps.sessions.get(self.session_id)).add_done_callback(_consume)
 
     def _rate_limited(self) -> None:
-        now = time.monotonic()
-        self._dropped += 1
-        if now - self._rate_error_at < RATE_ERROR_WINDOW:
+        dropped = self.notices.refused(self.deps.clock())
+        if dropped is None:
             return None
-        self._rate_error_at = now
-        limit = {"rate_per_second": self.deps.settings.rate_limit, "burst": self.deps.settings.rate_burst,
-                 "dropped": self._dropped}
-        self._dropped = 0
+        limit = self.deps.limits.message_limit(dropped)
         self.send_error(AppError(ErrorCode.RATE_LIMITED, "too many messages; slow down", limit))
         self.deps.audit.security("rate_limited", None, limit, **self.where())
         return None
