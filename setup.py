@@ -5,7 +5,10 @@ from setuptools import find_packages, setup
 here = Path(__file__).parent
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-runtime = [r for r in requirements if not r.startswith(("pytest", "hypothesis", "playwright"))]
+TEST_ONLY = ("pytest", "hypothesis", "playwright")
+BENCH_ONLY = ("websockets", "psutil")  # the load client of `python -m mcprt bench` (the tests use them too)
+runtime = [r for r in requirements if not r.startswith(TEST_ONLY + BENCH_ONLY)]
+bench = [r for r in requirements if r.startswith(BENCH_ONLY)]
 
 DATA = {"schemas": ["*.json"], "migrations": ["*.sql"], "static": ["*.html", "*.js", "*.css", "*.svg", "*.ico"]}
 
@@ -22,6 +25,6 @@ setup(
     package_dir={f"mcprt._data.{name}": name for name in DATA},
     package_data={f"mcprt._data.{name}": patterns for name, patterns in DATA.items()},
     install_requires=runtime,
-    extras_require={"test": [r for r in requirements if r not in runtime]},
+    extras_require={"bench": bench, "test": [r for r in requirements if r not in runtime]},
     entry_points={"console_scripts": ["mcprt = mcprt.__main__:main"]},
 )

@@ -220,7 +220,11 @@ def cmd_sessions(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    try:
+        from .bench import run_bench
+    except ImportError as exc:  # websockets and psutil are the bench extra, not runtime dependencies
+        print(f"error: the benchmarks need {exc.name}: pip install 'mcprt[bench]'", file=sys.stderr)
+        return 2
     return run_bench(quick=args.quick, only=args.only.split(",") if args.only else None, as_json=args.json)
 
 

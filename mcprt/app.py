@@ -26,6 +26,7 @@ from .protocol import Registry
 from .limits import Limits
 from .sessions import SessionService, mask
 from .store import Store
+from .tasks import Tasks
 from .handlers import rest, ws
 from .handlers.base import HostCheck, HostRejectedHandler, NotFoundHandler
 from .handlers.static import StaticHandler
@@ -82,6 +83,7 @@ class Deps:
     limits: Limits
     hosts: HostCheck
     edits: EditService
+    tasks: Tasks
 
 
 def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = system_clock) -> tornado.web.Application:
@@ -96,7 +98,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
                                 settings.snapshot_interval, settings.history_window, quota=limits.documents)
     edits = EditService(documents, hub, audit, clock, metrics)
     deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics, limits,
-                HostCheck(settings.host, settings.allowed_hosts), edits)
+                HostCheck(settings.host, settings.allowed_hosts), edits, Tasks())
     metrics.watch(audit, hub)
     common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
     routes = [
@@ -219,6 +221,7 @@ class Server:
         await ws.close_all(self.deps, 1001, "server_shutdown")
         for server in self._servers:
             await server.close_all_connections()
+        await self.deps.tasks.drain()
         self.deps.audit.event("system", "server_stopped", "info", {})
         await self.deps.documents.flush()
         await self.deps.store.close()

@@ -26,7 +26,6 @@ SECURITY_TYPES = {
     "connection_limit": "low",
     "abuse_disconnect": "high",
     "abuse_cooldown": "medium",
-    "session_invalidated_for_abuse": "high",
     "document_quota": "low",
     "document_probe": "medium",
     "events_suppressed": "low",

@@ -136,10 +136,6 @@ class SessionService:
         if session is not None:
             self._cache[session_id] = replace(session, last_seen=iso(self.clock()))
 
-    def forget(self, session_id: str) -> None:
-        """Drop a session from the cache (it is still in the database)."""
-        self._cache.pop(session_id, None)
-
     async def _load(self, session_id: str) -> Session:
         session = self._cache.get(session_id)
         if session is not None:

@@ -497,13 +497,6 @@ class Store:
         row = await self._row("SELECT max(revision) AS r FROM ops WHERE document_id = ?", (document_id,))
         return (row and row["r"]) or 0
 
-    async def list_documents(self, limit: int = 100) -> list[dict]:
-        """Documents with their newest revision."""
-        return await self._rows(
-            "SELECT d.document_id, d.format, d.created_at,"
-            " coalesce((SELECT max(revision) FROM ops o WHERE o.document_id = d.document_id), 0) AS revision"
-            " FROM documents d ORDER BY d.document_id LIMIT ?", (limit,))
-
     async def count_documents(self) -> int:
         """How many documents are stored."""
         return (await self._row("SELECT count(*) AS n FROM documents"))["n"]

@@ -325,7 +325,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.end_reason = "abuse"
         self.close(CLOSE_POLICY, "too many invalid messages")
         if invalidate:
-            asyncio.ensure_future(deps.sessions.invalidate(self.session_id, self.client(), "abuse"))
+            deps.tasks.spawn(deps.sessions.invalidate(self.session_id, self.client(), "abuse"), "invalidate for abuse")
 
     def _expired(self, id_: str) -> None:
         """The session passed its deadline since the last sweep: refuse the message and end the session
@@ -334,7 +334,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                                  {"reason": "session_expired"}), id_)
         if self.end_reason is None:
             self.end_reason = "session_expired"
-            asyncio.ensure_future(self.deps.sessions.get(self.session_id)).add_done_callback(_consume)
+            self.deps.tasks.spawn(self.deps.sessions.get(self.session_id), "expire a session")
 
     def _rate_limited(self) -> None:
         dropped = self.notices.refused(self.deps.clock())
@@ -423,7 +423,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         log.info("disconnected %s conn=%s reason=%s after %.1fs (%d in, %d out)", mask(self.session_id),
                  self.connection_id, reason, duration, self.messages_in, self.messages_out)
         if empty:
-            asyncio.ensure_future(_release_when_stored(deps, self.document_id))
+            deps.tasks.spawn(_release_when_stored(deps, self.document_id), "release a document")
 
     def end(self, code: int, reason: str) -> None:
         """Close this connection from the server side, saying why to the others."""

@@ -1,0 +1,57 @@
+"""Background tasks are kept, their failures logged, and the server waits for them before it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from mcprt.tasks import Tasks
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_failing_task_is_logged_with_what_it_was(caplog):
+    tasks = Tasks()
+
+    async def boom():
+        raise RuntimeError("broken on purpose")
+
+    tasks.spawn(boom(), "the boom")
+    await tasks.drain()
+    assert len(tasks) == 0
+    record = next(r for r in caplog.records if r.levelno == logging.ERROR)
+    assert "the boom" in record.getMessage() and record.exc_info[1].args == ("broken on purpose",)
+
+
+async def test_drain_waits_for_tasks_spawned_while_draining():
+    tasks, done = Tasks(), []
+
+    async def second():
+        await asyncio.sleep(0.01)
+        done.append("second")
+
+    async def first():
+        await asyncio.sleep(0.01)
+        tasks.spawn(second(), "second")
+        done.append("first")
+
+    tasks.spawn(first(), "first")
+    await tasks.drain()
+    assert done == ["first", "second"]
+
+
+async def test_stopping_the_server_finishes_the_session_it_was_ending(start):
+    app = await start(violation_threshold=1, violation_action="invalidate")
+    ws = await app.editor()
+    await ws.send("{not json")
+    assert (await ws.closed())[0] == 1008
+    await app.server.stop()  # the invalidation was spawned when the socket closed
+    from mcprt.store import Store
+    store = await Store(app.server.settings.db).open()
+    try:
+        row = await store.get_session(ws.session["session_id"])
+        assert row["state"] == "Invalidated"
+    finally:
+        await store.close()
