@@ -154,6 +154,8 @@ class Server:
         self._sweeper: asyncio.Task | None = None
         self.app: tornado.web.Application | None = None
         self._stopped = False
+        self.fatal = asyncio.Event()  # set when the store cannot write any more: the process should exit 1
+        self.fatal_reason: str | None = None
 
     @property
     def deps(self) -> Deps:
@@ -161,7 +163,8 @@ class Server:
 
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
-        store = await Store(self.settings.db).open()
+        store = await Store(self.settings.db, check_wal=True).open()
+        store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)
         self.port = self._listen(self.app, self.settings.host, self.settings.port)
         if self.settings.metrics_port is not None:
@@ -179,6 +182,10 @@ class Server:
         server.add_sockets(sockets)
         self._servers.append(server)
         return sockets[0].getsockname()[1]
+
+    def _store_failed(self, reason: str) -> None:
+        self.fatal_reason = reason
+        self.fatal.set()
 
     def _session_ended(self, session, reason: str) -> None:
         self.deps.audit.forget(session.session_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -28,6 +29,10 @@ MIGRATIONS_DIR = resource_dir("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BATCH_MAX = 2000
 CHECKPOINT_INTERVAL = 1.0  # seconds
+_RESTARTS = 3             # writer-loop failures within _RESTART_WINDOW that fail the store for good
+_RESTART_WINDOW = 60.0    # seconds
+PROBE_TIMEOUT = 2.0       # seconds a health probe write may take to commit
+_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON",
             "PRAGMA busy_timeout=5000")
 
@@ -69,6 +74,55 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+# -- opening and recovery ------------------------------------------------------
+
+def _check_openable(path: str) -> None:
+    """Refuse, in one sentence, a path SQLite would answer only with "unable to open database file"."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise StoreOpenError(f"cannot open database {path}: it is a directory")
+    if not target.parent.is_dir():
+        raise StoreOpenError(f"cannot open database {path}: the folder {target.parent} does not exist")
+
+
+def _identities(path: str) -> dict[str, tuple[int, int]]:
+    """(st_dev, st_ino) of the database file and its WAL, as opened (a path of no file: nothing to check)."""
+    found = {}
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        found[name] = (st.st_dev, st.st_ino)
+    return found
+
+
+def _still_open(path: str) -> str:
+    """Where a removed file is still reachable while this process runs (Linux), as a hint for the log."""
+    gone = os.path.realpath(path) + " (deleted)"
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return ""
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == gone:
+                return f"; until this process exits its data is still in /proc/{os.getpid()}/fd/{fd}"
+        except OSError:  # closed meanwhile (the listing's own descriptor, say)
+            continue
+    return ""
+
+
+def _suffix(path: str, database: str) -> str:
+    return "'s WAL" if path != database else ""
+
+
+def _is_busy(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY_CODES
+
+
 def document_chain(document_id: str) -> str:
     """The chain of a document's ops and snapshots."""
     return f"document:{document_id}"
@@ -76,6 +130,14 @@ def document_chain(document_id: str) -> str:
 
 class ChainBroken(sqlite3.DatabaseError):
     """A write not attempted: an earlier write of its chain failed (and the chain was not reset yet)."""
+
+
+class StoreFailed(sqlite3.DatabaseError):
+    """A write refused or not acknowledged: the store has failed (see `Store.failed`) or its writer broke."""
+
+
+class StoreOpenError(RuntimeError):
+    """The database cannot be opened: a directory, a missing folder, a file that is not SQLite."""
 
 
 class _Pending:
@@ -98,8 +160,9 @@ class Store:
     """One writer connection fed by a queue (group commit) and one reader connection."""
 
     def __init__(self, path: str, migrations_dir: Path = MIGRATIONS_DIR,
-                 checkpoint_interval: float = CHECKPOINT_INTERVAL):
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL, check_wal: bool = False):
         self.path = path
+        self.check_wal = check_wal  # the server's open: no other process writes the WAL being read
         self.checkpoint_interval = checkpoint_interval
         self.migrations_dir = migrations_dir
         self._writer: sqlite3.Connection | None = None  # used only on the writer thread
@@ -109,17 +172,28 @@ class Store:
         self._task: asyncio.Task | None = None
         self._checkpointer: asyncio.Task | None = None
         self._commits_since_checkpoint = 0
-        self._broken_chains: set[str] = set()  # touched on the writer thread only
+        self._broken_chains: set[str] = set()  # touched on the writer thread only (or while it is idle)
+        self._held: list[_Pending] = []  # the batch the writer is committing
+        self._stopping = False
+        self._identity: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) at open
+        self._probe: asyncio.Future | None = None
+        self.failed: str | None = None  # why writes are refused; None while the store works
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
+        self.on_fatal: Callable[[str], None] | None = None  # the writer cannot recover: the process should end
 
     # -- life cycle -------------------------------------------------------
 
     async def open(self) -> "Store":
-        """Connect, migrate, and start the writer task."""
+        """Connect, migrate, and start the writer task; StoreOpenError when the path is not a database."""
+        _check_openable(self.path)
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcprt-writer")
         try:
-            self._writer = await self._on_writer(self._connect_writer)
+            try:
+                self._writer = await self._on_writer(self._connect_writer)
+            except sqlite3.DatabaseError as exc:
+                raise StoreOpenError(f"cannot open database {self.path}: {exc}") from None
             await self.migrate()
+            self._identity = _identities(self.path)
         except BaseException:
             await self._close_writer()
             raise
@@ -138,8 +212,13 @@ class Store:
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
-            db.execute(pragma)
+        try:
+            for pragma in _PRAGMAS:
+                db.execute(pragma)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # not a database: fail here
+        except BaseException:
+            db.close()
+            raise
         # Commits never checkpoint (that fsyncs, and would stall the batch that triggers it every
         # ~80 commits); _checkpoint_loop does it once a second instead.
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -152,7 +231,10 @@ class Store:
 
     async def _close_writer(self) -> None:
         if self._writer is not None:
-            await self._on_writer(self._writer.close)
+            try:
+                await self._on_writer(self._writer.close)
+            except RuntimeError:  # the writer thread is gone (a failed store): close it from here
+                self._writer.close()
             self._writer = None
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=True)
@@ -163,7 +245,7 @@ class Store:
         write running beside it, it copies the whole WAL, so the next commit starts the WAL over."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            if self._commits_since_checkpoint:
+            if self._commits_since_checkpoint and self.failed is None:  # a failed store stays as it is
                 self._commits_since_checkpoint = 0
                 try:
                     await self._on_writer(self._checkpoint, "PASSIVE")
@@ -238,14 +320,18 @@ class Store:
     # -- the batched writer ----------------------------------------------
 
     def enqueue(self, sql: str, params: tuple = ()) -> None:
-        """Queue a write; it commits with the next batch (no one waits for it)."""
-        self._queue.put_nowait(_Pending(sql, params, None))
+        """Queue a write; it commits with the next batch (no one waits for it). Dropped once the store failed."""
+        if self.failed is None:
+            self._queue.put_nowait(_Pending(sql, params, None))
 
     def write(self, sql: str, params: tuple = (), chain: str | None = None, counted: bool = False) -> asyncio.Future:
         """Queue a write; the returned future resolves once its batch is committed (to the number of rows
-        changed when `counted`, else None)."""
+        changed when `counted`, else None; StoreFailed at once when the store has failed)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(sql, params, future, chain, counted))
+        if self.failed is not None:
+            future.set_exception(StoreFailed(self.failed))
+        else:
+            self._queue.put_nowait(_Pending(sql, params, future, chain, counted))
         return future
 
     def reset_chain(self, chain: str) -> None:
@@ -261,43 +347,130 @@ class Store:
         """Writes waiting for the next batch."""
         return self._queue.qsize()
 
+    async def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Raise StoreFailed unless a real write (one row of health_probe) goes through the queue and
+        commits within `timeout`. Concurrent callers share one probe write."""
+        if self.failed is not None:
+            raise StoreFailed(self.failed)
+        if self._task is None or self._task.done():
+            raise StoreFailed("the writer is not running")
+        if self._probe is None or self._probe.done():
+            self._probe = self.write("INSERT OR REPLACE INTO health_probe (id, at)"
+                                     " VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+            self._probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if late
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), timeout)
+        except asyncio.TimeoutError:
+            raise StoreFailed(f"a write did not commit within {timeout:g}s") from None
+
+    def _fail(self, reason: str, fatal: bool, detail: str = "") -> None:
+        """Refuse every later write; `fatal`: the writer cannot run, so ask the process to end. The reason
+        is what /health shows; the detail (paths) goes to the log only."""
+        if self.failed is not None:
+            return
+        self.failed = reason
+        log.critical("the database no longer accepts writes: %s%s", reason, detail)
+        if fatal and self.on_fatal is not None:
+            self.on_fatal(reason)
+
     async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
+        """The writer, supervised. A failure of the loop itself (not of one row: those fail their own
+        future) is logged with its traceback, fails the writes it held, and the loop starts again;
+        _RESTARTS failures within _RESTART_WINDOW fail the store (on_fatal). A failed store keeps the
+        loop running, failing each write without touching the database, so every future resolves and
+        close() still drains."""
+        failures: list[float] = []
+        while True:
+            try:
+                await self._write_batches()
+                return
+            except Exception as exc:
+                held, self._held = self._held, []
+                log.exception("the writer failed holding %d writes; failing them and restarting", len(held))
+                self._fail_held(held, exc)
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < _RESTART_WINDOW] + [now]
+                if len(failures) >= _RESTARTS:
+                    self._fail(f"the writer failed {len(failures)} times in {_RESTART_WINDOW:g}s "
+                               f"(last: {type(exc).__name__}: {exc})", fatal=True)
+                if self._stopping or len(failures) > _RESTARTS:  # closing, or failing even without the database
+                    self._fail_queued()
+                    return
+                await asyncio.sleep(0.05 * len(failures))
+
+    async def _write_batches(self) -> None:
+        while not self._stopping:
             batch = [await self._queue.get()]
             while len(batch) < _BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            stopping = None in batch
+            self._stopping = None in batch
             # Items queued after the stop marker were accepted too: take them before closing.
-            while stopping and not self._queue.empty():
+            while self._stopping and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit_batch([p for p in batch if p is not None])
+            self._held = [p for p in batch if p is not None]
             del batch  # do not hold the last batch's rows while waiting for the next
+            await self._commit_batch(self._held)
+            self._held = []
+
+    def _fail_held(self, held: list[_Pending], exc: Exception) -> None:
+        """After a loop failure: fail what it held and break their chains (no gaps). The writer thread is
+        idle here (its call returned before the failure reached us), so the chain set is safe to touch."""
+        error = StoreFailed(f"the writer failed before this write was acknowledged: {type(exc).__name__}")
+        for pending in held:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
+            if pending.sql is not None and pending.chain is not None:
+                self._broken_chains.add(pending.chain)
+
+    def _fail_queued(self) -> None:
+        error = StoreFailed(self.failed or "the writer failed while the store was closing")
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if pending is not None and pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
+        if self.failed is not None:
+            self._settle(batch, {}, StoreFailed(self.failed))
+            return
         started = time.perf_counter()
-        failed = await self._on_writer(self._commit, batch)
+        failed, lost = await self._on_writer(self._commit, batch)
         self._commits_since_checkpoint += 1
+        if lost is not None:  # not fatal: while this process lives, the removed file can still be copied
+            self._fail(lost[0], fatal=False, detail=f" ({lost[1]}; {len(batch)} writes of this batch not "
+                       f"acknowledged){_still_open(lost[1])}")
+        self._settle(batch, failed, StoreFailed(self.failed) if lost is not None else None)
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(batch))
+
+    @staticmethod
+    def _settle(batch: list[_Pending], failed: dict[int, Exception], everything: Exception | None) -> None:
         for pending in batch:
             if pending.future is not None and not pending.future.done():
-                if id(pending) in failed:
-                    pending.future.set_exception(failed[id(pending)])
+                error = everything or failed.get(id(pending))
+                if error is not None:
+                    pending.future.set_exception(error)
                 else:
                     pending.future.set_result(pending.result)
 
-    def _commit(self, batch: list[_Pending]) -> dict[int, Exception]:
-        """On the writer thread: the batch in one transaction, or row by row if that fails."""
+    def _commit(self, batch: list[_Pending]) -> tuple[dict[int, Exception], tuple[str, str] | None]:
+        """On the writer thread: the batch in one transaction, or row by row if that fails; then whether
+        the file is still the one opened (if not, nothing of the batch may be acknowledged)."""
+        if self._writer.in_transaction:  # left open by a failure we did not see end: start clean
+            self._writer.execute("ROLLBACK")
         if not self._broken_chains:
             try:
                 self._execute_grouped([p for p in batch if p.sql is not None])
-                return {}
-            except sqlite3.Error as exc:
-                log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
-        return self._execute_one_by_one(batch)
+                return {}, self._file_problem()
+            except Exception as exc:  # whatever a row raises: sqlite3.Error, UnicodeEncodeError, OverflowError
+                if _is_busy(exc):  # another process holds the lock: row by row would wait for it per row
+                    log.error("batch of %d writes failed: %s", len(batch), exc)
+                    return self._execute_one_by_one(batch, exc), self._file_problem()
+                log.warning("batch of %d writes failed (%s: %s); retrying one by one", len(batch),
+                            type(exc).__name__, exc)
+        return self._execute_one_by_one(batch), self._file_problem()
 
     def _execute_grouped(self, batch: list[_Pending]) -> None:
         """One transaction; consecutive rows with the same SQL go in one executemany."""
@@ -318,10 +491,13 @@ class Store:
                 start = end
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # some errors (a full disk) have rolled it back already
+                db.execute("ROLLBACK")
             raise
 
-    def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
+    def _execute_one_by_one(self, batch: list[_Pending], error: Exception | None = None) -> dict[int, Exception]:
+        """Each row alone; one that raises anything fails only itself and breaks its chain. With
+        `error`, no row is tried: each fails with it (chains and resets still apply in order)."""
         failed = {}
         for pending in batch:
             if pending.sql is None:
@@ -331,14 +507,34 @@ class Store:
                 failed[id(pending)] = ChainBroken(f"an earlier write of {pending.chain} failed")
                 continue
             try:
+                if error is not None:
+                    raise error
                 changed = self._writer.execute(pending.sql, pending.params).rowcount
                 pending.result = changed if pending.counted else None
-            except sqlite3.Error as exc:
-                log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
+            except Exception as exc:
+                if error is None:
+                    log.error("write failed: %s: %s (%s)", type(exc).__name__, exc, pending.sql.split("(")[0].strip())
                 failed[id(pending)] = exc
                 if pending.chain is not None:
                     self._broken_chains.add(pending.chain)
+        if self._writer.in_transaction:  # a row's SQL opened a transaction and did not end it
+            self._writer.execute("ROLLBACK")
         return failed
+
+    def _file_problem(self) -> tuple[str, str] | None:
+        """On the writer thread, after a commit: why the database at `path` is no longer the file this
+        writer opened (removed or replaced: whatever it commits now is lost on restart) and which path,
+        or None."""
+        for path, identity in self._identity.items():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return f"the database file{_suffix(path, self.path)} was removed", path
+            except OSError as exc:
+                return f"the database file{_suffix(path, self.path)} cannot be checked: {exc.strerror}", path
+            if (st.st_dev, st.st_ino) != identity:
+                return f"the database file{_suffix(path, self.path)} was replaced by another file", path
+        return None
 
     # -- reads --------------------------------------------------------------
 

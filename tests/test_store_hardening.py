@@ -1,0 +1,190 @@
+"""The store under hostile conditions: rows SQLite cannot bind, a writer that fails, a locked, read-only or
+removed database file, a torn WAL, a path that is not a database; each against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mcprt.__main__ import run_until_stopped
+from mcprt.store import ChainBroken, Store, StoreFailed, StoreOpenError
+
+ROOT = Path(__file__).resolve().parent.parent
+INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
+INSERT_OP = ("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, '[]', '2026-01-01T00:00:00Z')")
+
+
+def _types(db: str) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT type FROM events WHERE kind = 'test' ORDER BY id")]
+
+
+@pytest.mark.asyncio
+async def test_a_row_sqlite_cannot_bind_fails_alone_and_the_writer_goes_on(tmp_path):
+    db = str(tmp_path / "s.db")
+    store = await Store(db).open()
+    try:
+        bad = store.write(INSERT_EVENT, ("\ud800",))  # a lone surrogate: UnicodeEncodeError while binding
+        huge = store.write(INSERT_EVENT, (2 ** 64,))   # OverflowError while binding
+        with pytest.raises(UnicodeEncodeError):
+            await bad
+        with pytest.raises(OverflowError):
+            await huge
+        later = [store.write(INSERT_EVENT, (f"later-{i}",)) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(*later), 5)
+        assert store.failed is None
+    finally:
+        await asyncio.wait_for(store.close(), 5)
+    assert _types(db) == ["later-0", "later-1", "later-2"]
+
+
+@pytest.mark.asyncio
+async def test_a_non_sqlite_error_in_a_batch_keeps_the_good_rows_and_the_chains(tmp_path):
+    db = str(tmp_path / "b.db")
+    store = await Store(db).open()
+    try:
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO documents VALUES ('d', 'text', '2026-01-01T00:00:00Z')")
+        # All queued at once, so they land in one batch: the grouped transaction fails, row by row runs.
+        before = store.write(INSERT_EVENT, ("before",))
+        op1 = store.write(INSERT_OP, ("d", 1), chain="document:d")
+        op2 = store.write("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, ?, 'x')",
+                          ("d", 2, "\udfff"), chain="document:d")
+        op3 = store.write(INSERT_OP, ("d", 3), chain="document:d")  # behind the failed 2: not tried
+        after = store.write(INSERT_EVENT, ("after",))
+        store.reset_chain("document:d")
+        op2_again = store.write(INSERT_OP, ("d", 2), chain="document:d")
+        results = await asyncio.wait_for(asyncio.gather(before, op1, op2, op3, after, op2_again,
+                                                        return_exceptions=True), 5)
+    finally:
+        await store.close()
+    assert results[0] is None and results[1] is None and results[4] is None and results[5] is None
+    assert isinstance(results[2], UnicodeEncodeError) and isinstance(results[3], ChainBroken)
+    assert _types(db) == ["before", "after"]
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT revision FROM ops ORDER BY 1")] == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_writer_loop_is_logged_restarted_and_keeps_committing(tmp_path, caplog):
+    store = await Store(str(tmp_path / "r.db")).open()
+    calls = []
+
+    def hook(seconds, rows):  # the metrics hook, failing once
+        calls.append(rows)
+        if len(calls) == 1:
+            raise RuntimeError("hook broke")
+
+    store.on_commit = hook
+    try:
+        await asyncio.wait_for(store.write(INSERT_EVENT, ("first",)), 5)
+        await asyncio.wait_for(store.write(INSERT_EVENT, ("second",)), 5)
+        assert store.failed is None
+    finally:
+        await asyncio.wait_for(store.close(), 5)
+    failures = [r for r in caplog.records if r.getMessage().startswith("the writer failed")]
+    assert len(failures) == 1 and failures[0].exc_info is not None  # with its traceback
+    assert _types(str(tmp_path / "r.db")) == ["first", "second"]
+
+
+@pytest.mark.asyncio
+async def test_a_writer_that_cannot_recover_fails_the_store_and_ends_the_serving_process(start, caplog):
+    app = await start()
+    store = app.deps.store
+    store._writer_thread.shutdown(wait=True)  # the writer thread is gone: every batch now fails to run
+    pending = [store.write(INSERT_EVENT, (f"lost-{i}",)) for i in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+    assert all(isinstance(r, StoreFailed) for r in results)
+    for _ in range(3):  # each try is a loop failure until the store gives up
+        if store.failed:
+            break
+        await asyncio.gather(store.write(INSERT_EVENT, ("again",)), return_exceptions=True)
+    assert store.failed and "the writer failed 3 times" in store.failed
+    assert app.server.fatal.is_set()
+    with pytest.raises(StoreFailed):
+        await asyncio.wait_for(store.write(INSERT_EVENT, ("refused",)), 1)  # at once, not a hang
+    health = await app.fetch("GET", "/health")
+    assert health.status == 503 and health.json["checks"]["database"].startswith("error: writes:")
+    assert [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    status = await asyncio.wait_for(run_until_stopped(app.server, asyncio.Event()), 10)
+    assert status == 1
+
+
+@pytest.mark.asyncio
+async def test_health_is_503_while_another_process_holds_the_write_lock(app, tmp_path):
+    assert (await app.fetch("GET", "/health")).status == 200
+    other = sqlite3.connect(tmp_path / "mcprt.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        reply = await app.fetch("GET", "/health")
+        assert reply.status == 503 and reply.json["status"] == "unhealthy"
+        assert reply.json["checks"]["database"] == "error: writes: a write did not commit within 2s"
+        assert time.monotonic() - started < 4
+        assert {"service", "timestamp", "version"} <= set(reply.json)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    deadline = time.monotonic() + 10  # the probe that waited for the lock ends; the next one commits
+    while (reply := await app.fetch("GET", "/health")).status != 200:
+        assert time.monotonic() < deadline, reply.json
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.asyncio
+async def test_health_is_503_when_the_database_is_read_only(app):
+    store = app.deps.store
+    await store._on_writer(store._writer.execute, "PRAGMA query_only = ON")  # SQLite refuses every write
+    reply = await app.fetch("GET", "/health")
+    assert reply.status == 503
+    assert "readonly" in reply.json["checks"]["database"], reply.json
+
+
+@pytest.mark.asyncio
+async def test_a_removed_database_file_stops_acknowledging_edits(start, tmp_path, caplog):
+    app = await start()
+    alice = await app.editor("alice", document_id="gone")
+    await alice.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "a"}})
+    assert (await alice.recv_type("edit_ack"))["payload"]["revision"] == 1
+    os.unlink(tmp_path / "mcprt.db")
+    sent = await alice.send_msg("realtime_edit", {"change_delta": {"position": 1, "insert": "b"}})
+    code, got = await alice.closed()
+    assert not [m for m in got if m["type"] == "edit_ack"]
+    errors = [m for m in got if m["type"] == "error"]
+    assert errors and errors[0]["id"] == sent and errors[0]["payload"]["code"] == "SERVER_ERROR"
+    reply = await app.fetch("GET", "/health")
+    assert reply.status == 503
+    assert reply.json["checks"]["database"] == "error: writes: the database file was removed"
+    critical = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert critical and "was removed" in critical[0] and "/proc/" in critical[0]
+    assert not app.server.fatal.is_set()  # the process stays up: its open file is the only copy left
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing folder", "not sqlite"])
+def test_a_database_that_cannot_be_opened_is_one_line_and_status_2(tmp_path, kind):
+    path = {"directory": tmp_path, "missing folder": tmp_path / "nowhere" / "x.db",
+            "not sqlite": tmp_path / "notes.db"}[kind]
+    if kind == "not sqlite":
+        path.write_text("these are my notes, not a database\n" * 100)
+    proc = subprocess.run([sys.executable, "-m", "mcprt", "--port", "0", "--db", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot open database {path}" in lines[0]
+
+
+@pytest.mark.asyncio
+async def test_opening_a_directory_raises_store_open_error(tmp_path):
+    with pytest.raises(StoreOpenError, match="is a directory"):
+        await Store(str(tmp_path)).open()
