@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcprt.__main__ import run_until_stopped
-from mcprt.store import ChainBroken, Store, StoreFailed, StoreOpenError
+from mcprt.store import ChainBroken, Store, StoreFailed, StoreOpenError, read_wal
 
 ROOT = Path(__file__).resolve().parent.parent
 INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
@@ -188,3 +188,147 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_status_2(tmp_path, kin
 async def test_opening_a_directory_raises_store_open_error(tmp_path):
     with pytest.raises(StoreOpenError, match="is a directory"):
         await Store(str(tmp_path)).open()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(db: str, port: int, log_file) -> subprocess.Popen:
+    env = {**os.environ, "MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port), "--db", db, "--log-level", "info"],
+                            cwd=ROOT, env=env, stderr=log_file, stdout=subprocess.DEVNULL)
+    import urllib.request
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
+def _unbackfilled_commits(db: str) -> list[int]:
+    """Offsets of the WAL's commit frames (current generation: the header's salts) that no checkpoint has
+    copied into the database file yet (the -shm file's nBackfill). A frame already copied is in the
+    database file too: damaging it would mix old and new pages, which is not what a torn tail is."""
+    import struct
+    data = Path(db + "-wal").read_bytes()
+    backfilled = struct.unpack("=I", Path(db + "-shm").read_bytes()[96:100])[0]
+    page_size, salts = struct.unpack(">I", data[8:12])[0], data[16:24]
+    offsets, at, index = [], 32, 1
+    while at + 24 + page_size <= len(data) and data[at + 8:at + 16] == salts:
+        if struct.unpack(">I", data[at + 4:at + 8])[0] and index > backfilled:
+            offsets.append(at)
+        at, index = at + 24 + page_size, index + 1
+    return offsets
+
+
+def _last_revision_of_a_copy(db: str, copy: Path) -> int:
+    """The newest revision of document w in a copy of the database and its WAL, as they are now."""
+    import shutil
+    shutil.copyfile(db, copy)
+    shutil.copyfile(db + "-wal", str(copy) + "-wal")
+    with sqlite3.connect(copy) as conn:
+        return conn.execute("SELECT max(revision) FROM ops WHERE document_id = 'w'").fetchone()[0]
+
+
+async def _killed_mid_burst(db: str, port: int, log_file) -> list[int]:
+    """A server takes pipelined edits and is killed -9 while they still arrive; the revisions it acked."""
+    import json
+
+    import websockets
+    from tornado.httpclient import AsyncHTTPClient
+    proc = _spawn(db, port, log_file)
+    acked = []
+    try:
+        http = AsyncHTTPClient(force_instance=True)
+        reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                 body=json.dumps({"user_id": "w"}))
+        sid = json.loads(reply.body)["session_id"]
+        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST", headers={"X-Session-ID": sid},
+                         body=json.dumps({"document_id": "w", "format": "text"}))
+        http.close()
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=w",
+                                      close_timeout=0.2) as ws:
+            await ws.recv()
+            for i in range(300):  # pipelined, as in the kill -9 durability test
+                await ws.send(json.dumps({"id": f"e{i}", "type": "realtime_edit",
+                                          "payload": {"change_delta": {"position": 0, "insert": f"<{i}>"}}}))
+            while len(acked) < 100:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if message["type"] == "edit_ack":
+                    acked.append(message["payload"]["revision"])
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return acked
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_torn_wal_tail_is_reported_at_start_up(tmp_path):
+    port = _free_port()
+    for attempt in range(5):  # until the kill leaves commits no checkpoint has copied yet (almost always)
+        db = str(tmp_path / f"w{attempt}.db")
+        with open(tmp_path / "first.log", "wb") as first:
+            acked = await _killed_mid_burst(db, port, first)
+        commits = _unbackfilled_commits(db)
+        if commits:
+            break
+    assert len(acked) >= 100 and commits
+    wal = Path(db + "-wal")
+    before = _last_revision_of_a_copy(db, tmp_path / "before.db")
+    with open(wal, "r+b") as f:  # a byte in the page of the newest commit frame goes bad
+        f.seek(commits[-1] + 24 + 100)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    expected = read_wal(str(wal))
+    assert expected.lost_commits == 1 and expected.bad_checksum
+    with open(tmp_path / "second.log", "wb") as second:
+        proc = _spawn(db, port, second)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    log_text = (tmp_path / "second.log").read_text()
+    warning = [line for line in log_text.splitlines() if "WARNING" in line and "WAL recovery" in line]
+    assert len(warning) == 1, log_text
+    assert (f"{expected.frames} frames in {expected.commits} commits are valid; "
+            f"{expected.discarded_bytes} of {expected.size} bytes are discarded") in warning[0]
+    assert "1 committed transactions, after a frame whose checksum is wrong" in warning[0]
+    kept = Path(warning[0].split("WAL kept as ")[1].rstrip(")"))
+    assert kept.exists() and kept.stat().st_size == expected.size
+    revision = [line for line in log_text.splitlines() if "after recovery, the last revision" in line]
+    with sqlite3.connect(db) as conn:  # what the log says is what the database kept
+        kept_revision = conn.execute("SELECT max(revision) FROM ops WHERE document_id = 'w'").fetchone()[0]
+    assert revision and (f" w at {kept_revision}" if kept_revision else "documents: none") in revision[0], log_text
+    assert (kept_revision or 0) < before  # the discarded commit held edits that had been committed
+
+
+@pytest.mark.asyncio
+async def test_a_wal_left_whole_is_reported_at_info(tmp_path, caplog):
+    db = str(tmp_path / "whole.db")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x)")
+    for i in range(5):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    import shutil
+    copy = tmp_path / "copy.db"  # the files as a crash leaves them: the WAL not checkpointed or removed
+    shutil.copyfile(db, copy)
+    shutil.copyfile(db + "-wal", str(copy) + "-wal")
+    conn.close()
+    caplog.set_level(logging.INFO, logger="mcprt.store")
+    store = await Store(str(copy), check_wal=True).open()
+    await store.close()
+    lines = [r for r in caplog.records if "WAL recovery" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "6 commits are valid; 0 of" in lines[0].getMessage()
+    with sqlite3.connect(copy) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone()[0] == 5
