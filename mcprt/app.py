@@ -192,16 +192,19 @@ class Server:
         ws.close_session_sockets(self.deps, session.session_id, reason)
 
     async def sweep(self) -> None:
-        """Expire sessions past their deadline, prune old events, and drop idle counters."""
+        """Expire sessions past their deadline, prune events past retention or beyond the row cap, drop idle counters."""
         deps = self.deps
         await deps.sessions.sweep()
         now = self.clock()
         deps.audit.prune()
         deps.limits.prune(deps.hub.by_session.keys())
         cutoff = iso(now - self.settings.event_retention)
-        if await deps.store.events(limit=1, until=cutoff):
-            await deps.store.prune_events(cutoff)
+        if await deps.store.prune_events(cutoff):
             deps.audit.event("system", "events_pruned", "info", {"before": cutoff})
+        through = await deps.store.cap_events(self.settings.event_max_rows)
+        if through is not None:
+            deps.audit.event("system", "events_pruned", "info",
+                             {"max_rows": self.settings.event_max_rows, "through_id": through})
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -30,6 +30,8 @@ log = logging.getLogger("mcprt.store")
 MIGRATIONS_DIR = resource_dir("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BATCH_MAX = 2000
+EVENT_PRUNE_CHUNK = 2000   # events one pruning write deletes: ~45 ms of the writer measured (5000: ~65 ms)
+EVENT_PRUNE_CHUNKS = 25    # pruning writes per sweep (50,000 rows; the next sweep goes on)
 CHECKPOINT_INTERVAL = 1.0  # seconds
 _RESTARTS = 3             # writer-loop failures within _RESTART_WINDOW that fail the store for good
 _RESTART_WINDOW = 60.0    # seconds
@@ -696,9 +698,33 @@ class Store:
             row["details"] = json.loads(row["details"])
         return rows
 
-    def prune_events(self, before_iso: str) -> asyncio.Future:
-        """Delete events older than the given time."""
-        return self.write("DELETE FROM events WHERE time < ?", (before_iso,))
+    async def prune_events(self, before_iso: str, chunk: int = EVENT_PRUNE_CHUNK,
+                           chunks: int = EVENT_PRUNE_CHUNKS) -> bool:
+        """Delete events older than the given time, `chunk` rows per write and at most `chunks` writes
+        (other writes commit between them; the next sweep goes on). False when there were none."""
+        done = 0
+        while done < chunks and await self.events(limit=1, until=before_iso):
+            await self.write("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?)",
+                             (before_iso, chunk))
+            done += 1
+        return done > 0
+
+    async def cap_events(self, max_rows: int, chunk: int = EVENT_PRUNE_CHUNK,
+                         chunks: int = EVENT_PRUNE_CHUNKS) -> int | None:
+        """Delete the oldest events beyond the newest `max_rows` ids, in chunks as prune_events does; the
+        last id deleted, or None. Ids only grow and pruning takes the oldest, so the ids left are nearly
+        contiguous and min/max (two index lookups) stand for a count."""
+        row = await self._row("SELECT min(id) AS lo, max(id) AS hi FROM events")
+        if not max_rows or row is None or row["hi"] is None or row["hi"] - row["lo"] + 1 <= max_rows:
+            return None
+        through, start, last = row["hi"] - max_rows, row["lo"], None
+        for _ in range(chunks):
+            if start > through:
+                break
+            last = min(through, start + chunk - 1)
+            await self.write("DELETE FROM events WHERE id <= ?", (last,))
+            start = last + 1
+        return last
 
     # -- sessions -------------------------------------------------------
 
