@@ -829,6 +829,13 @@ class Store:
         return await self._rows("SELECT * FROM ops WHERE document_id = ? AND revision > ? AND revision <= ?"
                                 " ORDER BY revision LIMIT ?", (document_id, after, upto, limit))
 
+    async def op_texts(self, document_id: str, after: int, upto: int | None = None) -> list[tuple[int, str]]:
+        """(revision, op JSON) with after < revision (<= upto), oldest first: only what a replay needs."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT revision, op FROM ops WHERE document_id = ? AND revision > ? AND revision <= ? ORDER BY revision",
+            (document_id, after, upto if upto is not None else 2 ** 62))
+        return [(row[0], row[1]) for row in rows]
+
     async def last_revision(self, document_id: str) -> int:
         """The newest stored revision of a document (0 when it has none)."""
         row = await self._row("SELECT max(revision) AS r FROM ops WHERE document_id = ?", (document_id,))
