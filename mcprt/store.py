@@ -36,6 +36,7 @@ CHECKPOINT_INTERVAL = 1.0  # seconds
 _RESTARTS = 3             # writer-loop failures within _RESTART_WINDOW that fail the store for good
 _RESTART_WINDOW = 60.0    # seconds
 PROBE_TIMEOUT = 2.0       # seconds a health probe write may take to commit
+PROBE_REUSE = 1.0         # seconds a probe that committed answers for the next ones
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON",
             "PRAGMA busy_timeout=5000")
@@ -284,6 +285,7 @@ class Store:
         self._stopping = False
         self._identity: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) at open
         self._probe: asyncio.Future | None = None
+        self._probe_ok_at: float | None = None  # time.monotonic() of the last probe that committed
         self.failed: str | None = None  # why writes are refused; None while the store works
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
         self.on_fatal: Callable[[str], None] | None = None  # the writer cannot recover: the process should end
@@ -466,11 +468,15 @@ class Store:
 
     async def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
         """Raise StoreFailed unless a real write (one row of health_probe) goes through the queue and
-        commits within `timeout`. Concurrent callers share one probe write."""
+        commits within `timeout`. Concurrent callers share one probe write, and one that succeeded less
+        than PROBE_REUSE ago answers for it: an unauthenticated /health flood costs at most one write a
+        second."""
         if self.failed is not None:
             raise StoreFailed(self.failed)
         if self._task is None or self._task.done():
             raise StoreFailed("the writer is not running")
+        if self._probe_ok_at is not None and time.monotonic() - self._probe_ok_at < PROBE_REUSE:
+            return
         if self._probe is None or self._probe.done():
             self._probe = self.write("INSERT OR REPLACE INTO health_probe (id, at)"
                                      " VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
@@ -479,6 +485,7 @@ class Store:
             await asyncio.wait_for(asyncio.shield(self._probe), timeout)
         except asyncio.TimeoutError:
             raise StoreFailed(f"a write did not commit within {timeout:g}s") from None
+        self._probe_ok_at = time.monotonic()
 
     def _fail(self, reason: str, fatal: bool, detail: str = "") -> None:
         """Refuse every later write; `fatal`: the writer cannot run, so ask the process to end. The reason

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcprt.__main__ import run_until_stopped
-from mcprt.store import ChainBroken, Store, StoreFailed, StoreOpenError, read_wal
+from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError, read_wal
 
 ROOT = Path(__file__).resolve().parent.parent
 INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
@@ -123,6 +123,7 @@ async def test_a_writer_that_cannot_recover_fails_the_store_and_ends_the_serving
 @pytest.mark.asyncio
 async def test_health_is_503_while_another_process_holds_the_write_lock(app, tmp_path):
     assert (await app.fetch("GET", "/health")).status == 200
+    await asyncio.sleep(PROBE_REUSE + 0.1)  # past the time that probe answers for
     other = sqlite3.connect(tmp_path / "mcprt.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:
@@ -139,6 +140,20 @@ async def test_health_is_503_while_another_process_holds_the_write_lock(app, tmp
     while (reply := await app.fetch("GET", "/health")).status != 200:
         assert time.monotonic() < deadline, reply.json
         await asyncio.sleep(0.2)
+
+
+@pytest.mark.asyncio
+async def test_a_health_flood_costs_at_most_one_probe_write_a_second(app, tmp_path):
+    def probed_at():
+        with sqlite3.connect(tmp_path / "mcprt.db") as conn:
+            return conn.execute("SELECT at FROM health_probe").fetchone()[0]
+
+    assert (await app.fetch("GET", "/health")).status == 200
+    first = probed_at()
+    replies = await asyncio.gather(*(app.fetch("GET", "/health") for _ in range(20)))
+    assert {r.status for r in replies} == {200} and probed_at() == first
+    await asyncio.sleep(1.1)
+    assert (await app.fetch("GET", "/health")).status == 200 and probed_at() > first
 
 
 @pytest.mark.asyncio
