@@ -145,7 +145,8 @@ class WalRecovery:
     lost_frames: int = 0     # frames of the current generation (the header's salts) that are ignored
     lost_commits: int = 0    # ...of which commit frames: transactions that had been committed
     bad_checksum: bool = False
-    note: str = ""           # the header is unusable, or the file too large to verify
+    note: str = ""           # the header is unusable
+    verified: bool = True    # False: larger than _WAL_VERIFY_MAX, not read
 
     @property
     def discarded_bytes(self) -> int:
@@ -175,7 +176,7 @@ def read_wal(wal: str) -> WalRecovery | None:
     if size == 0:
         return None
     if size > _WAL_VERIFY_MAX:
-        return WalRecovery(size, kept_bytes=size, note=f"larger than {_WAL_VERIFY_MAX >> 20} MB: not verified")
+        return WalRecovery(size, kept_bytes=size, verified=False)
     with open(wal, "rb") as f:
         data = f.read()
     if len(data) < 32:
@@ -215,6 +216,10 @@ def inspect_wal(wal: str) -> WalRecovery | None:
     found = read_wal(wal)
     if found is None:
         return None
+    if not found.verified:
+        log.warning("WAL recovery of %s: %d bytes, more than %d MB, not verified", wal, found.size,
+                    _WAL_VERIFY_MAX >> 20)
+        return found
     summary = (f"WAL recovery of {wal}: {found.frames} frames in {found.commits} commits are valid; "
                f"{found.discarded_bytes} of {found.size} bytes are discarded")
     if not found.lost:
