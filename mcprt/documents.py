@@ -21,7 +21,8 @@ FORMATS = ("html", "text")
 # A snapshot waits until the ops since the last one add up to 1/SNAPSHOT_OP_SHARE of the content: snapshot
 # bytes stay within SNAPSHOT_OP_SHARE times op bytes, however large the document, and a read replays at
 # most max_bytes / SNAPSHOT_OP_SHARE bytes of ops (composed, then applied once).
-SNAPSHOT_OP_SHARE = 8
+SNAPSHOT_OP_SHARE = 16
+_REPLAY_IN_THREAD = 256  # ops: a longer replay runs off the event loop (tens of ms on a large document)
 
 
 @dataclass
@@ -99,6 +100,11 @@ class DocumentQuota:
 def creator(author: Author, addr: str | None) -> tuple[str, ...]:
     """The keys a creation counts against: the user, the session (by its public peer id), the address."""
     return (f"user:{author.user_id}", f"session:{author.peer_id}", f"addr:{addr or '-'}")
+
+
+def replay_texts(content: str, texts: list[str]) -> str:
+    """`content` with stored ops (their JSON, oldest first) applied; the JSON is parsed in one go."""
+    return replay(content, [TextOperation.from_json(o) for o in json.loads("[" + ",".join(texts) + "]")])
 
 
 def replay(content: str, ops: list[TextOperation]) -> str:
@@ -211,8 +217,11 @@ class DocumentService:
         content, at = (snapshot["content"], snapshot["revision"]) if snapshot else ("", 0)
         rows = await self.store.op_texts(document_id, at, revision)
         texts = [text for _, text in rows]
-        ops = [TextOperation.from_json(o) for o in json.loads("[" + ",".join(texts) + "]")]  # one parse
-        return replay(content, ops), rows[-1][0] if rows else at, at, sum(map(len, texts))
+        if len(texts) > _REPLAY_IN_THREAD:
+            content = await asyncio.to_thread(replay_texts, content, texts)
+        else:
+            content = replay_texts(content, texts)
+        return content, rows[-1][0] if rows else at, at, sum(map(len, texts))
 
     async def read(self, document_id: str, revision: int | None = None) -> dict:
         """{document_id, format, content, revision}: now, or as it was at `revision`."""

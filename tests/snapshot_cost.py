@@ -32,17 +32,21 @@ async def measure(size: int, edits: int, directory: str, interval: int = 100) ->
         await documents.flush()
         await store.flush()
         last = document.revision
-        documents.release("d")
-        started = time.perf_counter()
-        loaded = await documents.open("d")
-        load_ms = 1000 * (time.perf_counter() - started)
-        assert loaded.content == document.content and loaded.revision == last
-        started = time.perf_counter()
-        worst = 0.0
-        for revision in range(max(2, last - 3 * interval), last + 1, max(1, interval // 7)):
+        load_ms = float("inf")
+        for _ in range(5):  # the best of five: the machine is shared
+            documents.release("d")
             started = time.perf_counter()
-            await documents.read("d", revision)
-            worst = max(worst, 1000 * (time.perf_counter() - started))
+            loaded = await documents.open("d")
+            load_ms = min(load_ms, 1000 * (time.perf_counter() - started))
+            assert loaded.content == document.content and loaded.revision == last
+        worst = 0.0  # the slowest revision, each the best of three
+        for revision in range(max(2, last - 3 * interval), last + 1, max(1, interval // 7)):
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                await documents.read("d", revision)
+                best = min(best, 1000 * (time.perf_counter() - started))
+            worst = max(worst, best)
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
