@@ -79,26 +79,42 @@ def cmd_serve(args) -> int:
 
 
 async def _serve(settings) -> int:
+    import sqlite3
+
     from .app import Server
-    from .store import MigrationError
+    from .store import MigrationError, StoreOpenError
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         server = await Server(settings).start()
-    except MigrationError as exc:
+    except (MigrationError, StoreOpenError) as exc:
         log.error("%s", exc)
+        return 2
+    except sqlite3.Error as exc:
+        log.error("cannot use database %s: %s", settings.db, exc)
         return 2
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 2
     log.info("mcprt %s serving http://%s:%d/ (database %s)", __version__,
              "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host, server.port, settings.db)
-    await stop.wait()
-    log.info("shutting down")
+    return await run_until_stopped(server, stop)
+
+
+async def run_until_stopped(server, stop: asyncio.Event) -> int:
+    """Serve until `stop` is set (0) or the database can take no more writes (1), then shut down."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.fatal.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    if server.fatal.is_set():
+        log.critical("shutting down: the database can take no more writes (%s)", server.fatal_reason)
+    else:
+        log.info("shutting down")
     await server.stop()
-    return 0
+    return 1 if server.fatal.is_set() else 0
 
 
 def _open_store(path: str, must_exist: bool = True):

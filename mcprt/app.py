@@ -156,6 +156,8 @@ class Server:
         self._sweeper: asyncio.Task | None = None
         self.app: tornado.web.Application | None = None
         self._stopped = False
+        self.fatal = asyncio.Event()  # set when the store cannot write any more: the process should exit 1
+        self.fatal_reason: str | None = None
 
     @property
     def deps(self) -> Deps:
@@ -163,7 +165,8 @@ class Server:
 
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
-        store = await Store(self.settings.db).open()
+        store = await Store(self.settings.db, check_wal=True).open()
+        store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)
         self.port = self._listen(self.app, self.settings.host, self.settings.port)
         if self.settings.metrics_port is not None:
@@ -182,21 +185,28 @@ class Server:
         self._servers.append(server)
         return sockets[0].getsockname()[1]
 
+    def _store_failed(self, reason: str) -> None:
+        self.fatal_reason = reason
+        self.fatal.set()
+
     def _session_ended(self, session, reason: str) -> None:
         self.deps.audit.forget(session.session_id)
         ws.close_session_sockets(self.deps, session.session_id, reason)
 
     async def sweep(self) -> None:
-        """Expire sessions past their deadline, prune old events, and drop idle counters."""
+        """Expire sessions past their deadline, prune events past retention or beyond the row cap, drop idle counters."""
         deps = self.deps
         await deps.sessions.sweep()
         now = self.clock()
         deps.audit.prune()
         deps.limits.prune(deps.hub.by_session.keys())
         cutoff = iso(now - self.settings.event_retention)
-        if await deps.store.events(limit=1, until=cutoff):
-            await deps.store.prune_events(cutoff)
+        if await deps.store.prune_events(cutoff):
             deps.audit.event("system", "events_pruned", "info", {"before": cutoff})
+        through = await deps.store.cap_events(self.settings.event_max_rows)
+        if through is not None:
+            deps.audit.event("system", "events_pruned", "info",
+                             {"max_rows": self.settings.event_max_rows, "through_id": through})
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -83,6 +83,8 @@ class Settings:
         "type": lambda v: str(v).lower() in ("1", "true", "yes", "on")})
     metrics_port: int | None = field(default=None, metadata={
         "help": "serve /metrics without a token on this separate port (loopback); unset: /metrics needs the admin token"})
+    event_max_rows: int = field(default=1_000_000, metadata={
+        "help": "events kept at most: the sweeper deletes the oldest beyond this, a bounded chunk at a time (0: no cap)"})
 
     def replace(self, **changes) -> "Settings":
         """A copy with some fields changed."""

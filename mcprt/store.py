@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import shutil
 import sqlite3
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +30,14 @@ log = logging.getLogger("mcprt.store")
 MIGRATIONS_DIR = resource_dir("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BATCH_MAX = 2000
+EVENT_PRUNE_CHUNK = 2000   # events one pruning write deletes: ~45 ms of the writer measured (5000: ~65 ms)
+EVENT_PRUNE_CHUNKS = 25    # pruning writes per sweep (50,000 rows; the next sweep goes on)
 CHECKPOINT_INTERVAL = 1.0  # seconds
+_RESTARTS = 3             # writer-loop failures within _RESTART_WINDOW that fail the store for good
+_RESTART_WINDOW = 60.0    # seconds
+PROBE_TIMEOUT = 2.0       # seconds a health probe write may take to commit
+PROBE_REUSE = 1.0         # seconds a probe that committed answers for the next ones
+_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON",
             "PRAGMA busy_timeout=5000")
 
@@ -69,6 +79,163 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+# -- opening and recovery ------------------------------------------------------
+
+def _check_openable(path: str) -> None:
+    """Refuse, in one sentence, a path SQLite would answer only with "unable to open database file"."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise StoreOpenError(f"cannot open database {path}: it is a directory")
+    if not target.parent.is_dir():
+        raise StoreOpenError(f"cannot open database {path}: the folder {target.parent} does not exist")
+
+
+def _identities(path: str) -> dict[str, tuple[int, int]]:
+    """(st_dev, st_ino) of the database file and its WAL, as opened (a path of no file: nothing to check)."""
+    found = {}
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        found[name] = (st.st_dev, st.st_ino)
+    return found
+
+
+def _still_open(path: str) -> str:
+    """Where a removed file is still reachable while this process runs (Linux), as a hint for the log."""
+    gone = os.path.realpath(path) + " (deleted)"
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return ""
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == gone:
+                return f"; until this process exits its data is still in /proc/{os.getpid()}/fd/{fd}"
+        except OSError:  # closed meanwhile (the listing's own descriptor, say)
+            continue
+    return ""
+
+
+def _suffix(path: str, database: str) -> str:
+    return "'s WAL" if path != database else ""
+
+
+def _is_busy(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY_CODES
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # the low bit: checksums over big-endian words
+_WAL_VERIFY_MAX = 64 << 20  # bytes: beyond, checksums take seconds (pure Python) and are skipped
+
+
+@dataclass(frozen=True)
+class WalRecovery:
+    """What a WAL left by an unclean stop holds, read as SQLite's recovery reads it
+    (https://www.sqlite.org/fileformat2.html#walformat): frames up to the last one that is a commit
+    and whose cumulative checksum and salts are right are kept; everything after is ignored."""
+
+    size: int
+    frames: int = 0          # kept: valid frames up to and including the last valid commit
+    commits: int = 0
+    kept_bytes: int = 32
+    lost_frames: int = 0     # frames of the current generation (the header's salts) that are ignored
+    lost_commits: int = 0    # ...of which commit frames: transactions that had been committed
+    bad_checksum: bool = False
+    note: str = ""           # the header is unusable
+    verified: bool = True    # False: larger than _WAL_VERIFY_MAX, not read
+
+    @property
+    def discarded_bytes(self) -> int:
+        return self.size - self.kept_bytes
+
+    @property
+    def lost(self) -> bool:
+        """Frames of committed or corrupted writes are ignored (not just an unfinished transaction or
+        frames of a WAL generation already copied into the database)."""
+        return bool(self.lost_commits or self.bad_checksum or self.note)
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def read_wal(wal: str) -> WalRecovery | None:
+    """What SQLite will keep of the WAL at `wal` (None when there is none, or it is empty)."""
+    try:
+        size = os.path.getsize(wal)
+    except OSError:
+        return None
+    if size == 0:
+        return None
+    if size > _WAL_VERIFY_MAX:
+        return WalRecovery(size, kept_bytes=size, verified=False)
+    with open(wal, "rb") as f:
+        data = f.read()
+    if len(data) < 32:
+        return WalRecovery(size, kept_bytes=0, note="shorter than its 32-byte header")
+    magic, _version, page_size, _seq, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:32])
+    big = magic & 1 == 1
+    if magic not in _WAL_MAGIC or _wal_checksum(data[:24], 0, 0, big) != (c0, c1):
+        return WalRecovery(size, kept_bytes=0, note="its header is invalid, so SQLite ignores all of it")
+    frame, s = 24 + page_size, (c0, c1)
+    frames = commits = kept_frames = 0
+    kept_bytes, offset, bad = 32, 32, False
+    while offset + frame <= len(data):
+        page, commit, f1, f2, k0, k1 = struct.unpack(">6I", data[offset:offset + 24])
+        if (f1, f2) != (salt1, salt2):
+            break
+        s = _wal_checksum(data[offset + 24:offset + frame], *_wal_checksum(data[offset:offset + 8], *s, big), big)
+        if s != (k0, k1):
+            bad = True
+            break
+        frames += 1
+        offset += frame
+        if commit:
+            commits, kept_frames, kept_bytes = commits + 1, frames, offset
+    lost_frames = lost_commits = 0
+    for at in range(kept_bytes, len(data) - frame + 1, frame):  # after the kept part, this generation's frames
+        _page, commit, f1, f2 = struct.unpack(">4I", data[at:at + 16])
+        if (f1, f2) != (salt1, salt2):
+            break
+        lost_frames += 1
+        lost_commits += bool(commit)
+    return WalRecovery(size, kept_frames, commits, kept_bytes, lost_frames, lost_commits, bad)
+
+
+def inspect_wal(wal: str) -> WalRecovery | None:
+    """Before opening: log what SQLite's recovery will keep of a WAL left behind, at warning level
+    (with a copy of the WAL kept beside it) when it drops committed or corrupted frames."""
+    found = read_wal(wal)
+    if found is None:
+        return None
+    if not found.verified:
+        log.warning("WAL recovery of %s: %d bytes, more than %d MB, not verified", wal, found.size,
+                    _WAL_VERIFY_MAX >> 20)
+        return found
+    summary = (f"WAL recovery of {wal}: {found.frames} frames in {found.commits} commits are valid; "
+               f"{found.discarded_bytes} of {found.size} bytes are discarded")
+    if not found.lost:
+        log.info("%s (an unfinished transaction or frames already checkpointed)", summary)
+        return found
+    copy = f"{wal}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bad"
+    try:
+        shutil.copyfile(wal, copy)
+    except OSError as exc:
+        copy = f"not copied: {exc}"
+    log.warning("%s, among them %d frames in %d committed transactions%s%s (WAL kept as %s)", summary,
+                found.lost_frames, found.lost_commits, ", after a frame whose checksum is wrong" if found.bad_checksum
+                else "", f"; {found.note}" if found.note else "", copy)
+    return found
+
+
 def document_chain(document_id: str) -> str:
     """The chain of a document's ops and snapshots."""
     return f"document:{document_id}"
@@ -76,6 +243,14 @@ def document_chain(document_id: str) -> str:
 
 class ChainBroken(sqlite3.DatabaseError):
     """A write not attempted: an earlier write of its chain failed (and the chain was not reset yet)."""
+
+
+class StoreFailed(sqlite3.DatabaseError):
+    """A write refused or not acknowledged: the store has failed (see `Store.failed`) or its writer broke."""
+
+
+class StoreOpenError(RuntimeError):
+    """The database cannot be opened: a directory, a missing folder, a file that is not SQLite."""
 
 
 class _Pending:
@@ -98,8 +273,9 @@ class Store:
     """One writer connection fed by a queue (group commit) and one reader connection."""
 
     def __init__(self, path: str, migrations_dir: Path = MIGRATIONS_DIR,
-                 checkpoint_interval: float = CHECKPOINT_INTERVAL):
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL, check_wal: bool = False):
         self.path = path
+        self.check_wal = check_wal  # the server's open: no other process writes the WAL being read
         self.checkpoint_interval = checkpoint_interval
         self.migrations_dir = migrations_dir
         self._writer: sqlite3.Connection | None = None  # used only on the writer thread
@@ -109,17 +285,32 @@ class Store:
         self._task: asyncio.Task | None = None
         self._checkpointer: asyncio.Task | None = None
         self._commits_since_checkpoint = 0
-        self._broken_chains: set[str] = set()  # touched on the writer thread only
+        self._broken_chains: set[str] = set()  # touched on the writer thread only (or while it is idle)
+        self._held: list[_Pending] = []  # the batch the writer is committing
+        self._stopping = False
+        self._identity: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) at open
+        self._probe: asyncio.Future | None = None
+        self._probe_ok_at: float | None = None  # time.monotonic() of the last probe that committed
+        self.failed: str | None = None  # why writes are refused; None while the store works
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
+        self.on_fatal: Callable[[str], None] | None = None  # the writer cannot recover: the process should end
 
     # -- life cycle -------------------------------------------------------
 
     async def open(self) -> "Store":
-        """Connect, migrate, and start the writer task."""
+        """Connect, migrate, and start the writer task; StoreOpenError when the path is not a database."""
+        _check_openable(self.path)
+        recovery = inspect_wal(self.path + "-wal") if self.check_wal else None
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcprt-writer")
         try:
-            self._writer = await self._on_writer(self._connect_writer)
+            try:
+                self._writer = await self._on_writer(self._connect_writer)
+            except sqlite3.DatabaseError as exc:
+                raise StoreOpenError(f"cannot open database {self.path}: {exc}") from None
             await self.migrate()
+            if recovery is not None and recovery.lost:
+                await self._on_writer(self._log_last_revisions)
+            self._identity = _identities(self.path)
         except BaseException:
             await self._close_writer()
             raise
@@ -138,8 +329,13 @@ class Store:
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
-            db.execute(pragma)
+        try:
+            for pragma in _PRAGMAS:
+                db.execute(pragma)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # not a database: fail here
+        except BaseException:
+            db.close()
+            raise
         # Commits never checkpoint (that fsyncs, and would stall the batch that triggers it every
         # ~80 commits); _checkpoint_loop does it once a second instead.
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -152,7 +348,10 @@ class Store:
 
     async def _close_writer(self) -> None:
         if self._writer is not None:
-            await self._on_writer(self._writer.close)
+            try:
+                await self._on_writer(self._writer.close)
+            except RuntimeError:  # the writer thread is gone (a failed store): close it from here
+                self._writer.close()
             self._writer = None
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=True)
@@ -163,7 +362,7 @@ class Store:
         write running beside it, it copies the whole WAL, so the next commit starts the WAL over."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            if self._commits_since_checkpoint:
+            if self._commits_since_checkpoint and self.failed is None:  # a failed store stays as it is
                 self._commits_since_checkpoint = 0
                 try:
                     await self._on_writer(self._checkpoint, "PASSIVE")
@@ -175,6 +374,13 @@ class Store:
         PRAGMA's statement open until the loop dropped it, and a COMMIT of the next batch, running
         meanwhile, would fail with "SQL statements in progress"."""
         return tuple(self._writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+
+    def _log_last_revisions(self) -> None:
+        """On the writer thread, after a recovery that dropped frames: what each document kept."""
+        rows = self._writer.execute("SELECT document_id, max(revision), max(time) FROM ops GROUP BY document_id"
+                                    " ORDER BY 3 DESC LIMIT 20").fetchall()
+        log.info("after recovery, the last revision of the %d most recently edited documents: %s", len(rows),
+                 ", ".join(f"{d} at {r}" for d, r, _ in rows) or "none")
 
     async def close(self) -> None:
         """Drain the queue (every accepted write is committed), then close both connections."""
@@ -238,14 +444,18 @@ class Store:
     # -- the batched writer ----------------------------------------------
 
     def enqueue(self, sql: str, params: tuple = ()) -> None:
-        """Queue a write; it commits with the next batch (no one waits for it)."""
-        self._queue.put_nowait(_Pending(sql, params, None))
+        """Queue a write; it commits with the next batch (no one waits for it). Dropped once the store failed."""
+        if self.failed is None:
+            self._queue.put_nowait(_Pending(sql, params, None))
 
     def write(self, sql: str, params: tuple = (), chain: str | None = None, counted: bool = False) -> asyncio.Future:
         """Queue a write; the returned future resolves once its batch is committed (to the number of rows
-        changed when `counted`, else None)."""
+        changed when `counted`, else None; StoreFailed at once when the store has failed)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(sql, params, future, chain, counted))
+        if self.failed is not None:
+            future.set_exception(StoreFailed(self.failed))
+        else:
+            self._queue.put_nowait(_Pending(sql, params, future, chain, counted))
         return future
 
     def reset_chain(self, chain: str) -> None:
@@ -261,43 +471,135 @@ class Store:
         """Writes waiting for the next batch."""
         return self._queue.qsize()
 
+    async def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Raise StoreFailed unless a real write (one row of health_probe) goes through the queue and
+        commits within `timeout`. Concurrent callers share one probe write, and one that succeeded less
+        than PROBE_REUSE ago answers for it: an unauthenticated /health flood costs at most one write a
+        second."""
+        if self.failed is not None:
+            raise StoreFailed(self.failed)
+        if self._task is None or self._task.done():
+            raise StoreFailed("the writer is not running")
+        if self._probe_ok_at is not None and time.monotonic() - self._probe_ok_at < PROBE_REUSE:
+            return
+        if self._probe is None or self._probe.done():
+            self._probe = self.write("INSERT OR REPLACE INTO health_probe (id, at)"
+                                     " VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+            self._probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if late
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), timeout)
+        except asyncio.TimeoutError:
+            raise StoreFailed(f"a write did not commit within {timeout:g}s") from None
+        self._probe_ok_at = time.monotonic()
+
+    def _fail(self, reason: str, fatal: bool, detail: str = "") -> None:
+        """Refuse every later write; `fatal`: the writer cannot run, so ask the process to end. The reason
+        is what /health shows; the detail (paths) goes to the log only."""
+        if self.failed is not None:
+            return
+        self.failed = reason
+        log.critical("the database no longer accepts writes: %s%s", reason, detail)
+        if fatal and self.on_fatal is not None:
+            self.on_fatal(reason)
+
     async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
+        """The writer, supervised. A failure of the loop itself (not of one row: those fail their own
+        future) is logged with its traceback, fails the writes it held, and the loop starts again;
+        _RESTARTS failures within _RESTART_WINDOW fail the store (on_fatal). A failed store keeps the
+        loop running, failing each write without touching the database, so every future resolves and
+        close() still drains."""
+        failures: list[float] = []
+        while True:
+            try:
+                await self._write_batches()
+                return
+            except Exception as exc:
+                held, self._held = self._held, []
+                log.exception("the writer failed holding %d writes; failing them and restarting", len(held))
+                self._fail_held(held, exc)
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < _RESTART_WINDOW] + [now]
+                if len(failures) >= _RESTARTS:
+                    self._fail(f"the writer failed {len(failures)} times in {_RESTART_WINDOW:g}s "
+                               f"(last: {type(exc).__name__}: {exc})", fatal=True)
+                if self._stopping or len(failures) > _RESTARTS:  # closing, or failing even without the database
+                    self._fail_queued()
+                    return
+                await asyncio.sleep(0.05 * len(failures))
+
+    async def _write_batches(self) -> None:
+        while not self._stopping:
             batch = [await self._queue.get()]
             while len(batch) < _BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            stopping = None in batch
+            self._stopping = None in batch
             # Items queued after the stop marker were accepted too: take them before closing.
-            while stopping and not self._queue.empty():
+            while self._stopping and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit_batch([p for p in batch if p is not None])
+            self._held = [p for p in batch if p is not None]
             del batch  # do not hold the last batch's rows while waiting for the next
+            await self._commit_batch(self._held)
+            self._held = []
+
+    def _fail_held(self, held: list[_Pending], exc: Exception) -> None:
+        """After a loop failure: fail what it held and break their chains (no gaps). The writer thread is
+        idle here (its call returned before the failure reached us), so the chain set is safe to touch."""
+        error = StoreFailed(f"the writer failed before this write was acknowledged: {type(exc).__name__}")
+        for pending in held:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
+            if pending.sql is not None and pending.chain is not None:
+                self._broken_chains.add(pending.chain)
+
+    def _fail_queued(self) -> None:
+        error = StoreFailed(self.failed or "the writer failed while the store was closing")
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if pending is not None and pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
+        if self.failed is not None:
+            self._settle(batch, {}, StoreFailed(self.failed))
+            return
         started = time.perf_counter()
-        failed = await self._on_writer(self._commit, batch)
+        failed, lost = await self._on_writer(self._commit, batch)
         self._commits_since_checkpoint += 1
+        if lost is not None:  # not fatal: while this process lives, the removed file can still be copied
+            self._fail(lost[0], fatal=False, detail=f" ({lost[1]}; {len(batch)} writes of this batch not "
+                       f"acknowledged){_still_open(lost[1])}")
+        self._settle(batch, failed, StoreFailed(self.failed) if lost is not None else None)
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(batch))
+
+    @staticmethod
+    def _settle(batch: list[_Pending], failed: dict[int, Exception], everything: Exception | None) -> None:
         for pending in batch:
             if pending.future is not None and not pending.future.done():
-                if id(pending) in failed:
-                    pending.future.set_exception(failed[id(pending)])
+                error = everything or failed.get(id(pending))
+                if error is not None:
+                    pending.future.set_exception(error)
                 else:
                     pending.future.set_result(pending.result)
 
-    def _commit(self, batch: list[_Pending]) -> dict[int, Exception]:
-        """On the writer thread: the batch in one transaction, or row by row if that fails."""
+    def _commit(self, batch: list[_Pending]) -> tuple[dict[int, Exception], tuple[str, str] | None]:
+        """On the writer thread: the batch in one transaction, or row by row if that fails; then whether
+        the file is still the one opened (if not, nothing of the batch may be acknowledged)."""
+        if self._writer.in_transaction:  # left open by a failure we did not see end: start clean
+            self._writer.execute("ROLLBACK")
         if not self._broken_chains:
             try:
                 self._execute_grouped([p for p in batch if p.sql is not None])
-                return {}
-            except sqlite3.Error as exc:
-                log.warning("batch of %d writes failed (%s); retrying one by one", len(batch), exc)
-        return self._execute_one_by_one(batch)
+                return {}, self._file_problem()
+            except Exception as exc:  # whatever a row raises: sqlite3.Error, UnicodeEncodeError, OverflowError
+                if _is_busy(exc):  # another process holds the lock: row by row would wait for it per row
+                    log.error("batch of %d writes failed: %s", len(batch), exc)
+                    return self._execute_one_by_one(batch, exc), self._file_problem()
+                log.warning("batch of %d writes failed (%s: %s); retrying one by one", len(batch),
+                            type(exc).__name__, exc)
+        return self._execute_one_by_one(batch), self._file_problem()
 
     def _execute_grouped(self, batch: list[_Pending]) -> None:
         """One transaction; consecutive rows with the same SQL go in one executemany."""
@@ -318,10 +620,13 @@ class Store:
                 start = end
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # some errors (a full disk) have rolled it back already
+                db.execute("ROLLBACK")
             raise
 
-    def _execute_one_by_one(self, batch: list[_Pending]) -> dict[int, Exception]:
+    def _execute_one_by_one(self, batch: list[_Pending], error: Exception | None = None) -> dict[int, Exception]:
+        """Each row alone; one that raises anything fails only itself and breaks its chain. With
+        `error`, no row is tried: each fails with it (chains and resets still apply in order)."""
         failed = {}
         for pending in batch:
             if pending.sql is None:
@@ -331,14 +636,34 @@ class Store:
                 failed[id(pending)] = ChainBroken(f"an earlier write of {pending.chain} failed")
                 continue
             try:
+                if error is not None:
+                    raise error
                 changed = self._writer.execute(pending.sql, pending.params).rowcount
                 pending.result = changed if pending.counted else None
-            except sqlite3.Error as exc:
-                log.error("write failed: %s (%s)", exc, pending.sql.split("(")[0].strip())
+            except Exception as exc:
+                if error is None:
+                    log.error("write failed: %s: %s (%s)", type(exc).__name__, exc, pending.sql.split("(")[0].strip())
                 failed[id(pending)] = exc
                 if pending.chain is not None:
                     self._broken_chains.add(pending.chain)
+        if self._writer.in_transaction:  # a row's SQL opened a transaction and did not end it
+            self._writer.execute("ROLLBACK")
         return failed
+
+    def _file_problem(self) -> tuple[str, str] | None:
+        """On the writer thread, after a commit: why the database at `path` is no longer the file this
+        writer opened (removed or replaced: whatever it commits now is lost on restart) and which path,
+        or None."""
+        for path, identity in self._identity.items():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return f"the database file{_suffix(path, self.path)} was removed", path
+            except OSError as exc:
+                return f"the database file{_suffix(path, self.path)} cannot be checked: {exc.strerror}", path
+            if (st.st_dev, st.st_ino) != identity:
+                return f"the database file{_suffix(path, self.path)} was replaced by another file", path
+        return None
 
     # -- reads --------------------------------------------------------------
 
@@ -385,9 +710,33 @@ class Store:
             row["details"] = json.loads(row["details"])
         return rows
 
-    def prune_events(self, before_iso: str) -> asyncio.Future:
-        """Delete events older than the given time."""
-        return self.write("DELETE FROM events WHERE time < ?", (before_iso,))
+    async def prune_events(self, before_iso: str, chunk: int = EVENT_PRUNE_CHUNK,
+                           chunks: int = EVENT_PRUNE_CHUNKS) -> bool:
+        """Delete events older than the given time, `chunk` rows per write and at most `chunks` writes
+        (other writes commit between them; the next sweep goes on). False when there were none."""
+        done = 0
+        while done < chunks and await self.events(limit=1, until=before_iso):
+            await self.write("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?)",
+                             (before_iso, chunk))
+            done += 1
+        return done > 0
+
+    async def cap_events(self, max_rows: int, chunk: int = EVENT_PRUNE_CHUNK,
+                         chunks: int = EVENT_PRUNE_CHUNKS) -> int | None:
+        """Delete the oldest events beyond the newest `max_rows` ids, in chunks as prune_events does; the
+        last id deleted, or None. Ids only grow and pruning takes the oldest, so the ids left are nearly
+        contiguous and min/max (two index lookups) stand for a count."""
+        row = await self._row("SELECT min(id) AS lo, max(id) AS hi FROM events")
+        if not max_rows or row is None or row["hi"] is None or row["hi"] - row["lo"] + 1 <= max_rows:
+            return None
+        through, start, last = row["hi"] - max_rows, row["lo"], None
+        for _ in range(chunks):
+            if start > through:
+                break
+            last = min(through, start + chunk - 1)
+            await self.write("DELETE FROM events WHERE id <= ?", (last,))
+            start = last + 1
+        return last
 
     # -- sessions -------------------------------------------------------
 
@@ -491,6 +840,13 @@ class Store:
                                     " ORDER BY revision LIMIT ?", (document_id, after, limit))
         return await self._rows("SELECT * FROM ops WHERE document_id = ? AND revision > ? AND revision <= ?"
                                 " ORDER BY revision LIMIT ?", (document_id, after, upto, limit))
+
+    async def op_texts(self, document_id: str, after: int, upto: int | None = None) -> list[tuple[int, str]]:
+        """(revision, op JSON) with after < revision (<= upto), oldest first: only what a replay needs."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT revision, op FROM ops WHERE document_id = ? AND revision > ? AND revision <= ? ORDER BY revision",
+            (document_id, after, upto if upto is not None else 2 ** 62))
+        return [(row[0], row[1]) for row in rows]
 
     async def last_revision(self, document_id: str) -> int:
         """The newest stored revision of a document (0 when it has none)."""

@@ -9,6 +9,7 @@ from ..clock import iso, iso_seconds, parse_iso
 from ..documents import check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..sessions import STATES
+from ..store import StoreFailed
 from .base import OPERATOR, ApiHandler
 
 SERVICE_NAME = "mcprt-realtime-editing"
@@ -16,12 +17,16 @@ SERVICE_NAME = "mcprt-realtime-editing"
 
 class HealthHandler(ApiHandler):
     async def get(self) -> None:
-        """The reference's health body plus `checks`; 503 when the database does not answer."""
+        """The reference's health body plus `checks`; 503 when the database does not answer a read, or
+        a probe write does not commit within 2 s (writer dead, database locked, read-only or removed)."""
         try:
             await self.store.ping()
+            await self.store.probe()
             database = "ok"
+        except StoreFailed as exc:
+            database = f"error: writes: {exc}"
         except Exception as exc:  # any failure means unhealthy, whatever its type
-            database = f"error: {type(exc).__name__}"
+            database = f"error: {type(exc).__name__}: {exc}"
         healthy = database == "ok"
         self.write_json({"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
                          "timestamp": iso_seconds(self.clock()), "version": __version__,
