@@ -9,7 +9,6 @@ import logging
 import time
 
 import pytest
-import websockets
 
 from mcprt.app import masked_uri
 
@@ -268,6 +267,6 @@ async def test_dot_document_ids_are_refused(app, document_id):
 
 async def test_percent_encoded_session_ids_are_masked_in_logs():
     secret = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-    for uri in (f"/ws?session%5Fid={secret}", f"/ws?session_id=%30f1e2d3c%2D4b5a-6978-8796-a5b4c3d2e1f0",
+    for uri in (f"/ws?session%5Fid={secret}", "/ws?session_id=%30f1e2d3c%2D4b5a-6978-8796-a5b4c3d2e1f0",
                 f"/api/sessions/{secret.replace('-', '%2D')}"):
         assert "6978" not in masked_uri(uri), uri

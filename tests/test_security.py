@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 

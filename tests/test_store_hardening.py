@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from mcprt.__main__ import run_until_stopped
-from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError, read_wal
+from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError
+from mcprt.wal import read_wal
 
 ROOT = Path(__file__).resolve().parent.parent
 INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
