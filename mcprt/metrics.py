@@ -34,7 +34,7 @@ class Metrics:
         self.commit_rows = Counter("mcprt_db_rows_written", "Rows written by the batched writer", registry=r)
         queue = Gauge("mcprt_event_queue_depth", "Writes waiting for the next database batch", registry=r)
         queue.set_function(lambda: store.queue_depth)
-        store.on_commit = self._committed
+        store.commit_listeners.append(self._committed)
 
     def _committed(self, seconds: float, rows: int) -> None:
         self.commit_latency.observe(seconds)

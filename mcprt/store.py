@@ -183,7 +183,7 @@ class Store:
         self._probe: asyncio.Future | None = None
         self._probe_ok_at: float | None = None  # time.monotonic() of the last probe that committed
         self.failed: str | None = None  # why writes are refused; None while the store works
-        self.on_commit: Callable[[float, int], None] | None = None  # (seconds, rows): metrics hook
+        self.commit_listeners: list[Callable[[float, int], None]] = []  # (seconds, rows): metrics, say
         self.on_fatal: Callable[[str], None] | None = None  # the writer cannot recover: the process should end
 
     # -- life cycle -------------------------------------------------------
@@ -462,8 +462,8 @@ class Store:
             self._fail(lost[0], fatal=False, detail=f" ({lost[1]}; {len(batch)} writes of this batch not "
                        f"acknowledged){_still_open(lost[1])}")
         self._settle(batch, failed, StoreFailed(self.failed) if lost is not None else None)
-        if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started, len(batch))
+        for listener in self.commit_listeners:
+            listener(time.perf_counter() - started, len(batch))
 
     @staticmethod
     def _settle(batch: list[_Pending], failed: dict[int, Exception], everything: Exception | None) -> None:

@@ -86,7 +86,7 @@ async def test_a_failing_writer_loop_is_logged_restarted_and_keeps_committing(tm
         if len(calls) == 1:
             raise RuntimeError("hook broke")
 
-    store.on_commit = hook
+    store.commit_listeners.append(hook)
     try:
         await asyncio.wait_for(store.write(INSERT_EVENT, ("first",)), 5)
         await asyncio.wait_for(store.write(INSERT_EVENT, ("second",)), 5)
