@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mcprt.bench import ROWS
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^-?[\d,]*\.?\d+$")
 
 
@@ -27,6 +26,7 @@ def cells(stdout: str, name: str, title: str) -> list[str]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_quick_bench_prints_every_row():
     result = subprocess.run([sys.executable, "-m", "mcprt", "bench", "--quick", "--json"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120,

@@ -7,22 +7,18 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import websockets
 
 from mcprt.ot import TextOperation
 from otclient import OTClient
+from support import free_port, spawn_server
 
 pytestmark = pytest.mark.asyncio
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def edit(ws, payload: dict, id_: str | None = None) -> dict:
@@ -339,31 +335,10 @@ async def test_concurrent_inserts_only_every_marker_survives_intact(app):
     assert all(final.count(m) == 1 for m in markers)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(db: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000"}
-    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port), "--db", db, "--log-level", "warning"],
-                            cwd=ROOT, env=env)
-    import urllib.request
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
-
-
 @pytest.mark.timeout(120)
 async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
-    db, port = str(tmp_path / "k.db"), _free_port()
-    proc = _spawn(db, port)
+    db, port = str(tmp_path / "k.db"), free_port()
+    proc = spawn_server(db, port, "--log-level", "warning")
     acked: list[int] = []
     try:
         from tornado.httpclient import AsyncHTTPClient
@@ -397,7 +372,7 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
             proc.kill()
         proc.wait()
     assert len(acked) >= 100
-    proc = _spawn(db, port)
+    proc = spawn_server(db, port, "--log-level", "warning")
     try:
         import urllib.request
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/documents/d",

@@ -8,11 +8,9 @@ import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,8 @@ import pytest
 from mcprt.__main__ import main
 from mcprt.app import masked_uri
 from mcprt.store import MigrationError, Store, discover_migrations
+from support import ROOT, free_port, get_once_serving
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.asyncio
@@ -188,33 +186,14 @@ def test_migrate_list_and_apply(tmp_path, capsys):
     assert "0001_init" in out and "applied" in out and "pending" not in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_once_serving(proc: subprocess.Popen, port: int, path: str, seconds: float = 20) -> str:
-    """GET `path` from a server process as soon as it listens; its body."""
-    import urllib.request
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                return r.read().decode()
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
-
-
 def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MCPRT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--db", str(tmp_path / "s.db")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import urllib.request
-        assert json.loads(_get_once_serving(proc, port, "/health"))["status"] == "healthy"
+        assert json.loads(get_once_serving(proc, port, "/health"))["status"] == "healthy"
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
                                          data=json.dumps({"user_id": "smoke"}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -275,12 +254,12 @@ def test_an_installed_mcprt_serves_without_the_checkout(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import mcprt; print(mcprt.resource_dir('static'))"], cwd=work,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where == str(site / "mcprt" / "_data" / "static")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port)], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         import urllib.request
-        assert "<title>" in _get_once_serving(proc, port, "/")
+        assert "<title>" in get_once_serving(proc, port, "/")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", method="POST",
                                          data=json.dumps({"user_id": "installed"}).encode())
         with urllib.request.urlopen(request, timeout=5) as r:

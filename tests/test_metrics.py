@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from support import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,10 +34,7 @@ async def test_metrics_count_what_happened(app):
 
 
 async def test_metrics_on_a_separate_port_need_no_token(start):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = await start(metrics_port=port)
     assert (await app.fetch("GET", "/metrics", admin=True)).status == 404  # not on the public port
     http = AsyncHTTPClient(force_instance=True)

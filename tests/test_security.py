@@ -7,16 +7,15 @@ import json
 import re
 import sqlite3
 import sys
-from pathlib import Path
 
 import pytest
 
 from mcprt.__main__ import main
 from xss_corpus import XSS_VECTORS
+from support import ROOT
 
 pytestmark = pytest.mark.asyncio
 
-ROOT = Path(__file__).resolve().parent.parent
 _ON_ATTRIBUTE = re.compile(r"<[^>]*\son[a-z]+\s*=", re.IGNORECASE)
 _BAD_URL = re.compile(r"""(href|src|action)\s*=\s*["']?\s*(javascript|vbscript|data):""", re.IGNORECASE)
 

@@ -79,6 +79,17 @@ async def _in_state(app, clock, state: str) -> str:
 
 
 ACTIONS = {"activate": ("POST", "/activate"), "invalidate": ("DELETE", "")}
+# The table as the design states it, written out (not read from the code under test); None: 409.
+EXPECTED = {
+    (PENDING, "activate"): ACTIVE, (ACTIVE, "activate"): ACTIVE,
+    (EXPIRED, "activate"): None, (INVALIDATED, "activate"): None,
+    (PENDING, "invalidate"): INVALIDATED, (ACTIVE, "invalidate"): INVALIDATED,
+    (EXPIRED, "invalidate"): None, (INVALIDATED, "invalidate"): None,
+}
+
+
+def test_the_code_holds_the_designed_table():
+    assert {k: v for k, v in TRANSITIONS.items() if k[1] in ACTIONS} == {k: v for k, v in EXPECTED.items() if v}
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -89,7 +100,7 @@ async def test_transition_table(start, clock, state, action):
     sid = await _in_state(app, clock, state)
     method, suffix = ACTIONS[action]
     reply = await app.fetch(method, f"/api/sessions/{sid}{suffix}")
-    target = TRANSITIONS.get((state, action))
+    target = EXPECTED[(state, action)]
     if target is None:
         assert reply.status == 409
         assert reply.json["error"]["code"] == "INVALID_SESSION"

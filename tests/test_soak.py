@@ -16,26 +16,24 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 import pytest
 import websockets
 
 from mcprt.bench_servers import BENCH_LIMITS
+from support import ROOT, STAMP
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("MCPRT_SOAK_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("MCPRT_SOAK_CONNECTIONS", "200"))
 DOCUMENTS = max(1, CONNECTIONS // 10)
 WARM_UP = min(5.0, SECONDS)
-STAMP = "2025-11-07T10:00:00Z"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789.,;\néü中文"
 MAX_LENGTH = 2000  # past this, editors only delete, so documents stay small
 BLOCK_SLACK = 5_000  # Python objects; a leak of one per edit would exceed it
 RSS_SLACK = 16 * 2**20  # SQLite page caches (2 MB a connection) and allocator pools still filling
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the editors (child process) -------------------------------------------------------

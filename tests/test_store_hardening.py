@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +18,8 @@ import pytest
 from mcprt.__main__ import run_until_stopped
 from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError
 from mcprt.wal import read_wal
+from support import ROOT, free_port, spawn_server
 
-ROOT = Path(__file__).resolve().parent.parent
 INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
 INSERT_OP = ("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, '[]', '2026-01-01T00:00:00Z')")
 
@@ -206,27 +205,6 @@ async def test_opening_a_directory_raises_store_open_error(tmp_path):
         await Store(str(tmp_path)).open()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(db: str, port: int, log_file) -> subprocess.Popen:
-    env = {**os.environ, "MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port), "--db", db, "--log-level", "info"],
-                            cwd=ROOT, env=env, stderr=log_file, stdout=subprocess.DEVNULL)
-    import urllib.request
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            time.sleep(0.1)
-
-
 def _unbackfilled_commits(db: str) -> list[int]:
     """Offsets of the WAL's commit frames (current generation: the header's salts) that no checkpoint has
     copied into the database file yet (the -shm file's nBackfill). A frame already copied is in the
@@ -258,7 +236,7 @@ async def _killed_mid_burst(db: str, port: int, log_file) -> list[int]:
 
     import websockets
     from tornado.httpclient import AsyncHTTPClient
-    proc = _spawn(db, port, log_file)
+    proc = spawn_server(db, port, "--log-level", "info", stderr=log_file, stdout=subprocess.DEVNULL)
     acked = []
     try:
         http = AsyncHTTPClient(force_instance=True)
@@ -289,7 +267,7 @@ async def _killed_mid_burst(db: str, port: int, log_file) -> list[int]:
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_a_torn_wal_tail_is_reported_at_start_up(tmp_path):
-    port = _free_port()
+    port = free_port()
     for attempt in range(5):  # until the kill leaves commits no checkpoint has copied yet (almost always)
         db = str(tmp_path / f"w{attempt}.db")
         with open(tmp_path / "first.log", "wb") as first:
@@ -308,7 +286,7 @@ async def test_a_torn_wal_tail_is_reported_at_start_up(tmp_path):
     expected = read_wal(str(wal))
     assert expected.lost_commits == 1 and expected.bad_checksum
     with open(tmp_path / "second.log", "wb") as second:
-        proc = _spawn(db, port, second)
+        proc = spawn_server(db, port, "--log-level", "info", stderr=second, stdout=subprocess.DEVNULL)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     log_text = (tmp_path / "second.log").read_text()

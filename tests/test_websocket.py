@@ -117,32 +117,32 @@ async def test_joins_and_leaves_are_announced_without_the_session_id(app):
         assert bob.session["session_id"] not in json.dumps(message)
 
 
-BAD_MESSAGES = [
-    ("not json", "INVALID_MESSAGE"),
-    ("[1, 2, 3]", "INVALID_MESSAGE"),
-    ('"a string"', "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "teleport", "payload": {}}', "INVALID_MESSAGE"),
-    ('{"type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
-    ('{"id": "", "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
-    ('{"id": "' + "x" * 129 + '", "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
-    ('{"id": 7, "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "heartbeat", "payload": []}', "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "heartbeat", "payload": {}, "timestamp": "yesterday"}', "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "realtime_edit", "payload": {"cursor_position": "x"}}', "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "realtime_edit", "payload": {"change_delta": {"position": -1, "insert": "a"}}}',
+BAD_MESSAGES = {  # readable id -> (raw message, the error code it gets)
+    "not-json": ("not json", "INVALID_MESSAGE"),
+    "array": ("[1, 2, 3]", "INVALID_MESSAGE"),
+    "string": ('"a string"', "INVALID_MESSAGE"),
+    "unknown-type": ('{"id": "1", "type": "teleport", "payload": {}}', "INVALID_MESSAGE"),
+    "no-id": ('{"type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
+    "empty-id": ('{"id": "", "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
+    "id-over-128": ('{"id": "' + "x" * 129 + '", "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
+    "id-not-a-string": ('{"id": 7, "type": "heartbeat", "payload": {}}', "INVALID_MESSAGE"),
+    "payload-not-an-object": ('{"id": "1", "type": "heartbeat", "payload": []}', "INVALID_MESSAGE"),
+    "bad-timestamp": ('{"id": "1", "type": "heartbeat", "payload": {}, "timestamp": "yesterday"}', "INVALID_MESSAGE"),
+    "cursor-position-string": ('{"id": "1", "type": "realtime_edit", "payload": {"cursor_position": "x"}}', "INVALID_MESSAGE"),
+    "negative-position": ('{"id": "1", "type": "realtime_edit", "payload": {"change_delta": {"position": -1, "insert": "a"}}}',
      "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "realtime_edit", "payload": {"change_delta": {"position": 99, "insert": "a"}}}',
+    "position-past-the-end": ('{"id": "1", "type": "realtime_edit", "payload": {"change_delta": {"position": 99, "insert": "a"}}}',
      "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "sync_request", "payload": {}}', "INVALID_MESSAGE"),
-    ("[" * 5000 + "]" * 5000, "INVALID_MESSAGE"),
-    ('{"a":' * 40 + "1" + "}" * 40, "INVALID_MESSAGE"),
-    (b"\x00\x01binary", "INVALID_MESSAGE"),
-    ('{"id": "1", "type": "heartbeat", "payload": {}, "pad": "' + "x" * 11000 + '"}', "MESSAGE_TOO_LARGE"),
-    ("é" * 6000, "MESSAGE_TOO_LARGE"),  # 6000 characters, 12000 bytes
-]
+    "sync-without-since": ('{"id": "1", "type": "sync_request", "payload": {}}', "INVALID_MESSAGE"),
+    "array-nested-5000": ("[" * 5000 + "]" * 5000, "INVALID_MESSAGE"),
+    "object-nested-40": ('{"a":' * 40 + "1" + "}" * 40, "INVALID_MESSAGE"),
+    "binary-frame": (b"\x00\x01binary", "INVALID_MESSAGE"),
+    "over-10kb": ('{"id": "1", "type": "heartbeat", "payload": {}, "pad": "' + "x" * 11000 + '"}', "MESSAGE_TOO_LARGE"),
+    "over-10kb-in-utf8": ("é" * 6000, "MESSAGE_TOO_LARGE"),  # 6000 characters, 12000 bytes
+}
 
 
-@pytest.mark.parametrize("raw,code", BAD_MESSAGES, ids=range(len(BAD_MESSAGES)))
+@pytest.mark.parametrize("raw,code", list(BAD_MESSAGES.values()), ids=list(BAD_MESSAGES))
 async def test_each_bad_message_gets_its_error_and_the_connection_survives(start, raw, code):
     app = await start()
     ws = await app.editor()

@@ -1,0 +1,44 @@
+"""What several test files share: the checkout's root, a free port, a server process started and awaited,
+and the timestamp test messages carry."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAMP = "2025-11-07T10:00:00Z"
+# A server process for tests that kill or restart it: limits out of the way of a burst.
+UNLIMITED = {"MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_once_serving(proc: subprocess.Popen, port: int, path: str = "/health", seconds: float = 20) -> str:
+    """GET `path` from a server process as soon as it listens; its body."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+                return reply.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+
+def spawn_server(db: str, port: int, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`python -m mcprt` on a port and database, returned once it answers /health."""
+    proc = subprocess.Popen([sys.executable, "-m", "mcprt", "--port", str(port), "--db", db, *args],
+                            cwd=ROOT, env={**os.environ, **UNLIMITED, "PYTHONUNBUFFERED": "1", **(env or {})}, **popen)
+    get_once_serving(proc, port)
+    return proc
