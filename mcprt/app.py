@@ -1,4 +1,5 @@
-"""make_app(settings, *, store, clock): the route table and the only place collaborators are wired; Server runs it."""
+"""make_app(settings, *, store, clock): the route table over build_services(), the Host check, the access log;
+Server runs it (store, listeners, sweeper, shutdown)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import logging
 import re
 import socket
-from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote
 
@@ -15,18 +15,11 @@ import tornado.netutil
 import tornado.web
 
 from . import resource_dir
-from .audit import Audit
 from .clock import iso, system_clock
 from .config import Settings
-from .documents import DocumentService
-from .edits import EditService
-from .hub import Hub
-from .metrics import Metrics
-from .protocol import Registry
-from .limits import Limits
-from .sessions import SessionService, mask
+from .services import Services, build_services
+from .sessions import mask
 from .store import Store
-from .tasks import Tasks
 from .handlers import rest, ws
 from .handlers.base import HostCheck, HostRejectedHandler, NotFoundHandler
 from .handlers.static import StaticHandler
@@ -67,61 +60,32 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                    request.remote_ip, 1000.0 * request.request_time())
 
 
-@dataclass
-class Deps:
-    """The collaborators make_app built; the Server starts and stops them."""
-
-    settings: Settings
-    store: Store
-    clock: Callable[[], float]
-    registry: Registry
-    audit: Audit
-    sessions: SessionService
-    hub: Hub
-    documents: DocumentService
-    metrics: Metrics
-    limits: Limits
-    hosts: HostCheck
-    edits: EditService
-    tasks: Tasks
-
-
 def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = system_clock) -> tornado.web.Application:
     """The Tornado application with every route; `app.deps` holds the collaborators."""
-    registry = Registry()
-    audit = Audit(store, clock, settings.violation_threshold, settings.violation_window)
-    sessions = SessionService(store, clock, settings.session_ttl, settings.pending_ttl)
-    metrics = Metrics(store, sessions)
-    hub = Hub()
-    limits = Limits(settings, clock)
-    documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
-                                settings.snapshot_interval, settings.history_window, quota=limits.documents)
-    edits = EditService(documents, hub, audit, clock, metrics)
-    deps = Deps(settings, store, clock, registry, audit, sessions, hub, documents, metrics, limits,
-                HostCheck(settings.host, settings.allowed_hosts), edits, Tasks())
-    metrics.watch(audit, hub)
-    common = {"store": store, "clock": clock, "registry": registry, "audit": audit, "sessions": sessions}
+    deps = build_services(settings, store, clock)
+    hosts = HostCheck(settings.host, settings.allowed_hosts)
+    common = {"deps": deps}
     routes = [
         (r"/health", rest.HealthHandler, common),
-        (r"/api/sessions", rest.SessionsHandler, {**common, "limits": limits}),
+        (r"/api/sessions", rest.SessionsHandler, common),
         (r"/api/sessions/([^/]+)", rest.SessionHandler, common),
         (r"/api/sessions/([^/]+)/activate", rest.ActivateHandler, common),
-        (r"/api/documents", rest.DocumentsHandler, {**common, "documents": documents}),
-        (r"/api/documents/([^/]+)", rest.DocumentHandler, {**common, "limits": limits, "documents": documents}),
-        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, {**common, "limits": limits, "documents": documents}),
-        (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, {**common, "edits": edits}),
+        (r"/api/documents", rest.DocumentsHandler, common),
+        (r"/api/documents/([^/]+)", rest.DocumentHandler, common),
+        (r"/api/documents/([^/]+)/history", rest.HistoryHandler, common),
+        (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, common),
         (r"/api/events", rest.EventsHandler, common),
-        (r"/ws", ws.EditorSocket, {"deps": deps}),
+        (r"/ws", ws.EditorSocket, common),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
     if settings.metrics_port is None:
-        routes.append((r"/metrics", rest.MetricsHandler, {**common, "metrics": metrics}))
+        routes.append((r"/metrics", rest.MetricsHandler, common))
     app = _Application(
         routes, static_path=str(STATIC_DIR), static_handler_class=StaticHandler, default_handler_class=NotFoundHandler,
-        default_handler_args=common, log_function=log_request, mcprt=settings,
+        default_handler_args=common, log_function=log_request,
         websocket_max_message_size=max(1 << 20, 8 * settings.max_message_bytes),
         websocket_ping_interval=settings.ping_interval, websocket_ping_timeout=settings.ping_timeout)
-    app.deps, app.common = deps, common
+    app.deps, app.hosts = deps, hosts
     return app
 
 
@@ -130,17 +94,15 @@ class _Application(tornado.web.Application):
     HostRejectedHandler, whatever its path (REST, WebSocket, the demo's files)."""
 
     def find_handler(self, request, **kwargs):
-        if not self.deps.hosts.allows(request.host):
-            return self.get_handler_delegate(request, HostRejectedHandler, self.common)
+        if not self.hosts.allows(request.host):
+            return self.get_handler_delegate(request, HostRejectedHandler, {"deps": self.deps})
         return super().find_handler(request, **kwargs)
 
 
-def make_metrics_app(deps: Deps) -> tornado.web.Application:
+def make_metrics_app(deps: Services) -> tornado.web.Application:
     """/metrics alone, for a separate (loopback) port."""
-    app = tornado.web.Application([(r"/metrics", rest.MetricsHandler, {
-        "store": deps.store, "clock": deps.clock, "registry": deps.registry, "audit": deps.audit,
-        "sessions": deps.sessions, "metrics": deps.metrics, "open_metrics": True})],
-        log_function=log_request, mcprt=deps.settings)
+    app = tornado.web.Application([(r"/metrics", rest.MetricsHandler, {"deps": deps, "open_metrics": True})],
+                                  log_function=log_request)
     app.deps = deps
     return app
 
@@ -160,7 +122,7 @@ class Server:
         self.fatal_reason: str | None = None
 
     @property
-    def deps(self) -> Deps:
+    def deps(self) -> Services:
         return self.app.deps
 
     async def start(self) -> "Server":

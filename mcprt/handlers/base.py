@@ -1,4 +1,5 @@
-"""The JSON handler base: dependencies by initialize(), one write_error, body limits, admin gating."""
+"""The JSON handler base: the Services by initialize(deps), one write_error, body limits, admin and editor
+gating, the Host check."""
 
 from __future__ import annotations
 
@@ -84,9 +85,8 @@ class HostCheck:
 class ApiHandler(tornado.web.RequestHandler):
     """Every REST handler: JSON in, JSON out, errors in the one shape."""
 
-    def initialize(self, **deps) -> None:
-        for name, value in deps.items():
-            setattr(self, name, value)
+    def initialize(self, deps) -> None:
+        self.deps = deps  # mcprt.services.Services: the one way a handler reaches a collaborator
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -94,7 +94,7 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def prepare(self) -> None:
-        limit = self.settings["mcprt"].max_body_bytes
+        limit = self.deps.settings.max_body_bytes
         if len(self.request.body) > limit:
             raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"request body over {limit} bytes",
                            {"limit": limit, "size": len(self.request.body)})
@@ -105,16 +105,16 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def json_body(self, schema: str) -> dict:
         """The request body, decoded and validated against schemas/<schema>.json."""
-        return self.registry.parse_json(self.request.body or b"", schema)
+        return self.deps.registry.parse_json(self.request.body or b"", schema)
 
     def security(self, type_: str, severity: str | None, details: dict) -> None:
         """Record a security event about this request, with the caller's address and user agent."""
         client = self.client_info()
-        self.audit.security(type_, severity, details, client_addr=client.addr, user_agent=client.user_agent)
+        self.deps.audit.security(type_, severity, details, client_addr=client.addr, user_agent=client.user_agent)
 
     def is_admin(self) -> bool:
         """The request carries the admin token from the settings (compared in constant time)."""
-        expected = self.settings["mcprt"].admin_token
+        expected = self.deps.settings.admin_token
         given = bearer_token(self.request)
         return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
 
@@ -131,19 +131,19 @@ class ApiHandler(tornado.web.RequestHandler):
             raise AppError(ErrorCode.UNAUTHORIZED, why, {"endpoint": self.request.path[:200]})
         session_id = given.pop()
         try:
-            session = await self.sessions.authenticate(session_id)
+            session = await self.deps.sessions.authenticate(session_id)
         except AppError as exc:
             self.security("invalid_session", None, {"endpoint": self.request.path, "why": exc.message,
                                                     "claimed_session": mask(session_id)})
-            if self.audit.address_blocked(self.request.remote_ip):
+            if self.deps.audit.address_blocked(self.request.remote_ip):
                 raise AppError(ErrorCode.RATE_LIMITED, "too many failed attempts from this address; retry later",
-                               {"retry_after": self.audit.window}) from None
+                               {"retry_after": self.deps.audit.window}) from None
             raise AppError(exc.code, exc.message, {**exc.details, "session_id": mask(session_id)}, status=401) from None
         return Author(user_id=session.user_id, peer_id=session.peer_id)
 
     def require_admin(self) -> None:
         """Operators only: the admin token from the settings, compared in constant time."""
-        expected = self.settings["mcprt"].admin_token
+        expected = self.deps.settings.admin_token
         if not self.is_admin():
             self.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "admin token"})
             raise AppError(ErrorCode.UNAUTHORIZED, "this endpoint needs the operator token "

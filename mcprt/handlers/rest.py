@@ -1,4 +1,5 @@
-"""Thin REST handlers: health, sessions, documents, events; each parses, makes one call, writes."""
+"""Thin REST handlers: health, sessions, documents (restore through the EditService), events, metrics; each
+parses, makes one call on self.deps, writes."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ class HealthHandler(ApiHandler):
         """The reference's health body plus `checks`; 503 when the database does not answer a read, or
         a probe write does not commit within 2 s (writer dead, database locked, read-only or removed)."""
         try:
-            await self.store.ping()
-            await self.store.probe()
+            await self.deps.store.ping()
+            await self.deps.store.probe()
             database = "ok"
         except StoreFailed as exc:
             database = f"error: writes: {exc}"
@@ -29,7 +30,7 @@ class HealthHandler(ApiHandler):
             database = f"error: {type(exc).__name__}: {exc}"
         healthy = database == "ok"
         self.write_json({"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
-                         "timestamp": iso_seconds(self.clock()), "version": __version__,
+                         "timestamp": iso_seconds(self.deps.clock()), "version": __version__,
                          "checks": {"database": database}}, 200 if healthy else 503)
 
 
@@ -77,12 +78,12 @@ class SessionsHandler(ApiHandler):
         body = self.json_body("session_create")
         client = self.client_info()
         try:
-            self.limits.create_session(client.addr)
+            self.deps.limits.create_session(client.addr)
         except AppError as exc:
             self.security("session_rate_limited", None, {"limit_per_minute": exc.details["limit_per_minute"]})
             self.set_header("Retry-After", str(exc.details["retry_after"]))
             raise
-        session = await self.sessions.create(body["user_id"], body.get("client_info"),
+        session = await self.deps.sessions.create(body["user_id"], body.get("client_info"),
                                              body.get("activate", True), client)
         reply = session.to_json()
         reply["websocket_url"] = self.websocket_url(session.session_id)
@@ -101,7 +102,7 @@ class SessionsHandler(ApiHandler):
             raise AppError(ErrorCode.INVALID_MESSAGE, f"state must be one of {', '.join(STATES)}",
                            {"pointer": "?state"})
         limit = int_arg(self, "limit", 100, 1, 1000)
-        rows = await self.store.list_sessions(user_id=self.get_query_argument("user_id", None) or None,
+        rows = await self.deps.store.list_sessions(user_id=self.get_query_argument("user_id", None) or None,
                                               state=state, limit=limit, cursor=int_arg(self, "cursor", None))
         self.write_json(page(self, "sessions", rows, limit))
 
@@ -109,17 +110,17 @@ class SessionsHandler(ApiHandler):
 class SessionHandler(ApiHandler):
     async def get(self, session_id: str) -> None:
         """One session as it stands now."""
-        self.write_json((await self.sessions.get(session_id)).to_json())
+        self.write_json((await self.deps.sessions.get(session_id)).to_json())
 
     async def delete(self, session_id: str) -> None:
         """Invalidate a session; its sockets close."""
-        self.write_json((await self.sessions.invalidate(session_id, self.client_info())).to_json())
+        self.write_json((await self.deps.sessions.invalidate(session_id, self.client_info())).to_json())
 
 
 class ActivateHandler(ApiHandler):
     async def post(self, session_id: str) -> None:
         """Activate a pending session."""
-        self.write_json((await self.sessions.activate(session_id, self.client_info())).to_json())
+        self.write_json((await self.deps.sessions.activate(session_id, self.client_info())).to_json())
 
 
 class EventsHandler(ApiHandler):
@@ -129,7 +130,7 @@ class EventsHandler(ApiHandler):
         limit = int_arg(self, "limit", 100, 1, 1000)
         filters = {k: self.get_query_argument(k, None) or None
                    for k in ("kind", "type", "severity", "session_id", "user_id", "document_id")}
-        rows = await self.store.events(limit=limit, cursor=int_arg(self, "cursor", None),
+        rows = await self.deps.store.events(limit=limit, cursor=int_arg(self, "cursor", None),
                                        since=time_arg(self, "since"), until=time_arg(self, "until"), **filters)
         self.write_json(page(self, "events", rows, limit))
 
@@ -141,13 +142,13 @@ class DocumentsHandler(ApiHandler):
         body = self.json_body("document_create")
         keys = () if author is OPERATOR else creator(author, self.request.remote_ip)
         try:
-            document = await self.documents.create(body["document_id"], body.get("format", "html"), keys)
+            document = await self.deps.documents.create(body["document_id"], body.get("format", "html"), keys)
         except AppError as exc:
             if "quota" in exc.details:
                 self.security("document_quota", None, {**exc.details, "user_id": author.user_id})
             raise
-        self.documents.release(document.document_id)
-        self.audit.event("document", "document_created", "info", {"format": document.format},
+        self.deps.documents.release(document.document_id)
+        self.deps.audit.event("document", "document_created", "info", {"format": document.format},
                          document_id=document.document_id, user_id=author.user_id,
                          client_addr=self.request.remote_ip)
         self.write_json(document.state(), 201)
@@ -161,14 +162,14 @@ class ProbedHandler(ApiHandler):
         """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
         author = await self.require_editor()
         check_document_id(document_id)
-        limit = self.limits.probes.limit
-        if author is not OPERATOR and self.limits.probing(author.peer_id):
+        limit = self.deps.limits.probes.limit
+        if author is not OPERATOR and self.deps.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
                            {"limit_per_minute": limit})
         try:
             return await call(document_id, *args)
         except AppError as exc:
-            if exc.code == ErrorCode.NOT_FOUND and author is not OPERATOR and self.limits.probed(author.peer_id):
+            if exc.code == ErrorCode.NOT_FOUND and author is not OPERATOR and self.deps.limits.probed(author.peer_id):
                 self.security("document_probe", None, {"limit_per_minute": limit, "user_id": author.user_id,
                                                        "peer_id": author.peer_id})
             raise
@@ -177,14 +178,14 @@ class ProbedHandler(ApiHandler):
 class DocumentHandler(ProbedHandler):
     async def get(self, document_id: str) -> None:
         """A document now, or as it was at ?revision=N."""
-        self.write_json(await self.read(document_id, self.documents.read, int_arg(self, "revision", None)))
+        self.write_json(await self.read(document_id, self.deps.documents.read, int_arg(self, "revision", None)))
 
 
 class HistoryHandler(ProbedHandler):
     async def get(self, document_id: str) -> None:
         """Stored ops after ?since=N (default 0), oldest first, at most ?limit=."""
         since, limit = int_arg(self, "since", 0), int_arg(self, "limit", 100, 1, 1000)
-        ops = await self.read(document_id, self.documents.history, since, limit)
+        ops = await self.read(document_id, self.deps.documents.history, since, limit)
         self.write_json({"document_id": document_id, "ops": ops,
                          "next_since": ops[-1]["revision"] if len(ops) == limit else None})
 
@@ -195,20 +196,21 @@ class RestoreHandler(ApiHandler):
         author = await self.require_editor()
         check_document_id(document_id)
         revision = self.json_body("document_restore")["revision"]
-        applied = await self.edits.restore(document_id, revision, author)
-        self.audit.event("document", "document_restored", "info", {"from_revision": revision,
+        applied = await self.deps.edits.restore(document_id, revision, author)
+        self.deps.audit.event("document", "document_restored", "info", {"from_revision": revision,
                          "revision": applied.revision}, document_id=document_id, user_id=author.user_id,
                          client_addr=self.request.remote_ip)
         self.write_json(applied.document.state())
 
 
 class MetricsHandler(ApiHandler):
-    def initialize(self, open_metrics: bool = False, **deps) -> None:
-        super().initialize(open_metrics=open_metrics, **deps)
+    def initialize(self, deps, open_metrics: bool = False) -> None:
+        super().initialize(deps)
+        self.open_metrics = open_metrics
 
     async def get(self) -> None:
         """Prometheus text format; operators only unless served on the separate metrics port."""
         if not self.open_metrics:
             self.require_admin()
-        self.set_header("Content-Type", self.metrics.content_type)
-        self.finish(await self.metrics.render(self.application.deps.documents.open_count))
+        self.set_header("Content-Type", self.deps.metrics.content_type)
+        self.finish(await self.deps.metrics.render(self.deps.documents.open_count))

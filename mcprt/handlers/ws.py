@@ -1,4 +1,5 @@
-"""The editor WebSocket: authenticate, then dispatch each message through a table; never die on bad input."""
+"""The editor WebSocket: authenticate, then dispatch each message through a table to the services (edits
+to the EditService, fan-out through the hub) and send the replies; never die on bad input."""
 
 from __future__ import annotations
 

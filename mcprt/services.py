@@ -1,0 +1,51 @@
+"""build_services(settings, store, clock): every collaborator built and wired once, in one typed bag that
+the HTTP handlers, the socket and the Server all receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .audit import Audit
+from .config import Settings
+from .documents import DocumentService
+from .edits import EditService
+from .hub import Hub
+from .limits import Limits
+from .metrics import Metrics
+from .protocol import Registry
+from .sessions import SessionService
+from .store import Store
+from .tasks import Tasks
+
+
+@dataclass
+class Services:
+    """The collaborators, built by build_services; handlers reach them as `self.deps.<name>`."""
+
+    settings: Settings
+    store: Store
+    clock: Callable[[], float]
+    registry: Registry
+    audit: Audit
+    sessions: SessionService
+    hub: Hub
+    documents: DocumentService
+    metrics: Metrics
+    limits: Limits
+    edits: EditService
+    tasks: Tasks = field(default_factory=Tasks)
+
+
+def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:
+    """Every collaborator, each given what it needs (and nothing reaching for a global)."""
+    audit = Audit(store, clock, settings.violation_threshold, settings.violation_window)
+    sessions = SessionService(store, clock, settings.session_ttl, settings.pending_ttl)
+    metrics = Metrics(store, sessions)
+    hub = Hub()
+    limits = Limits(settings, clock)
+    documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
+                                settings.snapshot_interval, settings.history_window, quota=limits.documents)
+    edits = EditService(documents, hub, audit, clock, metrics)
+    metrics.watch(audit, hub)
+    return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits)
