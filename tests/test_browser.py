@@ -1,9 +1,9 @@
-"""The browser demo in Debian's Chromium: two editors in sync, concurrent typing, XSS, reconnects, a clean console."""
+"""The browser demo in Debian's Chromium: two editors in sync, concurrent typing, XSS, reconnects, a clean
+console in every test."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from pathlib import Path
@@ -19,18 +19,24 @@ if not CHROMIUM.exists():
 from playwright.async_api import async_playwright  # noqa: E402
 
 from conftest import ADMIN  # noqa: E402
-from mcprt.ot import TextOperation, transform_cursor  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio]
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-# Everything the pages said on their consoles, across the module (checked by the last test).
-CONSOLE_ERRORS: list[str] = []
+# The demo tabs the running test opened: each must end with a clean console and no dialog.
+OPENED: list["Demo"] = []
 
 XSS = '<img src=x onerror=alert(1)><script>alert(2)</script><a href="javascript:alert(3)">x</a>'
+
+
+@pytest.fixture(autouse=True)
+def clean_console():
+    """Every test, not only the last: the pages it opened logged no error and showed no dialog."""
+    OPENED.clear()
+    yield
+    for demo in OPENED:
+        demo.assert_clean()
 
 
 @pytest_asyncio.fixture
@@ -60,7 +66,6 @@ class Demo:
 
     def _error(self, text: str) -> None:
         self.errors.append(text)
-        CONSOLE_ERRORS.append(text)
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -70,6 +75,7 @@ class Demo:
     async def open(cls, browser, harness, doc: str = "default", users: str = "alice,bob", **query) -> "Demo":
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         demo = cls(page)
+        OPENED.append(demo)
         params = "&".join(f"{k}={v}" for k, v in {"doc": doc, "users": users, **query}.items())
         await page.goto(f"{harness.base}/?{params}")
         await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.ready", timeout=10_000)
@@ -126,58 +132,6 @@ async def converged(harness, demos: list[Demo], doc: str = "default", timeout: f
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def random_op(rng: random.Random, doc: str) -> TextOperation:
-    """A random operation over doc (code points, emoji included)."""
-    op, left = TextOperation(), len(doc)
-    while left:
-        n = rng.randint(1, min(left, 4))
-        if rng.random() < 0.3:
-            op.insert(rng.choice(["a", "\U0001F600", "<b>", "é", "xy"]))
-        if rng.random() < 0.6:
-            op.retain(n)
-        else:
-            op.delete(n)
-        left -= n
-    if rng.random() < 0.5:
-        op.insert(rng.choice(["z", "\U0001F44D\U0001F3FD", "&amp;"]))
-    return op
-
-
-async def test_ot_js_agrees_with_the_server(start, browser):
-    """The page's TextOperation transforms, composes and moves cursors exactly as mcprt.ot does."""
-    harness = await start()
-    page = await browser.new_page()
-    await page.goto(f"{harness.base}/static/ot.js")
-    rng = random.Random(7)
-    cases = []
-    for _ in range(300):
-        doc = "".join(rng.choice("ab\U0001F600é<") for _ in range(rng.randint(0, 9)))
-        a, b = random_op(rng, doc), random_op(rng, doc)
-        cases.append({"doc": doc, "a": a.to_json(), "b": b.to_json(), "c": random_op(rng, a.apply(doc)).to_json(),
-                      "cursor": rng.randint(0, len(doc))})
-    got = await page.evaluate("""async (cases) => {
-        const { TextOperation: T, transformCursor, splitOp, diff } = await import('/static/ot.js');
-        return cases.map(({ doc, a, b, c, cursor }) => {
-            const [ja, jb, jc] = [a, b, c].map((op) => T.fromJSON(op));
-            const [a2, b2] = T.transform(ja, jb);
-            const [head, tail] = splitOp(ja, 2, 2);
-            return { a2: a2.toJSON(), b2: b2.toJSON(), ac: ja.compose(jc).toJSON(), applied: ja.apply(doc),
-                     cursor: transformCursor(cursor, ja), own: transformCursor(cursor, ja, true),
-                     split: tail.apply(head.apply(doc)), diff: diff(doc, ja.apply(doc)).apply(doc) };
-        });
-    }""", cases)
-    for case, js in zip(cases, got):
-        a, b, c = (TextOperation.from_json(case[k]) for k in "abc")
-        a2, b2 = TextOperation.transform(a, b)
-        after = a.apply(case["doc"])
-        assert (js["a2"], js["b2"]) == (a2.to_json(), b2.to_json()), case
-        assert js["ac"] == a.compose(c).to_json(), case
-        assert js["applied"] == js["split"] == js["diff"] == after, case
-        assert js["cursor"] == transform_cursor(case["cursor"], a), case
-        assert js["own"] == transform_cursor(case["cursor"], a, own=True), case
-    await page.close()
 
 
 async def test_two_editors_sync_both_ways(start, browser):
@@ -366,7 +320,7 @@ async def test_session_lifecycle_from_the_editor_card(start, browser):
     demo.assert_clean()
 
 
-async def test_panels_screenshot_and_no_console_errors(start, browser):
+async def test_panels_screenshot_and_no_console_errors(start, browser, tmp_path):
     harness = await start()
     demo = await Demo.open(browser, harness)
     await demo.type_at_end(1, "Meeting notes")
@@ -405,8 +359,6 @@ async def test_panels_screenshot_and_no_console_errors(start, browser):
     await demo.page.click("#events-form button")
     await demo.page.wait_for_selector("#events-table tbody tr", timeout=5_000)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    await demo.page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
-    assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+    await demo.page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
     demo.assert_clean()
-    assert CONSOLE_ERRORS == [], CONSOLE_ERRORS

@@ -259,7 +259,8 @@ async def test_text_documents_are_never_escaped_and_refuse_control_characters(ap
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, seed):
-    """Several OT clients edit against stale revisions with random delays; all end identical, no insert lost."""
+    """Several OT clients edit against stale revisions with random delays; all end identical, and every
+    marker inserted is there exactly once (deletes only remove the filler dots inserted beside them)."""
     rng = random.Random(seed)
     clients = []
     for i in range(4):
@@ -276,13 +277,18 @@ async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, s
         for n in range(25):
             await asyncio.sleep(rng.random() * 0.004)
             length = len(client.content)
-            if n % 3 == 2 and length > 2:
-                position = rng.randrange(length)
-                await client.edit({"position": position, "delete": 1})
+            dots = [i for i, ch in enumerate(client.content) if ch == "."]
+            if n % 3 == 2 and dots:
+                await client.edit({"position": rng.choice(dots), "delete": 1})
             else:
-                marker = f"[{index}.{n}]"
-                await client.edit({"position": rng.randrange(length + 1), "insert": marker})
+                marker = f"[{index}-{n}]"
+                markers.append(marker)
+                at = rng.randrange(length + 1)
+                while 0 < at < length and (client.content[at - 1] != "." and client.content[at - 1] != "]"):
+                    at -= 1  # never inside another marker
+                await client.edit({"position": at, "insert": marker + ".."})
 
+    markers: list[str] = []
     readers = [asyncio.create_task(reader(c)) for c in clients]
     await asyncio.gather(*(writer(i, c) for i, c in enumerate(clients)))
     for _ in range(500):
@@ -297,6 +303,7 @@ async def test_concurrent_random_editing_converges_and_keeps_every_insert(app, s
     assert all(not c.errors for c in clients), [c.errors for c in clients]
     assert [c.content for c in clients] == [server["content"]] * 4
     assert [c.revision for c in clients] == [server["revision"]] * 4
+    assert len(markers) > 50 and all(server["content"].count(m) == 1 for m in markers), server["content"]
 
 
 async def test_concurrent_inserts_only_every_marker_survives_intact(app):
@@ -322,6 +329,7 @@ async def test_concurrent_inserts_only_every_marker_survives_intact(app):
             bounds = [0] + [i + 1 for i, ch in enumerate(content) if ch == ">"]
             await client.edit({"position": rng.choice(bounds), "insert": marker})
 
+    markers: list[str] = []
     readers = [asyncio.create_task(reader(c)) for c in clients]
     await asyncio.gather(*(writer(i, c) for i, c in enumerate(clients)))
     for _ in range(500):

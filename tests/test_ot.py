@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
+import shutil
+import subprocess
 from collections import deque
 
 import pytest
@@ -18,6 +22,7 @@ from mcprt.ot import (
     to_delta,
     transform_cursor,
 )
+from support import ROOT
 
 THUMBS = "\U0001F44D\U0001F3FD"  # 👍🏽: thumbs up + skin-tone modifier, two code points
 E_ACUTE = "e\u0301"  # e + combining acute, two code points
@@ -585,3 +590,63 @@ def test_clients_converge_with_deletes_and_content_edits(data):
         return data.draw(ops_on(len(client.doc)), label="op")
 
     assert_converged(simulate(data, data.draw(docs, label="start"), random_edit))
+
+
+def random_op(rng: random.Random, doc: str) -> TextOperation:
+    """A random operation over doc (code points, emoji included)."""
+    op, left = TextOperation(), len(doc)
+    while left:
+        n = rng.randint(1, min(left, 4))
+        if rng.random() < 0.3:
+            op.insert(rng.choice(["a", "\U0001F600", "<b>", "é", "xy"]))
+        if rng.random() < 0.6:
+            op.retain(n)
+        else:
+            op.delete(n)
+        left -= n
+    if rng.random() < 0.5:
+        op.insert(rng.choice(["z", "\U0001F44D\U0001F3FD", "&amp;"]))
+    return op
+
+
+OT_JS_CASES = """
+import { readFileSync } from 'node:fs';
+const { TextOperation: T, transformCursor, splitOp, diff } = await import(process.argv[2]);
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify(cases.map(({ doc, a, b, c, cursor }) => {
+    const [ja, jb, jc] = [a, b, c].map((op) => T.fromJSON(op));
+    const [a2, b2] = T.transform(ja, jb);
+    const [head, tail] = splitOp(ja, 2, 2);
+    return { a2: a2.toJSON(), b2: b2.toJSON(), ac: ja.compose(jc).toJSON(), applied: ja.apply(doc),
+             cursor: transformCursor(cursor, ja), own: transformCursor(cursor, ja, true),
+             split: tail.apply(head.apply(doc)), diff: diff(doc, ja.apply(doc)).apply(doc) };
+})));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js runs the demo's ot.js")
+def test_the_demos_ot_js_agrees_with_the_server(tmp_path):
+    """static/ot.js transforms, composes, splits and moves cursors exactly as mcprt.ot does (under Node)."""
+    module = tmp_path / "ot.mjs"  # .mjs: Node reads a plain .js outside a "type": "module" package as CommonJS
+    module.write_text((ROOT / "static" / "ot.js").read_text(encoding="utf-8"), encoding="utf-8")
+    script = tmp_path / "cases.mjs"
+    script.write_text(OT_JS_CASES, encoding="utf-8")
+    rng = random.Random(7)
+    cases = []
+    for _ in range(300):
+        doc = "".join(rng.choice("ab\U0001F600é<") for _ in range(rng.randint(0, 9)))
+        a, b = random_op(rng, doc), random_op(rng, doc)
+        cases.append({"doc": doc, "a": a.to_json(), "b": b.to_json(), "c": random_op(rng, a.apply(doc)).to_json(),
+                      "cursor": rng.randint(0, len(doc))})
+    run = subprocess.run(["node", str(script), module.as_uri()], input=json.dumps(cases), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    for case, js in zip(cases, json.loads(run.stdout), strict=True):
+        a, b, c = (TextOperation.from_json(case[k]) for k in "abc")
+        a2, b2 = TextOperation.transform(a, b)
+        after = a.apply(case["doc"])
+        assert (js["a2"], js["b2"]) == (a2.to_json(), b2.to_json()), case
+        assert js["ac"] == a.compose(c).to_json(), case
+        assert js["applied"] == js["split"] == js["diff"] == after, case
+        assert js["cursor"] == transform_cursor(case["cursor"], a), case
+        assert js["own"] == transform_cursor(case["cursor"], a, own=True), case
