@@ -274,16 +274,17 @@ class DocumentService:
     def base_op(self, document: Document, payload: dict, base_content: str) -> tuple[TextOperation, int]:
         """The sender's op against its base revision, from change_delta or (content-only) a diff."""
         base = self.check_base(document, payload.get("base_revision", document.revision))
+        landed = document.ops_since(base)
+        length = landed[0].base_length if landed else len(document.content)  # the document at `base`
         try:
             if "change_delta" in payload:
-                landed = document.ops_since(base)
-                length = landed[0].base_length if landed else len(document.content)
                 op = from_delta(self._clean_inserts(payload["change_delta"], document.format), length)
             else:
                 op = diff(base_content, self._check(payload["content"], document.format))
         except OpError as exc:
             raise AppError(ErrorCode.INVALID_MESSAGE, f"change_delta does not fit revision {base}: {exc}",
-                           {"pointer": "/payload/change_delta", "length": len(base_content)}) from None
+                           {"pointer": "/payload/change_delta", "length": length, "base_revision": base,
+                            "race": "base_revision" not in payload}) from None
         return op, base
 
     def rebase_positions(self, document: Document, positions: list[int], base: int | None) -> list[int]:
@@ -305,10 +306,13 @@ class DocumentService:
 
     @staticmethod
     def _check(text: str, format_: str) -> str:
+        """The inserted text as sent, once it holds no refused character. A CR stays: apply() turns it
+        into LF after forming the op, so that the sender is told in `correction`."""
         try:
-            return sanitize.check_text(text) if format_ == "text" else sanitize.normalize(text)
+            (sanitize.check_text if format_ == "text" else sanitize.normalize)(text.replace("\r", ""))
         except sanitize.UnsafeText as exc:
             raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload"}) from None
+        return text
 
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:
@@ -320,11 +324,15 @@ class DocumentService:
             op, _ = TextOperation.transform(op, landed)
         content = op.apply(document.content)
         correction, removed = None, ()
+        if any(isinstance(c, str) and "\r" in c for c in op.ops):  # stored content never holds a CR
+            normalized = sanitize.normalize(content)
+            correction, content = diff(content, normalized), normalized
         if document.format == "html" and not self._inert(document.content, op):
             cleaned = sanitize.clean_html(content, self.engine)
             removed = cleaned.removed
             if cleaned.html != content:
-                correction = diff(content, cleaned.html)
+                more = diff(content, cleaned.html)
+                correction = correction.compose(more) if correction is not None else more
                 content = cleaned.html
         # A code point is 1-4 bytes: encode only when the length alone cannot decide.
         if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes

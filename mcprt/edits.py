@@ -13,7 +13,7 @@ from .audit import Audit
 from .clock import iso
 from .documents import Applied, Author, Document, DocumentService
 from .hub import Hub, Peer
-from .ot import to_delta
+from .ot import TextOperation, to_delta
 from .protocol import AppError, ErrorCode
 
 log = logging.getLogger("mcprt.edits")
@@ -46,6 +46,9 @@ class EditService:
         document). Raises AppError for an edit refused before anything changed. Returns True when the
         sender's xss attempts have now crossed the violation threshold."""
         started = time.perf_counter()
+        if message["payload"].get("change_delta") == []:
+            self._noop(document, done)
+            return False
         content = document.content if base_content is None else base_content
         op, base = self.documents.base_op(document, message["payload"], content)
         applied, durable = self.documents.apply(document, op, base, author, message["id"])
@@ -68,6 +71,13 @@ class EditService:
 
         durable.add_done_callback(stored)
         return crossed
+
+    def _noop(self, document: Document, done: Done) -> None:
+        """An edit that changes nothing (a client's buffered op that cancelled out): acknowledged at the
+        current revision, once what came before it is durable, without storing or publishing anything."""
+        noop = Applied(document, document.revision, TextOperation().retain(len(document.content)), None, (),
+                       document.content)
+        self.documents.store.flush().add_done_callback(lambda _: done(noop))
 
     async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
         """Write an old revision's content as a new revision, durable and published to every editor."""

@@ -48,6 +48,10 @@ class Limits:
         """Spend one message from a bucket; False over the limit."""
         return bucket.take(self.clock())
 
+    def retry_after_ms(self, bucket: TokenBucket) -> int:
+        """Milliseconds until the bucket holds a message again."""
+        return max(1, int(1000 * (1.0 - bucket.tokens) / bucket.rate)) if bucket.rate > 0 else 1000
+
     def message_limit(self, dropped: int) -> dict:
         """The details of a RATE_LIMITED reply to messages."""
         return {"rate_per_second": self.settings.rate_limit, "burst": self.settings.rate_burst, "dropped": dropped}

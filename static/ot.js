@@ -399,6 +399,12 @@ export class OTClient {
   send(op) {
     const [head, tail] = this.hooks.split(op);
     if (!tail.isNoop()) this.buffer = this.buffer ? tail.compose(this.buffer) : tail;
+    if (head.isNoop()) { // edits that cancelled out (typed, then deleted): send only what follows
+      const rest = this.buffer;
+      this.buffer = null;
+      if (rest && !rest.isNoop()) this.send(rest);
+      return;
+    }
     const id = this.hooks.send(head, this.revision);
     this.outstanding = { op: head, id, sentAt: performance.now() };
   }

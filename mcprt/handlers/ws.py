@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -264,7 +265,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                 raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"message exceeds {limit} bytes",
                                {"limit": limit, "size": len(message.encode("utf-8", "surrogatepass"))})
             if not self.deps.limits.message(self.bucket):
-                return self._rate_limited()
+                return self._rate_limited(message)
             parsed = self.deps.registry.parse(message)
             if self.deps.clock() >= self.expires:
                 return self._expired(parsed["id"])
@@ -306,7 +307,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         details = {"code": exc.code.value, "message": exc.message[:300], **exc.details}
         if isinstance(raw, str):
             details["sample"] = raw[:200]
-        crossed = self.deps.audit.security(type_ or self._SECURITY_TYPE.get(exc.code, "invalid_message"), None,
+        # A delta that no longer fits because the client named no base revision and the document moved
+        # under it is an ordinary race: recorded, but low, so it never counts toward the abuse threshold.
+        severity = "low" if exc.details.get("race") else None
+        crossed = self.deps.audit.security(type_ or self._SECURITY_TYPE.get(exc.code, "invalid_message"), severity,
                                            details, **self.where())
         if crossed:
             self.abuse_disconnect()
@@ -337,12 +341,21 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.end_reason = "session_expired"
             self.deps.tasks.spawn(self.deps.sessions.get(self.session_id), "expire a session")
 
-    def _rate_limited(self) -> None:
+    def _rate_limited(self, raw: str) -> None:
+        """Over the session's rate: an edit is always answered (RATE_LIMITED with its id and when to send it
+        again), so a client waiting for its ack never hangs; other messages get one coalesced reply a
+        second, and so does the security event."""
+        limits = self.deps.limits
+        edit_id = _message_id(raw) if _EDIT_TYPE.search(raw, 0, 400) else None
+        if edit_id is not None:
+            self.send_error(AppError(ErrorCode.RATE_LIMITED, "too many messages; send this edit again later",
+                                     {"retry_after_ms": limits.retry_after_ms(self.bucket)}), edit_id)
         dropped = self.notices.refused(self.deps.clock())
         if dropped is None:
             return None
-        limit = self.deps.limits.message_limit(dropped)
-        self.send_error(AppError(ErrorCode.RATE_LIMITED, "too many messages; slow down", limit))
+        limit = limits.message_limit(dropped)
+        if edit_id is None:
+            self.send_error(AppError(ErrorCode.RATE_LIMITED, "too many messages; slow down", limit))
         self.deps.audit.security("rate_limited", None, limit, **self.where())
         return None
 
@@ -445,10 +458,18 @@ async def _release_when_stored(deps, document_id: str) -> None:
         deps.documents.release(document_id)
 
 
+_EDIT_TYPE = re.compile(r'"type"\s*:\s*"realtime_edit"')
+_LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\\x00-\x1f]{1,128})"')
+
+
 def _message_id(raw) -> str | None:
     """The id of a message we could not fully accept, when one can be read cheaply and safely (leniently:
-    a message refused for a 1.0 or a NaN elsewhere still has its id read)."""
-    if isinstance(raw, str) and len(raw) <= 16384:
+    a message refused for a 1.0 or a NaN elsewhere still has its id read; one too large to parse, when
+    its id comes first, as every client we know writes it)."""
+    if isinstance(raw, str) and len(raw) > 16384:
+        match = _LEADING_ID.match(raw, 0, 300)
+        return match.group(1) if match and match.group(1).isprintable() else None
+    if isinstance(raw, str):
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError):  # not JSON, or an integer past Python's digit limit

@@ -1,0 +1,105 @@
+"""The edit contract a client relies on: every edit ends in an ack or an error naming it, rewrites of an insert
+come back as a correction, no-ops and ordinary races are not offences."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from mcprt.ot import TextOperation
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.mark.parametrize("format_", ["text", "html"])
+async def test_cr_and_crlf_come_back_as_a_correction(app, format_):
+    await app.fetch("POST", "/api/documents", {"document_id": "crlf", "format": format_}, admin=True)
+    ws = await app.editor(document_id="crlf")
+    sent = "a\r\nb\rc"
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": sent}}, "cr")
+    ack = (await ws.recv_type("edit_ack"))["payload"]
+    assert ack["content"] == "a\nb\nc" and ack["correction"] is not None
+    assert TextOperation.from_json(ack["correction"]).apply(sent) == ack["content"]  # the sender converges
+    await ws.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 5, "insert": "!"}}, "next")
+    assert (await ws.recv_type("edit_ack", "error"))["payload"]["content"] == "a\nb\nc!"
+
+
+async def test_a_content_only_edit_with_crlf_is_corrected_too(app):
+    ws = await app.editor()
+    await ws.send_msg("realtime_edit", {"content": "x\r\ny"})
+    ack = (await ws.recv_type("edit_ack"))["payload"]
+    assert ack["content"] == "x\ny"
+    assert TextOperation.from_json(ack["correction"]).apply("x\r\ny") == "x\ny"
+
+
+async def test_an_empty_change_delta_is_acked_without_a_revision(app):
+    ws, other = await app.editor(), await app.editor("bob")
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": "hi"}}, "one")
+    await ws.recv_type("edit_ack")
+    await other.recv_type("realtime_edit")
+    await ws.send_msg("realtime_edit", {"base_revision": 1, "change_delta": []}, "noop")
+    ack = await ws.recv_type("edit_ack", "error")
+    assert ack["type"] == "edit_ack" and ack["id"] == "noop"
+    assert ack["payload"]["revision"] == 1 and ack["payload"]["content"] == "hi"
+    await other.nothing(0.3)
+    await app.settle()
+    assert await app.deps.store.last_revision("default") == 1
+    assert await app.deps.store.events(kind="security") == []
+
+
+async def test_a_message_over_the_limit_is_refused_with_its_own_id(app):
+    ws = await app.editor()
+    big = json.dumps({"id": "paste-7", "type": "realtime_edit", "payload": {"content": "x" * 30000}})
+    await ws.send(big)
+    error = await ws.recv_type("error")
+    assert error["payload"]["code"] == "MESSAGE_TOO_LARGE" and error["id"] == "paste-7"
+
+
+async def test_every_edit_of_a_flood_ends_in_an_ack_or_an_error_naming_it(app):
+    ws = await app.editor()
+    ids = [f"e{i}" for i in range(400)]
+    for id_ in ids:  # sent at once, far over the default 50/s with a burst of 100
+        await ws.send({"id": id_, "type": "realtime_edit", "payload": {"change_delta": {"position": 0, "insert": "x"}}})
+    answered: dict[str, dict] = {}
+    while len(answered) < len(ids):
+        message = await ws.recv_type("edit_ack", "error", timeout=10)
+        answered[message["id"]] = message
+    assert set(answered) == set(ids)
+    limited = [m for m in answered.values() if m["type"] == "error"]
+    assert limited and all(m["payload"]["code"] == "RATE_LIMITED" for m in limited)
+    assert all(m["payload"]["details"]["retry_after_ms"] > 0 for m in limited)
+    acked = [m for m in answered.values() if m["type"] == "edit_ack"]
+    assert sorted(m["payload"]["revision"] for m in acked) == list(range(1, len(acked) + 1))
+    await app.settle()
+    assert len(await app.deps.store.events(type="rate_limited")) <= 3  # the log stays bounded
+
+
+async def test_a_delete_past_the_end_after_a_concurrent_delete_is_not_an_offence(start):
+    app = await start(violation_threshold=3)
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await alice.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "abcdef"}})
+    await alice.recv_type("edit_ack")
+    await bob.recv_type("realtime_edit")
+    await alice.send_msg("realtime_edit", {"change_delta": {"position": 0, "delete": 5}})
+    await alice.recv_type("edit_ack")
+    for i in range(5):  # bob has not seen alice's delete and names no base revision
+        await bob.send_msg("realtime_edit", {"change_delta": {"position": 4, "delete": 2}}, f"late{i}")
+        error = await bob.recv_type("error")
+        assert error["id"] == f"late{i}" and error["payload"]["code"] == "INVALID_MESSAGE"
+        assert error["payload"]["details"]["length"] == 1  # the document it was applied to
+    await bob.send_msg("heartbeat", {}, "still-here")
+    assert (await bob.recv_type("heartbeat_ack"))["id"] == "still-here"
+    await app.settle()
+    assert {e["severity"] for e in await app.deps.store.events(type="invalid_message")} == {"low"}
+
+
+async def test_a_refusal_names_the_length_at_its_base_revision(app):
+    ws = await app.editor()
+    for text in ("abc", "defgh"):
+        await ws.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": text}})
+        await ws.recv_type("edit_ack")
+    await ws.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 9, "insert": "x"}}, "far")
+    error = await ws.recv_type("error")
+    assert error["payload"]["details"]["length"] == 3 and error["payload"]["details"]["base_revision"] == 1
