@@ -37,6 +37,11 @@ class Document:
     broken: bool = False  # a write failed: this copy is ahead of the database and takes no more edits
     snapshot_revision: int = 0  # the newest stored snapshot
     op_bytes: int = 0           # stored op JSON since that snapshot
+    authors: list[tuple] = field(default_factory=list)  # (peer_id, message_id) of each op in history
+    # Exactly once: peer id -> {message id -> revision} of every edit of that peer here, read from the
+    # store when the peer joins (`known`), kept as it edits.
+    edits: dict[str, dict[str, int]] = field(default_factory=dict)
+    known: set = field(default_factory=set)
 
     @property
     def oldest_known(self) -> int:
@@ -205,6 +210,7 @@ class DocumentService:
                             op_bytes=op_bytes)
         recent = await self.store.ops(document_id, max(0, revision - self.history_window), revision)
         document.history = [TextOperation.from_json(json.loads(r["op"])) for r in recent]
+        document.authors = [(r["peer_id"], r["message_id"]) for r in recent]
         return document
 
     async def _content_at(self, document_id: str, revision: int | None) -> tuple[str, int]:
@@ -247,11 +253,40 @@ class DocumentService:
                  "peer_id": r["peer_id"], "message_id": r["message_id"], "time": r["time"]} for r in rows]
 
     def ops_since(self, document: Document, since: int) -> list[dict] | None:
-        """Ops after `since` as {revision, op}, or None when `since` is older than memory holds."""
+        """Ops after `since` as {revision, op, peer_id, message_id} (a client recognizes its own), or None
+        when `since` is older than memory holds."""
         if since < document.oldest_known or since > document.revision:
             return None
-        first = since + 1
-        return [{"revision": first + i, "op": op.to_json()} for i, op in enumerate(document.ops_since(since))]
+        first, ops = since + 1, document.ops_since(since)
+        authors = document.authors[len(document.authors) - len(ops):] if ops else []
+        return [{"revision": first + i, "op": op.to_json(), "peer_id": peer, "message_id": message}
+                for i, (op, (peer, message)) in enumerate(zip(ops, authors))]
+
+    # -- exactly once ------------------------------------------------------
+
+    async def know(self, document: Document, peer_id: str) -> None:
+        """Read which edits a peer already made on a document (once per open copy), so that a resent
+        edit is recognized however long ago, or on whichever connection, it was first sent."""
+        if peer_id in document.known:
+            return
+        stored = await self.store.message_revisions(document.document_id, peer_id)
+        if peer_id not in document.known:
+            mine = document.edits.setdefault(peer_id, {})
+            for message_id, revision in stored.items():
+                mine.setdefault(message_id, revision)
+            document.known.add(peer_id)
+
+    def applied_as(self, document: Document, peer_id: str, message_id: str) -> int | None:
+        """The revision an edit with this peer and message id became, if it was applied already."""
+        return document.edits.get(peer_id, {}).get(message_id)
+
+    async def original(self, document: Document, revision: int) -> dict:
+        """{op, correction, content} of an applied edit, as its ack gave them, once it is durable."""
+        await self.store.flush()
+        row = await self.store.op_at(document.document_id, revision)
+        content = (await self.read(document.document_id, revision))["content"]
+        return {"op": json.loads(row["op"]), "correction": json.loads(row["correction"]) if row["correction"] else None,
+                "content": content}
 
     # -- edits -----------------------------------------------------------
 
@@ -343,20 +378,26 @@ class DocumentService:
         document.content = content
         document.revision += 1
         document.history.append(full)
+        document.authors.append((author.peer_id, message_id))
         if len(document.history) > self.history_window:
             del document.history[: len(document.history) - self.history_window]
-        durable = self._persist(document, full, author, message_id)
+            del document.authors[: len(document.authors) - self.history_window]
+        if message_id is not None:
+            document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
+        durable = self._persist(document, full, author, message_id, correction)
         return Applied(document, document.revision, full, correction, tuple(removed), content), durable
 
     def _inert(self, before: str, op: TextOperation) -> bool:
         edit = span(op)
         return edit is not None and sanitize.edit_is_inert(before, *edit)
 
-    def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None) -> asyncio.Future:
+    def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None,
+                 correction: TextOperation | None) -> asyncio.Future:
         now = iso(self.clock())
         op_json = json.dumps(op.to_json())
         durable = self.store.insert_op(document.document_id, document.revision, op_json,
-                                       author.user_id, author.peer_id, message_id, now)
+                                       author.user_id, author.peer_id, message_id, now,
+                                       json.dumps(correction.to_json()) if correction is not None else None)
         document.op_bytes += len(op_json)
         if (document.revision - document.snapshot_revision >= self.snapshot_every
                 and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.content)):

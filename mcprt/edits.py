@@ -15,6 +15,7 @@ from .documents import Applied, Author, Document, DocumentService
 from .hub import Hub, Peer
 from .ot import TextOperation, to_delta
 from .protocol import AppError, ErrorCode
+from .tasks import Tasks
 
 log = logging.getLogger("mcprt.edits")
 
@@ -27,8 +28,10 @@ Done = Callable[[Applied | AppError], None]
 class EditService:
     """Applies edits in the order they arrive and tells the sender, then everyone else, once durable."""
 
-    def __init__(self, documents: DocumentService, hub: Hub, audit: Audit, clock: Callable[[], float], metrics):
+    def __init__(self, documents: DocumentService, hub: Hub, audit: Audit, clock: Callable[[], float], metrics,
+                 tasks: Tasks):
         self.documents, self.hub, self.audit, self.clock, self.metrics = documents, hub, audit, clock, metrics
+        self.tasks = tasks
 
     def needs_base(self, document: Document, payload: dict) -> bool:
         """True for a content-only edit made against an older revision: its base content must be read
@@ -46,6 +49,10 @@ class EditService:
         document). Raises AppError for an edit refused before anything changed. Returns True when the
         sender's xss attempts have now crossed the violation threshold."""
         started = time.perf_counter()
+        revision = self.documents.applied_as(document, author.peer_id, message["id"])
+        if revision is not None:  # resent (a lost ack, a reconnect, a restart): answered, never applied twice
+            self.tasks.spawn(self._again(document, revision, done), "answer a resent edit")
+            return False
         if message["payload"].get("change_delta") == []:
             self._noop(document, done)
             return False
@@ -71,6 +78,18 @@ class EditService:
 
         durable.add_done_callback(stored)
         return crossed
+
+    async def _again(self, document: Document, revision: int, done: Done) -> None:
+        """The original ack of an edit applied before: same revision, op, correction and content."""
+        try:
+            original = await self.documents.original(document, revision)
+        except Exception as exc:  # the store cannot say: the client may resend later
+            log.error("resent edit at revision %d of %s: %s", revision, document.document_id, exc)
+            done(AppError(ErrorCode.SERVER_ERROR, "the edit was applied, but its ack could not be read; resend", {}))
+            return
+        correction = original["correction"]
+        done(Applied(document, revision, TextOperation.from_json(original["op"]),
+                     TextOperation.from_json(correction) if correction is not None else None, (), original["content"]))
 
     def _noop(self, document: Document, done: Done) -> None:
         """An edit that changes nothing (a client's buffered op that cancelled out): acknowledged at the

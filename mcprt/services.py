@@ -3,7 +3,7 @@ the HTTP handlers, the socket and the Server all receive."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .audit import Audit
@@ -34,7 +34,7 @@ class Services:
     metrics: Metrics
     limits: Limits
     edits: EditService
-    tasks: Tasks = field(default_factory=Tasks)
+    tasks: Tasks
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:
@@ -46,6 +46,8 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
     limits = Limits(settings, clock)
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
                                 settings.snapshot_interval, settings.history_window, quota=limits.documents)
-    edits = EditService(documents, hub, audit, clock, metrics)
+    tasks = Tasks()
+    edits = EditService(documents, hub, audit, clock, metrics, tasks)
     metrics.watch(audit, hub)
-    return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits)
+    return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
+                    tasks)

@@ -704,12 +704,25 @@ class Store:
         return await self._row("SELECT * FROM documents WHERE document_id = ?", (document_id,))
 
     def insert_op(self, document_id: str, revision: int, op_json: str, user_id: str | None,
-                  peer_id: str | None, message_id: str | None, time_iso: str) -> asyncio.Future:
-        """Store the operation that produced `revision`."""
+                  peer_id: str | None, message_id: str | None, time_iso: str,
+                  correction_json: str | None = None) -> asyncio.Future:
+        """Store the operation that produced `revision` (and what sanitizing corrected in it)."""
         return self.write(
-            "INSERT INTO ops (document_id, revision, op, user_id, peer_id, message_id, time)"
-            " VALUES (?,?,?,?,?,?,?)", (document_id, revision, op_json, user_id, peer_id, message_id, time_iso),
+            "INSERT INTO ops (document_id, revision, op, user_id, peer_id, message_id, time, correction)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (document_id, revision, op_json, user_id, peer_id, message_id, time_iso, correction_json),
             chain=document_chain(document_id))
+
+    async def message_revisions(self, document_id: str, peer_id: str) -> dict[str, int]:
+        """message id -> revision of every stored edit one peer made on a document."""
+        rows = await self._reader.execute_fetchall(
+            "SELECT message_id, revision FROM ops WHERE document_id = ? AND peer_id = ? AND message_id IS NOT NULL",
+            (document_id, peer_id))
+        return {message_id: revision for message_id, revision in rows}
+
+    async def op_at(self, document_id: str, revision: int) -> dict | None:
+        """The stored row of the op that produced `revision`."""
+        return await self._row("SELECT * FROM ops WHERE document_id = ? AND revision = ?", (document_id, revision))
 
     def insert_snapshot(self, document_id: str, revision: int, content: str, time_iso: str) -> asyncio.Future:
         """Store the full content at `revision`."""

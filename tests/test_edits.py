@@ -3,7 +3,6 @@ come back as a correction, no-ops and ordinary races are not offences."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -103,3 +102,102 @@ async def test_a_refusal_names_the_length_at_its_base_revision(app):
     await ws.send_msg("realtime_edit", {"base_revision": 1, "change_delta": {"position": 9, "insert": "x"}}, "far")
     error = await ws.recv_type("error")
     assert error["payload"]["details"]["length"] == 3 and error["payload"]["details"]["base_revision"] == 1
+
+
+def _insert(text: str, position: int = 0, base: int | None = None) -> dict:
+    payload = {"change_delta": {"position": position, "insert": text}}
+    return payload if base is None else {**payload, "base_revision": base}
+
+
+async def test_a_resent_edit_is_answered_with_its_original_ack_on_the_same_connection(app):
+    ws, viewer = await app.editor(), await app.editor("viewer")
+    await ws.send_msg("realtime_edit", _insert("<p>hi<script>x</script></p>", base=0), "edit-42")
+    first = (await ws.recv_type("edit_ack"))["payload"]
+    await viewer.recv_type("realtime_edit")
+    await ws.send_msg("realtime_edit", _insert("<p>hi<script>x</script></p>", base=0), "edit-42")
+    again = (await ws.recv_type("edit_ack"))["payload"]
+    assert again == first and first["correction"] is not None  # the same revision, op, correction, content
+    await viewer.nothing(0.3)
+    await app.settle()
+    assert await app.deps.store.last_revision("default") == 1
+
+
+async def test_a_resent_edit_after_a_reconnect_is_not_applied_twice(app):
+    session = await app.session()
+    ws = await app.ws_connect(session["session_id"])
+    await ws.send_msg("realtime_edit", _insert("once"), "edit-42")
+    first = (await ws.recv_type("edit_ack"))["payload"]
+    await ws.close()
+    again_ws = await app.ws_connect(session["session_id"])
+    await again_ws.send_msg("realtime_edit", _insert("once"), "edit-42")
+    again = (await again_ws.recv_type("edit_ack"))["payload"]
+    assert again["revision"] == first["revision"] == 1 and again["content"] == "once"
+    await again_ws.send_msg("realtime_edit", _insert("!", 4), "edit-43")
+    assert (await again_ws.recv_type("edit_ack"))["payload"]["content"] == "once!"
+
+
+async def test_a_resent_edit_after_a_restart_is_recognized_however_old(start, tmp_path):
+    app = await start(history_window=5)
+    session = await app.session()
+    ws = await app.ws_connect(session["session_id"])
+    for i in range(12):
+        await ws.send_msg("realtime_edit", _insert(str(i % 10)), f"e{i}")
+        await ws.recv_type("edit_ack")
+    await app.server.stop()
+    app = await start(history_window=5)
+    ws = await app.ws_connect(session["session_id"])
+    content = ws.state["payload"]["content"]
+    await ws.send_msg("realtime_edit", _insert("0"), "e0")  # older than anything in memory
+    ack = (await ws.recv_type("edit_ack", "error"))["payload"]
+    assert ack["revision"] == 1 and ack["content"] == "0"
+    await app.settle()
+    assert await app.deps.store.last_revision("default") == 12
+    assert (await app.fetch("GET", "/api/documents/default", admin=True)).json["content"] == content
+
+
+async def test_the_same_message_id_from_another_session_is_another_edit(app):
+    alice, bob = await app.editor("alice"), await app.editor("bob")
+    await alice.send_msg("realtime_edit", _insert("a"), "same")
+    await alice.recv_type("edit_ack")
+    await bob.recv_type("realtime_edit")
+    await bob.send_msg("realtime_edit", _insert("b", base=1), "same")
+    assert (await bob.recv_type("edit_ack"))["payload"]["revision"] == 2
+
+
+async def test_sync_response_and_history_name_each_ops_peer_and_message(app):
+    ws = await app.editor()
+    await ws.send_msg("realtime_edit", _insert("x"), "mine")
+    await ws.recv_type("edit_ack")
+    await ws.send_msg("sync_request", {"since_revision": 0}, "sync")
+    ops = (await ws.recv_type("sync_response"))["payload"]["ops"]
+    peer = ws.session["peer_id"]
+    assert [(o["revision"], o["peer_id"], o["message_id"]) for o in ops] == [(1, peer, "mine")]
+    await app.settle()
+    history = (await app.fetch("GET", "/api/documents/default/history", admin=True)).json["ops"]
+    assert [(o["peer_id"], o["message_id"]) for o in history] == [(peer, "mine")]
+
+
+async def test_the_migration_keeps_a_database_that_holds_duplicates(tmp_path):
+    import sqlite3
+
+    from mcprt.store import Store
+    db = tmp_path / "old.db"
+    store = Store(str(db))
+    store.migrations_dir = tmp_path / "m"
+    store.migrations_dir.mkdir()
+    from mcprt.store import MIGRATIONS_DIR
+    for name in ("0001_init.sql", "0002_health_probe.sql"):
+        (store.migrations_dir / name).write_text((MIGRATIONS_DIR / name).read_text())
+    await store.open()
+    await store.close()
+    with sqlite3.connect(db) as conn:  # what the double-apply bug left behind
+        conn.execute("INSERT INTO documents VALUES ('d', 'text', 't')")
+        for revision in (1, 2):
+            conn.execute("INSERT INTO ops (document_id, revision, op, peer_id, message_id, time)"
+                         " VALUES ('d', ?, '[\"x\"]', 'p', 'dup', 't')", (revision,))
+    store = await Store(str(db)).open()
+    try:
+        rows = [(r["revision"], r["message_id"]) for r in await store.ops("d", 0)]
+    finally:
+        await store.close()
+    assert rows == [(1, "dup"), (2, None)]

@@ -178,6 +178,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.bucket = deps.limits.bucket(self.session_id)
         self.document = await deps.documents.open(
             self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip))
+        await deps.documents.know(self.document, self.peer_id)
         self.join()
 
     def join(self) -> None:
