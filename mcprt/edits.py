@@ -114,20 +114,24 @@ class EditService:
 
     def publish(self, applied: Applied, author: Author, message: dict | None, exclude: Peer | None,
                 peers: list[Peer] | None = None) -> None:
-        """The realtime_edit every other editor receives: serialized once, with the authoritative content."""
-        document_id = applied.document.document_id
-        if not self.hub.has_others(document_id, exclude, peers):
+        """The realtime_edit every other editor receives, serialized once per mode: with the authoritative
+        content for reference clients, with the op and the document's length for lean ones."""
+        receivers = self.hub.receivers(applied.document.document_id, exclude, peers)
+        if not receivers:
             return  # an editor alone on its document: nothing to build
         payload = message["payload"] if message else {}
-        body = {"content": applied.content, "cursor_position": payload.get("cursor_position"),
-                "user_id": author.user_id, "operation": payload.get("operation", "edit"),
-                "change_delta": to_delta(applied.op), "op": applied.op.to_json(),
+        body = {"cursor_position": payload.get("cursor_position"), "user_id": author.user_id,
+                "operation": payload.get("operation", "edit"), "op": applied.op.to_json(),
                 "revision": applied.revision, "base_revision": applied.revision - 1}
         stamp = iso(self.clock())
         id_ = f"{message['id']}-broadcast" if message else None
-        text = P.dumps(P.build(P.REALTIME_EDIT, body, stamp, id_, session_info={
-            "user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}))
-        n = self.hub.publish(document_id, text, exclude, peers)
+        session_info = {"user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}
+        texts = {}
+        for lean in {peer.lean for peer in receivers}:
+            mode = {"length": len(applied.content)} if lean else {
+                "content": applied.content, "change_delta": to_delta(applied.op)}
+            texts[lean] = P.dumps(P.build(P.REALTIME_EDIT, {**body, **mode}, stamp, id_, session_info=session_info))
+        n = self.hub.publish_modes(receivers, texts)
         self.metrics.messages_out.labels(P.REALTIME_EDIT).inc(n)
 
     def reset(self, document: Document, why: str) -> None:

@@ -18,6 +18,7 @@ class Peer(Protocol):
     document_id: str
     document: object  # the in-memory Document this connection edits
     cursor: dict | None
+    lean: bool  # edits reach it as ops without content
 
     def send_utf8(self, data: bytes) -> None: ...
 
@@ -54,10 +55,20 @@ class Hub:
         """Everyone on a document, now (a snapshot to publish to later)."""
         return list(self.rooms.get(document_id, {}).values())
 
-    def has_others(self, document_id: str, exclude: Peer | None, peers: list[Peer] | None = None) -> bool:
-        """True when a publish would reach someone (the members given, or the document's)."""
+    def receivers(self, document_id: str, exclude: Peer | None, peers: list[Peer] | None = None) -> list[Peer]:
+        """Who a publish would reach: the members given (or the document's) but `exclude`."""
         members = self.rooms.get(document_id, {}).values() if peers is None else peers
-        return any(peer is not exclude for peer in members)
+        return [peer for peer in members if peer is not exclude]
+
+    @staticmethod
+    def publish_modes(receivers: Iterable[Peer], texts: dict[bool, str]) -> int:
+        """Send each receiver the text of its mode (lean or not), each encoded once; returns how many."""
+        data = {lean: text.encode("utf-8", "replace") for lean, text in texts.items()}
+        sent = 0
+        for peer in receivers:
+            peer.send_utf8(data[peer.lean])
+            sent += 1
+        return sent
 
     def session_connections(self, session_id: str) -> int:
         return len(self.by_session.get(session_id, ()))

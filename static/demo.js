@@ -15,6 +15,7 @@ const HEARTBEAT_TIMEOUT_MS = 15000;
 const ACK_TIMEOUT_MS = 10000;
 const GAP_WAIT_MS = 1500;
 const CURSOR_THROTTLE_MS = 150;
+const LEAN = 'mcprt.ops.v1';  // the server's lean mode: ops and lengths, never the content, after the join
 const MAX_PARTS = 150;      // change_delta holds at most 200 parts
 const MAX_INSERT = 2000;    // code points per message, well inside the 10 KB message limit
 const LOG_LIMIT = 300;
@@ -553,7 +554,7 @@ class Editor {
       await this.closed;
       if (gen !== this.wsGen) return;
     }
-    const ws = new WebSocket(this.socketUrl());
+    const ws = new WebSocket(this.socketUrl(), [LEAN]);  // acks and broadcasts without the whole document
     this.ws = ws;
     this.renderStatus(this.reconnectAttempt ? 'reconnecting' : 'connecting',
       this.reconnectAttempt ? `reconnecting (attempt ${this.reconnectAttempt})` : 'connecting');
@@ -679,15 +680,16 @@ class Editor {
     return {
       document_state: this.onDocumentState,
       realtime_edit: (p) => this.serverEvent(p.revision, {
-        kind: 'remote', op: TextOperation.fromJSON(p.op), content: p.content, user: p.user_id,
+        kind: 'remote', op: TextOperation.fromJSON(p.op), content: p.content, length: p.length, user: p.user_id,
       }),
       edit_ack: (p, m) => this.serverEvent(p.revision, {
-        kind: 'ack', id: m.id, op: TextOperation.fromJSON(p.op),
+        kind: 'ack', id: m.id, op: TextOperation.fromJSON(p.op), length: p.length,
         correction: p.correction ? TextOperation.fromJSON(p.correction) : null, content: p.content,
       }),
       sync_response: (p) => {
-        for (const entry of p.ops) {
-          this.serverEvent(entry.revision, { kind: 'remote', op: TextOperation.fromJSON(entry.op) });
+        for (const entry of p.ops) {  // our own edit among them is the ack that never came
+          this.serverEvent(entry.revision, { kind: 'history', op: TextOperation.fromJSON(entry.op),
+                                             id: entry.message_id });
         }
       },
       heartbeat_ack: (p, m) => {

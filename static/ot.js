@@ -424,7 +424,9 @@ export class OTClient {
   apply(revision, event) {
     const ours = this.outstanding && event.kind !== 'remote' && event.id === this.outstanding.id;
     if (ours && event.kind === 'ack') {
-      this.acknowledge(revision, event.correction, event.content);
+      // Lean mode sends no content: the server's document is its previous one through the acked op.
+      const content = typeof event.content === 'string' ? event.content : event.op.apply(this.server);
+      this.acknowledge(revision, event.correction, content);
     } else if (ours) {
       // Our edit, found in the history after a reconnect: the ack that never came.
       const after = event.op.apply(this.server);
@@ -432,6 +434,10 @@ export class OTClient {
       this.acknowledge(revision, mine === after ? null : diff(mine, after), after);
     } else {
       this.applyServer(revision, event.op, event.content);
+    }
+    if (typeof event.length === 'number' && cpLength(this.server) !== event.length) {
+      this.hooks.notice(`the server's document at rev ${revision} has ${event.length} characters, ours ${
+        cpLength(this.server)}: out of step`);
     }
     this.checkConverged();
   }

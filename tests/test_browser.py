@@ -143,6 +143,8 @@ async def test_two_editors_sync_both_ways(start, browser):
     content = await converged(harness, [demo])
     assert content == "Hello from alice. Bob here."
     assert await demo.rich(1).inner_text() == await demo.rich(2).inner_text() == content
+    peers = harness.deps.hub.members("default")
+    assert len(peers) == 2 and all(peer.lean for peer in peers)  # the demo speaks the lean mode
 
     # A remote edit before bob's caret (from another tab) moves it along: he keeps typing where he was.
     other = await Demo.open(browser, harness, users="carol,dave")

@@ -201,3 +201,23 @@ async def test_the_migration_keeps_a_database_that_holds_duplicates(tmp_path):
     finally:
         await store.close()
     assert rows == [(1, "dup"), (2, None)]
+
+
+async def test_lean_clients_get_ops_and_lengths_and_converge_with_reference_clients(app):
+    session, other = await app.session("lean"), await app.session("reference")
+    lean = await app.ws_connect(session["session_id"], subprotocols=["mcprt.ops.v1"])
+    assert lean.conn.subprotocol == "mcprt.ops.v1"
+    reference = await app.ws_connect(other["session_id"])
+    assert reference.conn.subprotocol is None
+    await reference.send_msg("realtime_edit", _insert("x" * 5000, base=0), "big")
+    await reference.recv_type("edit_ack")
+    seen = (await lean.recv_type("realtime_edit"))["payload"]
+    assert "content" not in seen and seen["length"] == 5000 and seen["revision"] == 1
+    await lean.send_msg("realtime_edit", _insert("<b>y</b>", 5000, base=1), "small")
+    ack = (await lean.recv_type("edit_ack"))["payload"]
+    assert "content" not in ack and ack["length"] == 5008 and ack["revision"] == 2
+    assert len(json.dumps(ack)) < 200  # independent of the document's size
+    full = (await reference.recv_type("realtime_edit"))["payload"]
+    assert full["content"] == "x" * 5000 + "<b>y</b>" and full["change_delta"]
+    text = TextOperation.from_json(ack["op"]).apply(TextOperation.from_json(seen["op"]).apply(""))
+    assert text == full["content"]  # a lean client that applies the ops holds the reference client's content

@@ -40,6 +40,7 @@ CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 
 CLIENT_TYPES = ("web", "mobile", "desktop")
+LEAN = "mcprt.ops.v1"  # the subprotocol of op-aware clients: acks and broadcasts carry no content
 ABUSE_INVALIDATE_AFTER = 3  # abuse disconnects of one session within the violation window
 
 
@@ -103,6 +104,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.messages_in = self.messages_out = 0
         self.opened = time.monotonic()
         self.joined = False
+        self.lean = False  # offered LEAN: edit_ack and realtime_edit carry the op and length, not the content
         self.notices = Notices()  # RATE_LIMITED replies, coalesced
         self._dispatch = {P.HEARTBEAT: self.on_heartbeat, P.REALTIME_EDIT: self.on_realtime_edit,
                           P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
@@ -116,6 +118,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         return _Protocol(self, False, params)
 
     # -- handshake -------------------------------------------------------
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """The lean mode when offered (the server echoes it); otherwise the reference's messages."""
+        self.lean = LEAN in subprotocols
+        return LEAN if self.lean else None
 
     def where(self, **extra: Any) -> dict:
         """The who/where fields of an event about this connection."""
@@ -389,10 +396,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if isinstance(outcome, AppError):
                 self.send_error(outcome, message["id"])
                 return
-            self.send(P.EDIT_ACK, {"edit_id": message["id"], "revision": outcome.revision,
-                                   "op": outcome.op.to_json(),
-                                   "correction": outcome.correction.to_json() if outcome.correction else None,
-                                   "content": outcome.content}, message["id"])
+            ack = {"edit_id": message["id"], "revision": outcome.revision, "op": outcome.op.to_json(),
+                   "correction": outcome.correction.to_json() if outcome.correction else None}
+            ack.update({"length": len(outcome.content)} if self.lean else {"content": outcome.content})
+            self.send(P.EDIT_ACK, ack, message["id"])
 
         author = Author(self.user_id, self.peer_id, self.session_id)
         if self.deps.edits.submit(self.document, message, author, self, self.where(), done, base_content):
