@@ -256,7 +256,7 @@ class DocumentService:
         content = op.apply(document.content)
         correction, removed = None, ()
         if document.format == "html" and not self._inert(document.content, op):
-            cleaned = sanitize.clean_html(content, self.engine)
+            cleaned = self._clean(content)
             removed = cleaned.removed
             if cleaned.html != content:
                 correction = diff(content, cleaned.html)
@@ -274,6 +274,14 @@ class DocumentService:
             del document.history[: len(document.history) - self.history_window]
         durable = self._persist(document, full, author, message_id)
         return Applied(document, document.revision, full, correction, tuple(removed), content), durable
+
+    def _clean(self, content: str) -> sanitize.Cleaned:
+        """clean_html, or INVALID_MESSAGE for markup it refuses (too deep): the document stays as it was."""
+        try:
+            return sanitize.clean_html(content, self.engine)
+        except sanitize.UnsafeText as exc:
+            raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload",
+                           "max_depth": sanitize.MAX_DEPTH}) from None
 
     def _inert(self, before: str, op: TextOperation) -> bool:
         edit = span(op)
