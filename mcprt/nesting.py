@@ -114,6 +114,11 @@ class _Open:
         self.name, self.cost, self.displaced = name, cost, False
 
 
+def has_markup(text: str) -> bool:
+    """False when the tokenizer would read only characters: no tag, comment or declaration."""
+    return _MARKUP.search(text) is not None
+
+
 def measure(text: str, max_depth: int, max_reopened: int) -> Nesting:
     """Over-estimate how deep `text` nests and how much a parser would re-open, in one pass."""
     depth = _balanced_depth(text, max_depth)

@@ -137,8 +137,9 @@ def clean_html(html: str, engine: str = "bleach") -> Cleaned:
     check_nesting(text)
     try:
         out = _settle(sanitize, text)
-        # Unchanged input removed nothing; that is the common case, so skip the scan.
-        removed = () if out == text else _find_dangers(text)
+        # Unchanged input removed nothing; that is the common case, so skip the scan. Nor can
+        # text without a single tag or comment (only `<` and `&` to escape) hold a danger.
+        removed = () if out == text or not nesting.has_markup(text) else _find_dangers(text)
     except nesting.Refused as exc:
         raise TooComplex(str(exc)) from None
     if out != text:
