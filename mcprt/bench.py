@@ -82,7 +82,13 @@ ROWS = {
         Row("sanitize_100k", "bleach per markup edit, 100 KB (bare: nh3)", "ms", lambda r: _ms(r["full_100k"]),
             "(report)", None, samples="full_100k"),
         Row("sanitize_inert_100k", "plain typing, 100 KB (bare: full clean)", "ms",
-            lambda r: _ms(r["inert_100k"]), "<=1% of clean", lambda v, x: x <= 0.01, samples="inert_100k")],
+            lambda r: _ms(r["inert_100k"]), "<=1% of clean", lambda v, x: x <= 0.01, samples="inert_100k"),
+        *[Row(f"sanitize_worst_{label}", f"worst 10 KB edit, {title} (bare: nh3)", "ms",
+              lambda r, k=f"worst_{label}": _ms(r[k]), "<=50ms both", lambda v, x: v <= 50 and v / x <= 50,
+              samples=f"worst_{label}") for label, title in (("0k", "empty doc"), ("10k", "10 KB doc"),
+                                                               ("100k", "100 KB doc"))],
+        Row("sanitize_refused", "report's 4 edits refused, 100 KB (bare: nh3)", "ms",
+            lambda r: _ms(r["refused"]), "<=50ms both", lambda v, x: v <= 50 and v / x <= 50, samples="refused")],
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
 }
@@ -127,7 +133,83 @@ def sanitize_costs(params: dict) -> dict:
     return {"mcprt": real, "bare": base, "errors": [], "logged": []}
 
 
-LOCAL_GROUPS = {"sanitize": sanitize_costs}  # measured in this process, no servers
+def _fill(unit: Callable[[int], str], head: str = "", tail: str = "", size: int = 10240) -> str:
+    """head, unit(0), unit(1), ... and tail, within `size` characters."""
+    parts, total, i = [head], len(head) + len(tail), 0
+    while total + len(unit(i)) <= size:
+        parts.append(unit(i))
+        total += len(unit(i))
+        i += 1
+    return "".join(parts) + tail
+
+
+def worst_messages(max_depth: int) -> dict[str, str]:
+    """10 KB markup messages that pass the nesting cap and make the sanitizers work hardest."""
+    deep = "<ul><li>" * (max_depth // 2 - 1)
+    return {
+        "deep, then wide": _fill(lambda i: "<b>x</b>", head=deep),
+        "deep divs, then paragraphs": _fill(lambda i: "<p>x</p>", head="<div>" * (max_depth - 2)),
+        "attribute soup": _fill(lambda i: f'<a href="javascript:alert({i})" onclick="x" onmouseover="y" '
+                                          f'title="t" style="url(z)" data-a="1">y</a>'),
+        "entities": _fill(lambda i: "&amp;&lt;&#x41;&nbsp;&quot;"),
+        "dangerous tags": _fill(lambda i: f"<script>a</script><img src=x onerror=alert({i})><iframe></iframe>"),
+        "deep inside a comment": _fill(lambda i: "<b>x</b>", head="<!--" + deep, tail="-->"),
+        "deep inside a textarea": _fill(lambda i: "<b>x</b>", head="<textarea>" + deep, tail="</textarea>"),
+        "unclosed paragraphs": _fill(lambda i: "<p>x"),
+        "misnested formatting": _fill(lambda i: "<p><b>x<i>y</b>z</i></p>"),
+        "angle brackets": "<" * 10240,
+    }
+
+
+def _timed(runs: int, fn) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def worst_costs(runs: int) -> tuple[dict, dict, dict[str, str]]:
+    """Per engine, the costliest of worst_messages() appended to documents of 0, 10 and 100 KB,
+    and the reported attack (refused) on 100 KB; samples for bleach and nh3, and which message won."""
+    from . import sanitize
+    messages = worst_messages(sanitize.MAX_DEPTH)
+    samples: dict[str, dict[str, list[float]]] = {"bleach": {}, "nh3": {}}
+    chosen = {}
+    for engine in sanitize.ENGINES:
+        # The worst is picked on the empty document, once each: the costliest stays costliest.
+        name = max(messages, key=lambda n: _timed(1, lambda: sanitize.clean_html(messages[n], engine))[0])
+        chosen[engine] = name
+        for label, size in (("0k", 0), ("10k", 10240), ("100k", 102400)):
+            content = (_rich_text(size) if size else "") + messages[name]
+            samples[engine][f"worst_{label}"] = _timed(runs, lambda: sanitize.clean_html(content, engine))
+        attack = _rich_text(102400) + "<ul><li>" * 1200
+        samples[engine]["refused"] = _timed(runs, lambda: _refused(sanitize, attack, engine))
+    return samples["bleach"], samples["nh3"], chosen
+
+
+def _refused(sanitize, content: str, engine: str) -> None:
+    """Four refusals of the reported attack, as the four messages got them."""
+    for _ in range(4):
+        try:
+            sanitize.clean_html(content, engine)
+        except sanitize.TooComplex:
+            continue
+        raise AssertionError("the nesting attack was not refused")
+
+
+def sanitize_group(params: dict) -> dict:
+    """The sanitize rows: the ordinary edit costs, then the worst cases."""
+    outcome = sanitize_costs(params)
+    real, bare, chosen = worst_costs(max(3, params["sanitize_runs"][1] // 2))
+    outcome["mcprt"].update(real)
+    outcome["bare"].update(bare)
+    outcome["notes"] = [f"sanitize: worst 10 KB message for {engine}: {name}" for engine, name in chosen.items()]
+    return outcome
+
+
+LOCAL_GROUPS = {"sanitize": sanitize_group}  # measured in this process, no servers
 
 
 def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]]:
@@ -322,6 +404,7 @@ async def _run(groups: list[str], params: dict) -> tuple[list[dict], list[str]]:
                 row["seconds"] = round(time.monotonic() - started, 1)
                 rows.append(row)
                 print(format_row(row), flush=True)
+            notes += outcome.get("notes", [])
             notes += [f"{group}: error message from the server: {e}" for e in outcome["errors"][:3]]
             notes += [f"{group}: server log: {line}" for line in outcome["logged"][:3]]
     return rows, notes

@@ -363,7 +363,7 @@ class DocumentService:
             normalized = sanitize.normalize(content)
             correction, content = diff(content, normalized), normalized
         if document.format == "html" and not self._inert(document.content, op):
-            cleaned = sanitize.clean_html(content, self.engine)
+            cleaned = self._clean(content)
             removed = cleaned.removed
             if cleaned.html != content:
                 more = diff(content, cleaned.html)
@@ -386,6 +386,14 @@ class DocumentService:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
         durable = self._persist(document, full, author, message_id, correction)
         return Applied(document, document.revision, full, correction, tuple(removed), content), durable
+
+    def _clean(self, content: str) -> sanitize.Cleaned:
+        """clean_html, or INVALID_MESSAGE for markup it refuses (too deep): the document stays as it was."""
+        try:
+            return sanitize.clean_html(content, self.engine)
+        except sanitize.UnsafeText as exc:
+            raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload",
+                           "max_depth": sanitize.MAX_DEPTH}) from None
 
     def _inert(self, before: str, op: TextOperation) -> bool:
         edit = span(op)

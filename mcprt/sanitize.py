@@ -17,6 +17,8 @@ import bleach
 import nh3
 from bleach import html5lib_shim
 
+from . import nesting
+
 ENGINES = ("bleach", "nh3")
 
 TAGS = frozenset(
@@ -29,6 +31,14 @@ PROTOCOLS = frozenset({"http", "https", "mailto"})
 HIDDEN_TAGS = frozenset(
     "script style template iframe noscript noembed noframes title".split()
 )
+
+# Blink stops nesting at 512 open elements; a document needs far fewer (nested lists and
+# quotes in real documents stay under 20, a pasted web page under 40), and the parsers'
+# cost grows with tokens times depth: 100 keeps a worst-case message cheap.
+MAX_DEPTH = 100
+# Formatting tags a parser may re-open after misnested closes, in bytes: beyond the input's
+# own size (and a little for short inputs) the markup is an amplification attempt.
+_MIN_REOPENED = 4096
 
 # Every unstable input found so far settles after one extra pass; an input still
 # changing after this many is shown as plain text instead.
@@ -81,6 +91,10 @@ class UnsafeText(ValueError):
     """Input holds characters we refuse (control characters, lone surrogates)."""
 
 
+class TooComplex(UnsafeText):
+    """Markup nests too deeply, or would make a parser do too much: refused before parsing."""
+
+
 @dataclass(frozen=True)
 class Cleaned:
     """A sanitized fragment and the dangerous things that were removed from it."""
@@ -120,10 +134,32 @@ def clean_html(html: str, engine: str = "bleach") -> Cleaned:
         message = f"unknown engine {engine!r}, expected one of {ENGINES}"
         raise ValueError(message) from None
     text = normalize(html)
-    out = _settle(sanitize, text)
-    # Unchanged input removed nothing; that is the common case, so skip the scan.
-    removed = () if out == text else _find_dangers(text)
+    check_nesting(text)
+    try:
+        out = _settle(sanitize, text)
+        # Unchanged input removed nothing; that is the common case, so skip the scan. Nor can
+        # text without a single tag or comment (only `<` and `&` to escape) hold a danger.
+        removed = () if out == text or not nesting.has_markup(text) else _find_dangers(text)
+    except nesting.Refused as exc:
+        raise TooComplex(str(exc)) from None
+    if out != text:
+        check_nesting(out)  # exact here: engine output closes every element it opens
     return Cleaned(out, removed)
+
+
+def check_nesting(text: str) -> None:
+    """Refuse markup nesting deeper than MAX_DEPTH, before any parser sees it.
+
+    The estimate is linear and errs on the deep side, so a parser never builds a tree this
+    deep from markup that passes; html5lib's tree builder is guarded as well (GuardedTree).
+    """
+    found = nesting.measure(text, MAX_DEPTH, _max_reopened(text))
+    if found.depth > MAX_DEPTH:
+        raise TooComplex(f"markup nests deeper than {MAX_DEPTH} elements")
+    if found.ambiguous:
+        raise TooComplex(f"markup refused: {found.ambiguous}")
+    if found.reopened > _max_reopened(text):
+        raise TooComplex("misnested formatting tags would be re-opened too many times")
 
 
 def edit_is_inert(content: str, position: int, delete_count: int, insert: str) -> bool:
@@ -147,6 +183,21 @@ def edit_is_inert(content: str, position: int, delete_count: int, insert: str) -
 
 
 # --- settling on a fixpoint -------------------------------------------------------
+
+
+def _max_reopened(text: str) -> int:
+    return max(_MIN_REOPENED, len(text))
+
+
+def _budget(text: str) -> int:
+    """Elements html5lib may create for text: tags, implied parents and a few re-opened."""
+    return 3 * text.count("<") + 256
+
+
+def _guarded(parser, text: str):
+    """The parser with its tree-builder guard set for one parse of text."""
+    parser.tree.max_depth, parser.tree.budget = MAX_DEPTH, _budget(text)
+    return parser
 
 
 def _settle(sanitize, text: str) -> str:
@@ -219,6 +270,11 @@ def _bleach_cleaner() -> bleach.Cleaner:
             strip_comments=True,
             filters=[_QuoteFilter],
         )
+        # The same parser bleach builds, on the guarded tree builder.
+        cleaner.parser = html5lib_shim.BleachHTMLParser(
+            tags=cleaner.tags, strip=cleaner.strip, consume_entities=False,
+            namespaceHTMLElements=False, tree=nesting.GuardedTree,
+        )
     return cleaner
 
 
@@ -227,7 +283,9 @@ def _bleach(text: str) -> str:
     # bleach strips a disallowed tag but keeps what is inside, script source included.
     if _HIDDEN_START.search(text):
         text = _drop_hidden(text)
-    return _finish(_bleach_cleaner().clean(text))
+    cleaner = _bleach_cleaner()
+    _guarded(cleaner.parser, text)
+    return _finish(cleaner.clean(text))
 
 
 _nh3_cleaner = nh3.Cleaner(
@@ -269,8 +327,9 @@ class _Parser(html5lib_shim.HTMLParser):
     <select>, a <body> inside a fragment); the tags are dangerous wherever they land.
     """
 
-    def __init__(self):
-        super().__init__(namespaceHTMLElements=False)
+    def __init__(self, text: str):
+        super().__init__(tree=nesting.GuardedTree, namespaceHTMLElements=False)
+        _guarded(self, text)
         self.start_tags: list[tuple[str, dict]] = []
 
     def _parse(self, stream, innerHTML=False, container="div", scripting=False, **kw):
@@ -290,7 +349,7 @@ class _Parser(html5lib_shim.HTMLParser):
 
 def _drop_hidden(text: str) -> str:
     """Remove hidden elements and their content, then serialize what is left."""
-    root = _Parser().parseFragment(text)
+    root = _Parser(text).parseFragment(text)
     for parent in list(root.iter()):
         for child in list(parent):
             if _name(child) in HIDDEN_TAGS:
@@ -331,7 +390,7 @@ def _find_dangers(text: str) -> tuple[str, ...]:
 
 def _scan(text: str, where: str, found: list[str], depth: int) -> None:
     """Append descriptions of dangerous tags and attributes in text."""
-    parser = _Parser()
+    parser = _Parser(text)
     root = parser.parseFragment(text)
     for name, attrs in parser.start_tags:
         if name in _DANGEROUS_TAGS:
