@@ -194,6 +194,7 @@ class Server:
         for server in self._servers:
             await server.close_all_connections()
         await self.deps.tasks.drain()
+        self.deps.edits.cleaner.close()
         self.deps.audit.event("system", "server_stopped", "info", {})
         await self.deps.documents.flush()
         await self.deps.store.close()

@@ -61,6 +61,9 @@ class Settings:
     violation_action: str = field(default="disconnect", metadata={
         "help": "what too many violations do: disconnect, or invalidate (disconnect and end the session)"})
     sanitizer: str = field(default="bleach", metadata={"help": "HTML sanitizer engine: bleach or nh3"})
+    sanitize_budget: float = field(default=5.0, metadata={
+        "help": "seconds one markup edit may take to sanitize (in a worker process) before it is refused",
+        "type": parse_duration})
     max_document_bytes: int = field(default=1_000_000, metadata={"help": "largest document (UTF-8 bytes)"})
     max_documents: int = field(default=100_000, metadata={"help": "documents the server holds at most"})
     document_create_limit: int = field(default=100, metadata={

@@ -42,6 +42,7 @@ class Document:
     # store when the peer joins (`known`), kept as it edits.
     edits: dict[str, dict[str, int]] = field(default_factory=dict)
     known: set = field(default_factory=set)
+    queue: object = None  # an asyncio.Future while an edit is being cleaned: later edits wait behind it
 
     @property
     def oldest_known(self) -> int:
@@ -65,6 +66,16 @@ class Author:
     user_id: str
     peer_id: str
     session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An edit transformed and applied to a copy of the content, not yet the document's."""
+
+    op: TextOperation
+    content: str
+    correction: TextOperation | None  # CRs made LF
+    needs_clean: bool                 # markup that sanitizing must see (not plain typing in a text node)
 
 
 @dataclass(frozen=True)
@@ -349,21 +360,27 @@ class DocumentService:
             raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload"}) from None
         return text
 
-    def apply(self, document: Document, op: TextOperation, base: int, author: Author,
-              message_id: str | None) -> tuple[Applied, asyncio.Future]:
-        """Transform, apply, sanitize and bump the revision now; the future resolves once it is durable."""
-        if document.broken:
-            raise AppError(ErrorCode.SERVER_ERROR, "the document is being reloaded after a storage error; "
-                           "reconnect", {"document_id": document.document_id})
+    def stage(self, document: Document, op: TextOperation, base: int) -> Staged:
+        """An edit transformed over what landed since its base and applied to a copy of the content, CRs
+        made LF; nothing of the document changes yet (commit does that)."""
+        self._check_live(document)
+        self.check_base(document, base)
         for landed in document.ops_since(base):
             op, _ = TextOperation.transform(op, landed)
         content = op.apply(document.content)
-        correction, removed = None, ()
+        correction = None
         if any(isinstance(c, str) and "\r" in c for c in op.ops):  # stored content never holds a CR
             normalized = sanitize.normalize(content)
             correction, content = diff(content, normalized), normalized
-        if document.format == "html" and not self._inert(document.content, op):
-            cleaned = self._clean(content)
+        return Staged(op, content, correction, document.format == "html" and not self._inert(document.content, op))
+
+    def commit(self, document: Document, staged: Staged, cleaned: sanitize.Cleaned | None, author: Author,
+               message_id: str | None) -> tuple[Applied, asyncio.Future]:
+        """Take a staged edit (and what sanitizing made of it) as the next revision; the future resolves
+        once it is durable."""
+        self._check_live(document)  # a storage error may have discarded this copy while it was cleaned
+        op, content, correction, removed = staged.op, staged.content, staged.correction, ()
+        if cleaned is not None:
             removed = cleaned.removed
             if cleaned.html != content:
                 more = diff(content, cleaned.html)
@@ -386,6 +403,20 @@ class DocumentService:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
         durable = self._persist(document, full, author, message_id, correction)
         return Applied(document, document.revision, full, correction, tuple(removed), content), durable
+
+    def apply(self, document: Document, op: TextOperation, base: int, author: Author,
+              message_id: str | None) -> tuple[Applied, asyncio.Future]:
+        """Stage, sanitize here, and commit at once (the in-process way; the edit pipeline cleans markup
+        in the Cleaner's worker instead)."""
+        staged = self.stage(document, op, base)
+        return self.commit(document, staged, self._clean(staged.content) if staged.needs_clean else None,
+                           author, message_id)
+
+    @staticmethod
+    def _check_live(document: Document) -> None:
+        if document.broken:
+            raise AppError(ErrorCode.SERVER_ERROR, "the document is being reloaded after a storage error; "
+                           "reconnect", {"document_id": document.document_id})
 
     def _clean(self, content: str) -> sanitize.Cleaned:
         """clean_html, or INVALID_MESSAGE for markup it refuses (too deep): the document stays as it was."""
@@ -415,11 +446,11 @@ class DocumentService:
         durable.add_done_callback(self._pending.discard)
         return durable
 
-    async def restore(self, document_id: str, revision: int, author: Author) -> tuple[Applied, asyncio.Future]:
-        """Write the content of an old revision as a new revision (applied like an edit)."""
+    async def restore_op(self, document_id: str, revision: int) -> tuple[Document, TextOperation]:
+        """The open document and the op that writes an old revision's content over its current one."""
         old = await self.read(document_id, revision)
         document = await self.open(document_id)
-        return self.apply(document, diff(document.content, old["content"]), document.revision, author, None)
+        return document, diff(document.content, old["content"])
 
     async def flush(self) -> None:
         """Wait until every applied edit is durable."""

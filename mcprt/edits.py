@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
 from .audit import Audit
+from .cleaner import Cleaner
 from .clock import iso
 from .documents import Applied, Author, Document, DocumentService
 from .hub import Hub, Peer
@@ -25,13 +27,32 @@ CLOSE_SERVER_ERROR = 4500  # the document was reset: reconnect to what is durabl
 Done = Callable[[Applied | AppError], None]
 
 
+@dataclass(frozen=True)
+class Reply:
+    """How the pipeline answers whoever sent an edit."""
+
+    done: Done                                # durable (an Applied) or not stored (an AppError)
+    refused: Callable[[AppError], None]       # refused after it was queued (nothing changed)
+    abusive: Callable[[], None]               # the sender's xss attempts crossed the threshold
+
+
+@dataclass(frozen=True)
+class _Job:
+    message: dict
+    author: Author
+    sender: Peer | None
+    where: dict
+    reply: Reply
+    started: float
+
+
 class EditService:
     """Applies edits in the order they arrive and tells the sender, then everyone else, once durable."""
 
     def __init__(self, documents: DocumentService, hub: Hub, audit: Audit, clock: Callable[[], float], metrics,
-                 tasks: Tasks):
+                 tasks: Tasks, cleaner: Cleaner):
         self.documents, self.hub, self.audit, self.clock, self.metrics = documents, hub, audit, clock, metrics
-        self.tasks = tasks
+        self.tasks, self.cleaner = tasks, cleaner
 
     def needs_base(self, document: Document, payload: dict) -> bool:
         """True for a content-only edit made against an older revision: its base content must be read
@@ -43,41 +64,95 @@ class EditService:
         return await self.documents.base_content(document, payload["base_revision"])
 
     def submit(self, document: Document, message: dict, author: Author, sender: Peer | None, where: dict,
-               done: Done, base_content: str | None = None) -> bool:
-        """Apply an edit now and call `done` once it is durable (then publish it to everyone on the
-        document but `sender`, as they were when it was applied), or could not be stored (then reset the
-        document). Raises AppError for an edit refused before anything changed. Returns True when the
-        sender's xss attempts have now crossed the violation threshold."""
-        started = time.perf_counter()
+               reply: Reply, base_content: str | None = None) -> None:
+        """Take an edit in arrival order: `reply.done` once it is durable (then it is published to everyone
+        on the document but `sender`, as they were when it was applied) or could not be stored (then the
+        document is reset); `reply.refused` if it is refused later, while queued behind markup being
+        cleaned (refused at once, AppError is raised); `reply.abusive` when the sender's xss attempts
+        cross the violation threshold. Plain typing is applied here and now; markup is cleaned in the
+        Cleaner's worker, and the document's later edits wait behind it."""
+        job = _Job(message, author, sender, where, reply, time.perf_counter())
         revision = self.documents.applied_as(document, author.peer_id, message["id"])
         if revision is not None:  # resent (a lost ack, a reconnect, a restart): answered, never applied twice
-            self.tasks.spawn(self._again(document, revision, done), "answer a resent edit")
-            return False
+            self.tasks.spawn(self._again(document, revision, reply.done), "answer a resent edit")
+            return
         if message["payload"].get("change_delta") == []:
-            self._noop(document, done)
-            return False
+            self._noop(document, reply.done)
+            return
         content = document.content if base_content is None else base_content
         op, base = self.documents.base_op(document, message["payload"], content)
-        applied, durable = self.documents.apply(document, op, base, author, message["id"])
-        crossed = False
-        if applied.removed:
-            crossed = self.audit.security("xss_attempt", None, {
-                "removed": [r[:200] for r in applied.removed[:20]], "revision": applied.revision}, **where)
+        if document.queue is None:
+            staged = self.documents.stage(document, op, base)
+            if not staged.needs_clean:
+                self._commit(document, staged, None, job)
+                return
+            self._enqueue(document, self._clean_and_commit(document, staged, job))
+            return
+        self._enqueue(document, self._later(document, op, base, job))
+
+    def _enqueue(self, document: Document, work) -> None:
+        """Run `work` after the document's queued edits; edits arriving meanwhile wait behind it."""
+        previous, turn = document.queue, asyncio.get_running_loop().create_future()
+        document.queue = turn
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    await previous
+                await work
+            finally:
+                turn.set_result(None)
+                if document.queue is turn:
+                    document.queue = None
+
+        self.tasks.spawn(run(), f"an edit of {document.document_id}")
+
+    async def _later(self, document: Document, op: TextOperation, base: int, job: "_Job") -> None:
+        try:
+            staged = self.documents.stage(document, op, base)
+        except AppError as exc:
+            job.reply.refused(exc)
+            return
+        if staged.needs_clean:
+            await self._clean_and_commit(document, staged, job)
+        else:
+            self._commit(document, staged, None, job, refusals=job.reply.refused)
+
+    async def _clean_and_commit(self, document: Document, staged, job: "_Job") -> None:
+        try:
+            cleaned = await self.cleaner.clean(staged.content)
+        except AppError as exc:
+            job.reply.refused(exc)
+            return
+        self._commit(document, staged, cleaned, job, refusals=job.reply.refused)
+
+    def _commit(self, document: Document, staged, cleaned, job: "_Job", refusals=None) -> None:
+        """Commit a staged edit and answer it once durable. A refusal (the document too large, say) is
+        raised, or handed to `refusals` when nobody is there to catch it."""
+        try:
+            applied, durable = self.documents.commit(document, staged, cleaned, job.author, job.message["id"])
+        except AppError as exc:
+            if refusals is None:
+                raise
+            refusals(exc)
+            return
+        if applied.removed and self.audit.security("xss_attempt", None, {
+                "removed": [r[:200] for r in applied.removed[:20]], "revision": applied.revision}, **job.where):
+            job.reply.abusive()
         peers = self.hub.members(document.document_id)  # those present now get this revision; later joiners see it in state
-        self.hub.shift_cursors(document.document_id, applied.op, sender)
+        self.hub.shift_cursors(document.document_id, applied.op, job.sender)
 
         def stored(future: asyncio.Future) -> None:
             if future.exception() is not None:
-                log.error("edit %s on %s not stored: %s", message["id"], document.document_id, future.exception())
-                done(AppError(ErrorCode.SERVER_ERROR, "the edit could not be stored", {}))
+                log.error("edit %s on %s not stored: %s", job.message["id"], document.document_id, future.exception())
+                job.reply.done(AppError(ErrorCode.SERVER_ERROR, "the edit could not be stored", {}))
                 self.reset(applied.document, str(future.exception()))
                 return
-            done(applied)
-            self.publish(applied, author, message, sender, peers)
-            self.metrics.edit_latency.observe(time.perf_counter() - started)
+            job.reply.done(applied)
+            self.publish(applied, job.author, job.message, job.sender, peers)
+            self.metrics.edit_latency.observe(time.perf_counter() - job.started)
 
         durable.add_done_callback(stored)
-        return crossed
 
     async def _again(self, document: Document, revision: int, done: Done) -> None:
         """The original ack of an edit applied before: same revision, op, correction and content."""
@@ -99,18 +174,28 @@ class EditService:
         self.documents.store.flush().add_done_callback(lambda _: done(noop))
 
     async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
-        """Write an old revision's content as a new revision, durable and published to every editor."""
-        applied, durable = await self.documents.restore(document_id, revision, author)
-        try:
-            await durable
-        except Exception as exc:  # the same recovery as a failed edit: editors reload what is durable
-            self.reset(applied.document, str(exc))
-            raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
-                           {"document_id": document_id}) from exc
-        self.publish(applied, author, None, None)
+        """Write an old revision's content as a new revision, in turn with the document's edits (cleaned in
+        the worker like one), durable and published to every editor."""
+        document, op = await self.documents.restore_op(document_id, revision)
+        outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def settle(result) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        message = {"id": None, "payload": {}}
+        job = _Job(message, author, None, {"document_id": document_id}, Reply(settle, settle, lambda: None),
+                   time.perf_counter())
+        self._enqueue(document, self._later(document, op, document.revision, job))
+        result = await outcome
+        if isinstance(result, AppError):
+            if result.code == ErrorCode.SERVER_ERROR:
+                raise AppError(ErrorCode.SERVER_ERROR, "the restore could not be stored; the document was reloaded",
+                               {"document_id": document_id})
+            raise result
         if not self.hub.members(document_id):
             self.documents.release(document_id)
-        return applied
+        return result
 
     def publish(self, applied: Applied, author: Author, message: dict | None, exclude: Peer | None,
                 peers: list[Peer] | None = None) -> None:
@@ -124,7 +209,7 @@ class EditService:
                 "operation": payload.get("operation", "edit"), "op": applied.op.to_json(),
                 "revision": applied.revision, "base_revision": applied.revision - 1}
         stamp = iso(self.clock())
-        id_ = f"{message['id']}-broadcast" if message else None
+        id_ = f"{message['id']}-broadcast" if message and message.get("id") else None
         session_info = {"user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}
         texts = {}
         for lean in {peer.lean for peer in receivers}:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .audit import Audit
+from .cleaner import Cleaner
 from .config import Settings
 from .documents import DocumentService
 from .edits import EditService
@@ -47,7 +48,8 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
     documents = DocumentService(store, clock, settings.sanitizer, settings.max_document_bytes,
                                 settings.snapshot_interval, settings.history_window, quota=limits.documents)
     tasks = Tasks()
-    edits = EditService(documents, hub, audit, clock, metrics, tasks)
+    edits = EditService(documents, hub, audit, clock, metrics, tasks,
+                        Cleaner(settings.sanitizer, settings.sanitize_budget))
     metrics.watch(audit, hub)
     return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
                     tasks)

@@ -3,6 +3,7 @@ come back as a correction, no-ops and ordinary races are not offences."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -221,3 +222,79 @@ async def test_lean_clients_get_ops_and_lengths_and_converge_with_reference_clie
     assert full["content"] == "x" * 5000 + "<b>y</b>" and full["change_delta"]
     text = TextOperation.from_json(ack["op"]).apply(TextOperation.from_json(seen["op"]).apply(""))
     assert text == full["content"]  # a lean client that applies the ops holds the reference client's content
+
+
+COSTLY = ("<p>x" * 2400)[:9600]  # unclosed paragraphs: the costliest 10 KB of markup found for both engines
+
+
+async def test_a_costly_markup_edit_does_not_stall_other_documents(tmp_path):
+    """Against a server in its own process (in this one, the test's client would stall with it)."""
+    import websockets
+    from tornado.httpclient import AsyncHTTPClient
+
+    from support import free_port, spawn_server
+    port = free_port()
+    proc = spawn_server(str(tmp_path / "s.db"), port, "--log-level", "warning")
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        async def editor(user: str, document_id: str):
+            reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                     body=json.dumps({"user_id": user}))
+            sid = json.loads(reply.body)["session_id"]
+            conn = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id={document_id}")
+            await conn.recv()  # document_state
+            return conn
+
+        writer, other = await editor("writer", "heavy"), await editor("other", "light")
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        await writer.send(json.dumps({"id": "heavy-edit", "type": "realtime_edit", "payload": {
+            "base_revision": 0, "change_delta": {"position": 0, "insert": COSTLY}}}))
+        await asyncio.sleep(0.02)  # the edit is in the server's hands
+        beats = []
+        for i in range(5):
+            started = loop.time()
+            await other.send(json.dumps({"id": f"hb{i}", "type": "heartbeat", "payload": {}}))
+            while json.loads(await asyncio.wait_for(other.recv(), 10))["type"] != "heartbeat_ack":
+                pass
+            beats.append(loop.time() - started)
+        while (ack := json.loads(await asyncio.wait_for(writer.recv(), 30)))["type"] not in ("edit_ack", "error"):
+            pass
+        took = loop.time() - sent
+        assert ack["type"] == "edit_ack" and ack["payload"]["revision"] == 1
+        assert max(beats) < took / 3, (beats, took)  # answered while the markup was being cleaned elsewhere
+        await writer.close()
+        await other.close()
+    finally:
+        http.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_edits_queued_behind_markup_keep_their_order(app):
+    ws = await app.editor()
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": "<b>bold</b>"}},
+                      "markup")
+    for letter in "xyz":  # typed at the end while the markup is still being cleaned, against the same base
+        await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": letter}},
+                          f"typed-{letter}")
+    acks = [(await ws.recv_type("edit_ack", "error"))["payload"] for _ in range(4)]
+    assert [a["revision"] for a in acks] == [1, 2, 3, 4], acks
+    content = ""
+    for ack in acks:  # each op is the document's next revision, in arrival order
+        content = TextOperation.from_json(ack["op"]).apply(content)
+    assert content == acks[-1]["content"] and sorted(content.replace("<b>bold</b>", "")) == ["x", "y", "z"]
+    assert acks[0]["content"] == "<b>bold</b>"
+
+
+async def test_markup_past_the_sanitize_budget_is_refused_and_the_worker_replaced(start):
+    app = await start(sanitize_budget=0.05)
+    ws = await app.editor()
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": COSTLY}}, "slow")
+    error = await ws.recv_type("error", "edit_ack", timeout=10)
+    assert error["id"] == "slow" and error["payload"]["code"] == "INVALID_MESSAGE"
+    assert error["payload"]["details"]["budget_seconds"] == 0.05
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": {"position": 0, "insert": "<i>ok</i>"}},
+                      "fine")
+    ack = (await ws.recv_type("edit_ack", "error", timeout=10))["payload"]
+    assert ack["revision"] == 1 and ack["content"] == "<i>ok</i>"

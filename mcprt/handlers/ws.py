@@ -18,7 +18,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
 from ..clock import iso, parse_iso
-from ..edits import CLOSE_SERVER_ERROR
+from ..edits import CLOSE_SERVER_ERROR, Reply
 from ..documents import Author, check_document_id, creator
 from ..limits import Notices
 from ..protocol import AppError, ErrorCode
@@ -402,8 +402,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.send(P.EDIT_ACK, ack, message["id"])
 
         author = Author(self.user_id, self.peer_id, self.session_id)
-        if self.deps.edits.submit(self.document, message, author, self, self.where(), done, base_content):
-            self.abuse_disconnect()
+        reply = Reply(done, lambda exc: self.reject(exc, None, message["id"]), self.abuse_disconnect)
+        self.deps.edits.submit(self.document, message, author, self, self.where(), reply, base_content)
 
     def on_cursor_update(self, message: dict) -> None:
         payload = message["payload"]
