@@ -364,3 +364,18 @@ async def test_panels_screenshot_and_no_console_errors(start, browser, tmp_path)
     await demo.page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     demo.assert_clean()
+
+
+async def test_a_30kb_paste_arrives_whole_in_the_other_editor(start, browser):
+    harness = await start()
+    demo = await Demo.open(browser, harness)
+    words = " ".join(f"word{i}" for i in range(4300))  # about 30 KB: three times the message limit
+    assert len(words.encode()) > 30_000
+    await demo.rich(1).click()
+    await demo.page.keyboard.insert_text(words)
+    content = await converged(harness, [demo], timeout=30)
+    assert words in content
+    assert words in await demo.rich(2).inner_text()
+    await harness.settle()
+    ops = (await harness.fetch("GET", "/api/documents/default/history?limit=1000", admin=True)).json["ops"]
+    assert len(ops) >= 3  # sent as several edits under the 10 KB limit, each acknowledged
