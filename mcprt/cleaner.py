@@ -7,7 +7,6 @@ import asyncio
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 from . import sanitize
 from .protocol import AppError, ErrorCode
@@ -25,6 +24,11 @@ def _consume(future: asyncio.Future) -> None:
         future.exception()
 
 
+def _warm(pool: ProcessPoolExecutor, engine: str) -> None:
+    """On a thread: make the pool start its worker process, and wait until it answers."""
+    pool.submit(_clean, "", engine).result()
+
+
 def _clean(content: str, engine: str) -> tuple[str, tuple[str, ...]] | str:
     """In the worker: the cleaned HTML and what was removed, or the refusal's message."""
     try:
@@ -40,13 +44,15 @@ class Cleaner:
     def __init__(self, engine: str, budget: float):
         self.engine, self.budget = engine, budget
         self._pool: ProcessPoolExecutor | None = None
-        self._ready: asyncio.Future | None = None  # the new worker's first (empty) clean: it has started
+        self._ready: asyncio.Future | None = None  # the new worker has started and answered
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> None:
+        """Start a worker if there is none. Starting one blocks (the forkserver's first start imports the
+        sanitizer, each later fork waits on it), so it happens on a thread, not on the event loop."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=_CONTEXT)
-            self._ready = self._submit("")
-        return self._pool
+            self._ready = asyncio.ensure_future(asyncio.to_thread(_warm, self._pool, self.engine))
+            self._ready.add_done_callback(_consume)
 
     def _submit(self, content: str) -> asyncio.Future:
         future = asyncio.get_running_loop().run_in_executor(self._pool, _clean, content, self.engine)
@@ -59,7 +65,8 @@ class Cleaner:
         self._executor()
         try:
             await asyncio.shield(self._ready)
-        except BrokenProcessPool:
+        except Exception as exc:  # could not start a process (out of memory, descriptors): next edit tries again
+            log.error("the sanitizer's worker could not start: %s", exc)
             self._pool = None
             raise AppError(ErrorCode.SERVER_ERROR, "the sanitizer could not start; send the edit again", {}) from None
         future = self._submit(content)
@@ -69,7 +76,8 @@ class Cleaner:
             self._kill()
             raise AppError(ErrorCode.INVALID_MESSAGE, f"this markup takes more than {self.budget:g} s to "
                            "sanitize; send it in smaller parts", {"pointer": "/payload", "budget_seconds": self.budget})
-        except BrokenProcessPool:  # the worker died (killed from outside, out of memory): a new one next time
+        except Exception as exc:  # the worker died (killed from outside, out of memory): a new one next time
+            log.error("the sanitizer's worker failed: %s", exc)
             self._pool = None
             raise AppError(ErrorCode.SERVER_ERROR, "the sanitizer stopped; send the edit again", {}) from None
         if isinstance(result, str):
