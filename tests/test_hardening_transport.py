@@ -376,17 +376,33 @@ async def test_a_keepalive_connection_gets_the_header_timeout_once_its_next_requ
     raw.close()
 
 
+async def _admitted_or_answered(raw: Raw, caps, before: int) -> bool:
+    """Wait until the server has either counted this connection (True) or answered it (False)."""
+    for _ in range(500):
+        if caps.total > before:
+            return True
+        if raw.buffer:
+            return False
+        try:
+            await raw._more(0.01)
+        except asyncio.TimeoutError:
+            pass
+    raise AssertionError("the server neither admitted nor answered the connection")
+
+
 async def test_partial_header_connections_from_one_address_are_capped(start):
     app = await start(max_http_connections_per_address=20)
+    caps = app.server._servers[0].caps
     kept, refused = [], 0
     for _ in range(200):
+        before = caps.total
         raw = await Raw.connect(app.server.port)
-        try:
-            status, headers, body = await raw.response(timeout=0.3)
-        except asyncio.TimeoutError:
+        admitted = await _admitted_or_answered(raw, caps, before)
+        if admitted:
             await raw.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never finished
             kept.append(raw)
             continue
+        status, headers, body = await raw.response()
         assert status == 503 and headers["Retry-After"] == "1"
         error = json.loads(body)["error"]
         assert error["code"] == "RATE_LIMITED" and error["details"] == {"scope": "address", "limit": 20,
@@ -394,7 +410,7 @@ async def test_partial_header_connections_from_one_address_are_capped(start):
         refused += 1
         raw.close()
     assert len(kept) == 20 and refused == 180
-    assert app.server._servers[0].caps.by_address == {"127.0.0.1": 20}
+    assert caps.by_address == {"127.0.0.1": 20}
     await app.settle()
     written = await app.deps.store.events(type="connection_limit")
     suppressed = await app.deps.store.events(type="events_suppressed")
@@ -402,7 +418,7 @@ async def test_partial_header_connections_from_one_address_are_capped(start):
     for raw in kept:
         raw.close()
     for _ in range(100):
-        if not app.server._servers[0].caps.total:
+        if not caps.total:
             break
         await asyncio.sleep(0.02)
     assert (await app.fetch("GET", "/health")).status == 200
@@ -413,12 +429,13 @@ async def test_the_total_cap_refuses_and_authenticated_sockets_leave_it(start):
     app = await start(max_http_connections=3)
     editors = [await app.editor(f"user{i}") for i in range(5)]  # each was pre-auth for its handshake only
     assert app.server._servers[0].caps.total == 0
-    hold = []
+    caps, hold = app.server._servers[0].caps, []
     for _ in range(3):
+        before = caps.total
         raw = await Raw.connect(app.server.port)
+        assert await _admitted_or_answered(raw, caps, before)
         await raw.send(b"GET /health HTTP/1.1\r\n")
         hold.append(raw)
-    await asyncio.sleep(0.1)
     over = await Raw.connect(app.server.port)
     status, _, body = await over.response()
     assert status == 503 and json.loads(body)["error"]["details"]["scope"] == "server"
