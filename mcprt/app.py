@@ -14,7 +14,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import resource_dir
+from . import resource_dir, transport
 from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
@@ -83,7 +83,9 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
     app = _Application(
         routes, static_path=str(STATIC_DIR), static_handler_class=StaticHandler, default_handler_class=NotFoundHandler,
         default_handler_args=common, log_function=log_request,
-        websocket_max_message_size=max(1 << 20, 8 * settings.max_message_bytes),
+        # The frame cap bounds what a peer stuck mid-frame makes us buffer; messages between max_message_bytes
+        # and it get MESSAGE_TOO_LARGE and keep the connection, past it Tornado closes with 1009.
+        websocket_max_message_size=max(64 << 10, 4 * settings.max_message_bytes),
         websocket_ping_interval=settings.ping_interval, websocket_ping_timeout=settings.ping_timeout)
     app.deps, app.hosts = deps, hosts
     return app
@@ -140,8 +142,18 @@ class Server:
         return self
 
     def _listen(self, app: tornado.web.Application, host: str, port: int) -> int:
-        server = tornado.httpserver.HTTPServer(app, max_body_size=max(1 << 20, 4 * self.settings.max_body_bytes),
-                                              xheaders=self.settings.trust_proxy_headers)
+        settings = self.settings
+        if not self._servers:
+            soft, hard = transport.raise_nofile_limit()
+            log.info("file descriptor limit %s (hard %s)", soft, hard)
+        limits = transport.EdgeLimits(settings.header_timeout, settings.keepalive_timeout,
+                                      settings.max_http_connections, settings.max_http_connections_per_address)
+        # EdgeStream times heads out itself (nginx's header and keep-alive timeouts); Tornado's one header
+        # timeout (3600 s unless set) is only a backstop behind them.
+        server = transport.EdgeServer(
+            app, max_body_size=max(1 << 20, 4 * settings.max_body_bytes), xheaders=settings.trust_proxy_headers,
+            limits=limits, on_refused=self._connection_refused, body_timeout=settings.body_timeout,
+            idle_connection_timeout=max(settings.header_timeout, settings.keepalive_timeout) + 1.0)
         sockets = tornado.netutil.bind_sockets(port, host, family=socket.AF_INET if ":" not in host else socket.AF_UNSPEC)
         server.add_sockets(sockets)
         self._servers.append(server)
@@ -150,6 +162,10 @@ class Server:
     def _store_failed(self, reason: str) -> None:
         self.fatal_reason = reason
         self.fatal.set()
+
+    def _connection_refused(self, address: str, scope: str, limit: int) -> None:
+        self.deps.audit.security("connection_limit", None, {"scope": scope, "limit": limit, "stage": "accept"},
+                                 client_addr=address)
 
     def _session_ended(self, session, reason: str) -> None:
         self.deps.audit.forget(session.session_id)

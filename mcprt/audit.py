@@ -29,6 +29,7 @@ SECURITY_TYPES = {
     "document_quota": "low",
     "document_probe": "medium",
     "events_suppressed": "low",
+    "slow_consumer": "low",
 }
 
 # What one event may store: an attacker controls most of these fields, and the log is on disk.

@@ -88,6 +88,25 @@ class Settings:
         "help": "serve /metrics without a token on this separate port (loopback); unset: /metrics needs the admin token"})
     event_max_rows: int = field(default=1_000_000, metadata={
         "help": "events kept at most: the sweeper deletes the oldest beyond this, a bounded chunk at a time (0: no cap)"})
+    output_buffer_limit: int = field(default=16 << 20, metadata={
+        "help": "bytes queued for one WebSocket peer past which it is dropped at once (4009); never below twice "
+                "the largest message (about 2 x --max-document-bytes)"})
+    output_buffer_soft_limit: int = field(default=4 << 20, metadata={
+        "help": "bytes queued for one WebSocket peer that drop it (4009) once exceeded for --output-buffer-soft-seconds"})
+    output_buffer_soft_seconds: float = field(default=10.0, metadata={
+        "help": "how long a peer may stay over --output-buffer-soft-limit", "type": parse_duration})
+    header_timeout: float = field(default=60.0, metadata={
+        "help": "time a new connection has to send its request line and headers (nginx client_header_timeout)",
+        "type": parse_duration})
+    keepalive_timeout: float = field(default=75.0, metadata={
+        "help": "time an idle keep-alive connection is kept before its next request (nginx keepalive_timeout)",
+        "type": parse_duration})
+    body_timeout: float = field(default=60.0, metadata={
+        "help": "time a request body has to arrive (nginx client_body_timeout)", "type": parse_duration})
+    max_http_connections: int = field(default=4096, metadata={
+        "help": "open connections not yet an authenticated WebSocket (REST, handshakes, partial headers), in total"})
+    max_http_connections_per_address: int = field(default=256, metadata={
+        "help": "the same, per client address (behind a proxy every client is the proxy's address: raise it)"})
 
     def replace(self, **changes) -> "Settings":
         """A copy with some fields changed."""
