@@ -7,15 +7,12 @@ import asyncio
 import json
 import logging
 import re
-import struct
 import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
 
 import tornado.websocket
-from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from .. import protocol as P
 from ..clock import iso, parse_iso
@@ -23,10 +20,10 @@ from ..edits import CLOSE_SERVER_ERROR, Reply
 from ..documents import Author, check_document_id, creator
 from ..limits import Notices
 from ..protocol import AppError, ErrorCode
-from ..ratelimit import TokenBucket
 from ..sessions import Client, mask
-from ..transport import output_budget
+from . import wire
 from .base import client_of, session_ids_given
+from .wire import SYNC_BURST, SYNC_RATE  # the wire-level close codes (1002, 1007, 4009) live in wire.py
 
 log = logging.getLogger("mcprt.ws")
 
@@ -36,141 +33,16 @@ CLOSE_NO_CREDENTIAL = 4001
 CLOSE_CREDENTIALS_DISAGREE = 4003
 CLOSE_BAD_DOCUMENT = 4004
 CLOSE_TOO_MANY_CONNECTIONS = 4008
-CLOSE_TOO_SLOW = 4009  # recorded, not sent: the peer is dropped without a close frame it would not read
 CLOSE_COOLING_DOWN = 4029
 CLOSE_SESSION_INVALIDATED = 4010
 CLOSE_SESSION_EXPIRED = 4011
 CLOSE_POLICY = 1008
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
 CLOSE_GOING_AWAY = 1001
 
 CLIENT_TYPES = ("web", "mobile", "desktop")
 LEAN = "mcprt.ops.v1"  # the subprotocol of op-aware clients: acks and broadcasts carry no content
 ABUSE_INVALIDATE_AFTER = 3  # abuse disconnects of one session within the violation window
 RATE_ERROR_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
-SYNC_RATE, SYNC_BURST = 2.0, 10  # sync answers per connection (each may be a whole document_state)
-
-
-class _Protocol(WebSocketProtocol13):
-    """Tornado's protocol, except that a text frame of invalid UTF-8 is reported, not fatal; that a peer
-    which does not read its output is dropped once that output passes its budget (Redis's
-    client-output-buffer-limit); and that a close code not valid on the wire is answered with 1002."""
-
-    def __init__(self, handler, mask_outgoing, params):
-        super().__init__(handler, mask_outgoing, params)
-        self.budget = output_budget(handler.deps.settings)
-        self.answer_end = self.answer_size = 0  # where the last sync answer ends in that count, and its size
-        self.sync_bucket = TokenBucket(SYNC_RATE, SYNC_BURST, time.monotonic())
-        self.sync_refused_at = -1e9
-
-    def pending(self) -> int:
-        """Bytes queued for this peer and not yet taken by the kernel."""
-        stream = self.stream
-        return 0 if stream is None or stream.closed() else len(stream._write_buffer)
-
-    def unsent_answer(self) -> int:
-        """How much of the last sync answer is still queued here."""
-        return max(0, self.answer_end - (self._wire_bytes_out - self.pending()))
-
-    def mark_answer(self, size: int) -> None:
-        """The message just written is a sync answer of `size` bytes."""
-        self.answer_end, self.answer_size = self._wire_bytes_out, size
-
-    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0):
-        if self.stream is not None and not self.stream.closed():
-            over = self.budget.verdict(self.pending(), len(data) + 14, time.monotonic())
-            if over is not None:
-                self._too_slow(over, len(data))  # the write below then raises StreamClosedError
-        return super()._write_frame(fin, opcode, data, flags)
-
-    def _too_slow(self, which: str, adding: int) -> None:
-        handler = self.handler
-        pending = self.pending()
-        handler.end_reason = "slow_consumer"
-        self.close_code, self.close_reason = CLOSE_TOO_SLOW, "too slow: output buffer full"
-        details = {"limit": which, "pending_bytes": pending, "adding_bytes": adding,
-                   "hard_limit": self.budget.hard, "soft_limit": self.budget.soft,
-                   "soft_seconds": self.budget.soft_seconds}
-        handler.deps.audit.security("slow_consumer", None, details, **handler.where())
-        log.warning("dropped slow consumer conn=%s: %d bytes queued (%s limit)", handler.connection_id, pending,
-                    which)
-        self._abort()
-
-    def write_ping(self, data: bytes) -> None:
-        try:
-            super().write_ping(data)
-        except StreamClosedError:  # dropped as too slow by this very write: nothing left to ping
-            pass
-
-    async def _receive_frame_loop(self) -> None:
-        if self.handler.joined and hasattr(self.stream, "promote"):
-            self.stream.promote()  # an authenticated editor no longer counts under the pre-auth caps
-        await super()._receive_frame_loop()
-
-    def _handle_message(self, opcode: int, data: bytes):
-        if opcode == 0x1 and not self._frame_compressed and not self.client_terminated:
-            self._message_bytes_in += len(data)
-            try:
-                decoded = data.decode("utf-8")
-            except UnicodeDecodeError:
-                return self._run_callback(self.handler.on_invalid_text, data)
-            return self._run_callback(self.handler.on_message, decoded)
-        if opcode == 0x8 and not self.client_terminated:
-            return self._on_close_frame(data)
-        return super()._handle_message(opcode, data)
-
-    def _on_close_frame(self, data: bytes) -> None:
-        """Echo a valid close code (RFC 6455 5.5.1); answer one that may not be sent, a 1-byte payload, or a
-        reason that is not UTF-8 with 1002 or 1007 (7.4.1) instead of echoing it."""
-        self.client_terminated = True
-        answer = None
-        if len(data) == 1:
-            answer = CLOSE_PROTOCOL_ERROR
-        elif len(data) >= 2:
-            self.close_code = struct.unpack(">H", data[:2])[0]
-            if not valid_close_code(self.close_code):
-                answer = CLOSE_PROTOCOL_ERROR
-            try:
-                self.close_reason = data[2:].decode("utf-8") if len(data) > 2 else None
-            except UnicodeDecodeError:
-                answer = answer or CLOSE_INVALID_DATA
-        self.close(answer or self.close_code)
-
-    def send_utf8(self, data: bytes) -> bool:
-        """One text frame of already-encoded UTF-8; False when the stream is closed.
-
-        write_message would encode the text again and wrap each frame in a Task; a broadcast
-        encodes once and writes the same bytes to every receiver this way.
-        """
-        if self.is_closing():
-            return False
-        try:
-            if self._compressor is not None:  # permessage-deflate (off unless configured): the long way
-                self.write_message(data).add_done_callback(_consume)
-            else:
-                self._message_bytes_out += len(data)
-                self._write_frame(True, 0x1, data)  # IOStream silences this future if the stream closes
-        except (StreamClosedError, WebSocketClosedError):
-            return False
-        return True
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        super().close(code, reason)
-        if reason == "ping timed out":
-            # A peer that misses pongs will not answer a close frame either: drop it now, not 5 s later.
-            self.handler.end_reason = self.handler.end_reason or "timeout"
-            self._abort()
-
-
-def valid_close_code(code: int) -> bool:
-    """A close code an endpoint may send (RFC 6455 7.4): 1000-1003, 1007-1014, 3000-4999."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def _consume(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()  # a peer that went away mid-write is not an error worth a log line
 
 
 class EditorSocket(tornado.websocket.WebSocketHandler):
@@ -195,12 +67,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                           P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
 
     def get_websocket_protocol(self):
-        if self.request.headers.get("Sec-WebSocket-Version") != "13":
-            return None
-        params = tornado.websocket._WebSocketParams(
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-            max_message_size=self.max_message_size, compression_options=self.get_compression_options())
-        return _Protocol(self, False, params)
+        return wire.protocol_for(self)
 
     # -- handshake -------------------------------------------------------
 
