@@ -199,6 +199,7 @@ async def test_a_peer_that_never_reads_is_dropped_at_its_output_limit(start, tmp
     assert peak <= limit  # what the server held for it never passed the hard limit
     left = await editor.recv_type("session_disconnected")
     assert left["payload"]["reason"] == "slow_consumer"
+    await app.settle()
     events = [e for e in await app.deps.store.events(type="slow_consumer")]
     assert len(events) == 1 and events[0]["user_id"] == "mallory" and events[0]["severity"] == "low"
     assert events[0]["details"]["limit"] == "hard" and events[0]["details"]["hard_limit"] == limit
