@@ -8,7 +8,9 @@ import inspect
 import re
 
 import pytest
+import tornado.httpserver
 import tornado.iostream
+import tornado.tcpserver
 import tornado.websocket
 
 from mcprt.handlers.wire import TORNADO_INTERNALS
@@ -46,9 +48,11 @@ def test_each_private_name_still_exists(dotted):
 def test_nothing_outside_the_list_reaches_into_tornado():
     """The private names the server's own code uses on Tornado objects are all listed."""
     listed = {d.rpartition(".")[2] for d in TORNADO_INTERNALS}
+    from mcprt import transport
     from mcprt.handlers import wire
-    source = inspect.getsource(wire)
-    for cls in (tornado.websocket.WebSocketProtocol13, tornado.iostream.IOStream):
+    source = inspect.getsource(wire) + inspect.getsource(transport)
+    for cls in (tornado.websocket.WebSocketProtocol13, tornado.iostream.IOStream, tornado.iostream.BaseIOStream,
+                tornado.tcpserver.TCPServer, tornado.httpserver.HTTPServer):
         private = {n for n in vars(cls) if n.startswith("_") and not n.startswith("__")}
-        used = {n for n in private if re.search(rf"\.{n}\b|def {n}\(", source)}
+        used = {n for n in private if re.search(rf"\.{n}\b|\n +def {n}\(", source)}
         assert used <= listed, used - listed
