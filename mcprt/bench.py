@@ -113,22 +113,14 @@ def sanitize_costs(params: dict) -> dict:
     real: dict[str, list[float]] = {}
     base: dict[str, list[float]] = {}
 
-    def timed(runs: int, fn) -> list[float]:
-        samples = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - started)
-        return samples
-
     for label, size, runs in (("1k", 1024, small_runs), ("100k", 102400, large_runs)):
         doc = _rich_text(size)
         position = doc.index("ordinary") + 3  # inside a text node
         edited = doc[:position] + "<b>x</b>" + doc[position:]
         assert sanitize.edit_is_inert(doc, position, 0, "hello") and sanitize.clean_html(doc).html == doc
-        real[f"full_{label}"] = timed(runs, lambda: sanitize.clean_html(edited, "bleach"))
-        base[f"full_{label}"] = timed(runs, lambda: sanitize.clean_html(edited, "nh3"))
-        real[f"inert_{label}"] = timed(runs * 10, lambda: sanitize.edit_is_inert(doc, position, 0, "hello"))
+        real[f"full_{label}"] = _timed(runs, lambda: sanitize.clean_html(edited, "bleach"))
+        base[f"full_{label}"] = _timed(runs, lambda: sanitize.clean_html(edited, "nh3"))
+        real[f"inert_{label}"] = _timed(runs * 10, lambda: sanitize.edit_is_inert(doc, position, 0, "hello"))
         base[f"inert_{label}"] = real[f"full_{label}"]
     return {"mcprt": real, "bare": base, "errors": [], "logged": []}
 

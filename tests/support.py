@@ -42,3 +42,26 @@ def spawn_server(db: str, port: int, *args: str, env: dict | None = None, **pope
                             cwd=ROOT, env={**os.environ, **UNLIMITED, "PYTHONUNBUFFERED": "1", **(env or {})}, **popen)
     get_once_serving(proc, port)
     return proc
+
+
+async def editor_of(port: int, user_id: str, document_id: str, format_: str | None = "text"):
+    """A session on a server process and a `websockets` connection to a document (created as `format_`
+    first unless None), past its document_state: (session id, connection)."""
+    import json
+
+    import websockets
+    from tornado.httpclient import AsyncHTTPClient
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
+                                 body=json.dumps({"user_id": user_id}))
+        sid = json.loads(reply.body)["session_id"]
+        if format_ is not None:
+            await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST", headers={"X-Session-ID": sid},
+                             body=json.dumps({"document_id": document_id, "format": format_}))
+    finally:
+        http.close()
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id={document_id}",
+                                  close_timeout=0.2)
+    await ws.recv()  # document_state
+    return sid, ws

@@ -11,11 +11,10 @@ import sqlite3
 import time
 
 import pytest
-import websockets
 
 from mcprt.ot import TextOperation
 from otclient import OTClient
-from support import free_port, spawn_server
+from support import editor_of, free_port, spawn_server
 
 pytestmark = pytest.mark.asyncio
 
@@ -349,17 +348,8 @@ async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
     proc = spawn_server(db, port, "--log-level", "warning")
     acked: list[int] = []
     try:
-        from tornado.httpclient import AsyncHTTPClient
-        http = AsyncHTTPClient(force_instance=True)
-        reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
-                                 body=json.dumps({"user_id": "durable"}))
-        sid = json.loads(reply.body)["session_id"]
-        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST", headers={"X-Session-ID": sid},
-                         body=json.dumps({"document_id": "d", "format": "text"}))
-        http.close()
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=d",
-                                      close_timeout=0.2) as ws:
-            await ws.recv()
+        sid, connection = await editor_of(port, "durable", "d")
+        async with connection as ws:
             for i in range(300):  # pipelined: acks arrive while later edits are still being sent
                 await ws.send(json.dumps({"id": f"e{i}", "type": "realtime_edit",
                                           "payload": {"change_delta": {"position": 0, "insert": f"<{i}>"}}}))

@@ -229,23 +229,11 @@ COSTLY = ("<p>x" * 2400)[:9600]  # unclosed paragraphs: the costliest 10 KB of m
 
 async def test_a_costly_markup_edit_does_not_stall_other_documents(tmp_path):
     """Against a server in its own process (in this one, the test's client would stall with it)."""
-    import websockets
-    from tornado.httpclient import AsyncHTTPClient
-
-    from support import free_port, spawn_server
+    from support import editor_of, free_port, spawn_server
     port = free_port()
     proc = spawn_server(str(tmp_path / "s.db"), port, "--log-level", "warning")
-    http = AsyncHTTPClient(force_instance=True)
     try:
-        async def editor(user: str, document_id: str):
-            reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
-                                     body=json.dumps({"user_id": user}))
-            sid = json.loads(reply.body)["session_id"]
-            conn = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id={document_id}")
-            await conn.recv()  # document_state
-            return conn
-
-        writer, other = await editor("writer", "heavy"), await editor("other", "light")
+        (_, writer), (_, other) = await editor_of(port, "writer", "heavy", "html"), await editor_of(port, "other", "light")
         loop = asyncio.get_running_loop()
         sent = loop.time()
         await writer.send(json.dumps({"id": "heavy-edit", "type": "realtime_edit", "payload": {
@@ -266,7 +254,6 @@ async def test_a_costly_markup_edit_does_not_stall_other_documents(tmp_path):
         await writer.close()
         await other.close()
     finally:
-        http.close()
         proc.terminate()
         proc.wait(10)
 

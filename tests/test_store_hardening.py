@@ -18,7 +18,7 @@ import pytest
 from mcprt.__main__ import run_until_stopped
 from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError
 from mcprt.wal import read_wal
-from support import ROOT, free_port, spawn_server
+from support import ROOT, editor_of, free_port, spawn_server
 
 INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
 INSERT_OP = ("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, '[]', '2026-01-01T00:00:00Z')")
@@ -234,21 +234,11 @@ async def _killed_mid_burst(db: str, port: int, log_file) -> list[int]:
     """A server takes pipelined edits and is killed -9 while they still arrive; the revisions it acked."""
     import json
 
-    import websockets
-    from tornado.httpclient import AsyncHTTPClient
     proc = spawn_server(db, port, "--log-level", "info", stderr=log_file, stdout=subprocess.DEVNULL)
     acked = []
     try:
-        http = AsyncHTTPClient(force_instance=True)
-        reply = await http.fetch(f"http://127.0.0.1:{port}/api/sessions", method="POST",
-                                 body=json.dumps({"user_id": "w"}))
-        sid = json.loads(reply.body)["session_id"]
-        await http.fetch(f"http://127.0.0.1:{port}/api/documents", method="POST", headers={"X-Session-ID": sid},
-                         body=json.dumps({"document_id": "w", "format": "text"}))
-        http.close()
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?session_id={sid}&document_id=w",
-                                      close_timeout=0.2) as ws:
-            await ws.recv()
+        _, connection = await editor_of(port, "w", "w")
+        async with connection as ws:
             for i in range(300):  # pipelined, as in the kill -9 durability test
                 await ws.send(json.dumps({"id": f"e{i}", "type": "realtime_edit",
                                           "payload": {"change_delta": {"position": 0, "insert": f"<{i}>"}}}))
