@@ -11,6 +11,7 @@ from .protocol import AppError, ErrorCode
 from .ratelimit import Buckets, KeyedWindows, TokenBucket
 
 NOTICE_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
+SYNC_RATE, SYNC_BURST = 2.0, 10  # sync answers per connection (each may be a whole document_state)
 
 
 class Notices:
@@ -43,6 +44,10 @@ class Limits:
     def bucket(self, session_id: str) -> TokenBucket:
         """The message bucket a session's sockets share (it outlives them: reconnecting does not refill it)."""
         return self.buckets.get(session_id, self.clock())
+
+    def sync_bucket(self) -> TokenBucket:
+        """A connection's own bucket of sync answers."""
+        return TokenBucket(SYNC_RATE, SYNC_BURST, self.clock())
 
     def message(self, bucket: TokenBucket) -> bool:
         """Spend one message from a bucket; False over the limit."""

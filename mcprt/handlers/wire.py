@@ -14,7 +14,6 @@ import tornado.websocket
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
-from ..ratelimit import TokenBucket
 from ..transport import output_budget
 
 log = logging.getLogger("mcprt.ws")
@@ -22,7 +21,6 @@ log = logging.getLogger("mcprt.ws")
 CLOSE_TOO_SLOW = 4009  # recorded, not sent: the peer is dropped without a close frame it would not read
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
-SYNC_RATE, SYNC_BURST = 2.0, 10  # sync answers per connection (each may be a whole document_state)
 
 # Each private name used, and what it buys (measured where it is about speed).
 TORNADO_INTERNALS = {
@@ -61,8 +59,6 @@ class Protocol(WebSocketProtocol13):
         super().__init__(handler, mask_outgoing, params)
         self.budget = output_budget(handler.deps.settings)
         self.answer_end = self.answer_size = 0  # where the last sync answer ends in that count, and its size
-        self.sync_bucket = TokenBucket(SYNC_RATE, SYNC_BURST, time.monotonic())
-        self.sync_refused_at = -1e9
 
     def pending(self) -> int:
         """Bytes queued for this peer and not yet taken by the kernel."""
@@ -72,6 +68,10 @@ class Protocol(WebSocketProtocol13):
     def unsent_answer(self) -> int:
         """How much of the last sync answer is still queued here."""
         return max(0, self.answer_end - (self._wire_bytes_out - self.pending()))
+
+    def bytes_out(self) -> int:
+        """Bytes written to this peer so far, frames included."""
+        return self._wire_bytes_out
 
     def mark_answer(self, size: int) -> None:
         """The message just written is a sync answer of `size` bytes."""

@@ -18,12 +18,12 @@ from .. import protocol as P
 from ..clock import iso, parse_iso
 from ..edits import CLOSE_SERVER_ERROR, Reply
 from ..documents import Author, check_document_id, creator
-from ..limits import Notices
+from ..limits import SYNC_BURST, SYNC_RATE, Notices
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
 from . import wire
 from .base import client_of, session_ids_given
-from .wire import SYNC_BURST, SYNC_RATE  # the wire-level close codes (1002, 1007, 4009) live in wire.py
+# The wire-level close codes (1002, 1007, 4009) live in wire.py.
 
 log = logging.getLogger("mcprt.ws")
 
@@ -42,7 +42,6 @@ CLOSE_GOING_AWAY = 1001
 CLIENT_TYPES = ("web", "mobile", "desktop")
 LEAN = "mcprt.ops.v1"  # the subprotocol of op-aware clients: acks and broadcasts carry no content
 ABUSE_INVALIDATE_AFTER = 3  # abuse disconnects of one session within the violation window
-RATE_ERROR_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
 
 
 class EditorSocket(tornado.websocket.WebSocketHandler):
@@ -63,6 +62,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.joined = False
         self.lean = False  # offered LEAN: edit_ack and realtime_edit carry the op and length, not the content
         self.notices = Notices()  # RATE_LIMITED replies, coalesced
+        self.sync_notices = Notices()  # events about refused sync requests, coalesced
+        self.sync_bucket = deps.limits.sync_bucket()
         self._dispatch = {P.HEARTBEAT: self.on_heartbeat, P.REALTIME_EDIT: self.on_realtime_edit,
                           P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
 
@@ -373,19 +374,17 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         proto = self.ws_connection
         if proto is None:
             return
-        now = time.monotonic()
         unsent = proto.unsent_answer()
-        if 2 * unsent > proto.answer_size or not proto.sync_bucket.take(now):
+        if 2 * unsent > proto.answer_size or not self.deps.limits.message(self.sync_bucket):
             details = {"unsent_bytes": unsent, "rate_per_second": SYNC_RATE, "burst": SYNC_BURST,
                        "retry_after": 1.0}
             self.send_error(AppError(ErrorCode.RATE_LIMITED, "sync_request too soon: read the previous answer "
                                      "first", details), message["id"])
-            if now - proto.sync_refused_at >= RATE_ERROR_WINDOW:  # one event a second, not one per request
-                proto.sync_refused_at = now
+            if self.sync_notices.refused(self.deps.clock()) is not None:  # one event a second, not one each
                 self.deps.audit.security("rate_limited", None, {"message_type": P.SYNC_REQUEST, **details},
                                          **self.where())
             return
-        since, before = message["payload"]["since_revision"], proto._wire_bytes_out
+        since, before = message["payload"]["since_revision"], proto.bytes_out()
         ops = self.deps.documents.ops_since(self.document, since)
         if ops is None:
             state = {**self.document.state(), "participants": self.deps.hub.participants(self.document_id)}
@@ -393,7 +392,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         else:
             self.send(P.SYNC_RESPONSE, {"since_revision": since, "revision": self.document.revision, "ops": ops},
                       message["id"])
-        proto.mark_answer(proto._wire_bytes_out - before)
+        proto.mark_answer(proto.bytes_out() - before)
 
     # -- closing -------------------------------------------------------
 
