@@ -29,13 +29,14 @@ def _warm(pool: ProcessPoolExecutor, engine: str) -> None:
     pool.submit(_clean, "", engine).result()
 
 
-def _clean(content: str, engine: str) -> tuple[str, tuple[str, ...]] | str:
-    """In the worker: the cleaned HTML and what was removed, or the refusal's message."""
+def _clean(content: str, engine: str, length: int | None = None) -> tuple[str, tuple[str, ...]] | str | None:
+    """In the worker: the cleaned HTML and what was removed, or the refusal's message. With `length`,
+    content is a span of a document that long (sanitize.clean_part), and None says: clean the whole."""
     try:
-        cleaned = sanitize.clean_html(content, engine)
+        cleaned = sanitize.clean_html(content, engine) if length is None else sanitize.clean_part(content, engine, length)
     except sanitize.UnsafeText as exc:
         return str(exc)
-    return cleaned.html, cleaned.removed
+    return None if cleaned is None else (cleaned.html, cleaned.removed)
 
 
 class Cleaner:
@@ -54,14 +55,23 @@ class Cleaner:
             self._ready = asyncio.ensure_future(asyncio.to_thread(_warm, self._pool, self.engine))
             self._ready.add_done_callback(_consume)
 
-    def _submit(self, content: str) -> asyncio.Future:
-        future = asyncio.get_running_loop().run_in_executor(self._pool, _clean, content, self.engine)
+    def _submit(self, content: str, length: int | None) -> asyncio.Future:
+        future = asyncio.get_running_loop().run_in_executor(self._pool, _clean, content, self.engine, length)
         future.add_done_callback(_consume)  # a killed worker's calls fail; nobody else may be waiting
         return future
 
-    async def clean(self, content: str) -> sanitize.Cleaned:
-        """The sanitized fragment, or INVALID_MESSAGE (refused markup, or over the time budget). Starting
-        a worker is not counted against the budget."""
+    async def clean(self, content: str, span: tuple[int, int] | None = None) -> sanitize.Cleaned:
+        """sanitize.clean_edit in the worker, sending it only the span when that is enough; or
+        INVALID_MESSAGE (refused markup, or over the time budget)."""
+        if span is not None:
+            part = await self._clean(content[span[0]:span[1]], len(content))
+            if part is not None:
+                return sanitize.Cleaned(*part, span)
+        return sanitize.Cleaned(*await self._clean(content, None))
+
+    async def _clean(self, content: str, length: int | None) -> tuple[str, tuple[str, ...]] | None:
+        """The worker's answer for content (a span of a document `length` long, or a whole document).
+        Starting a worker is not counted against the budget."""
         self._executor()
         try:
             await asyncio.shield(self._ready)
@@ -69,7 +79,7 @@ class Cleaner:
             log.error("the sanitizer's worker could not start: %s", exc)
             self._pool = None
             raise AppError(ErrorCode.SERVER_ERROR, "the sanitizer could not start; send the edit again", {}) from None
-        future = self._submit(content)
+        future = self._submit(content, length)
         try:
             result = await asyncio.wait_for(asyncio.shield(future), self.budget)
         except asyncio.TimeoutError:
@@ -82,7 +92,7 @@ class Cleaner:
             raise AppError(ErrorCode.SERVER_ERROR, "the sanitizer stopped; send the edit again", {}) from None
         if isinstance(result, str):
             raise AppError(ErrorCode.INVALID_MESSAGE, result, {"pointer": "/payload", "max_depth": sanitize.MAX_DEPTH})
-        return sanitize.Cleaned(*result)
+        return result
 
     def _kill(self) -> None:
         """End the worker now (a pool cannot cancel a running call); the next clean starts another."""

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import sanitize
 from .clock import iso
-from .ot import OpError, TextOperation, diff, from_delta, span, transform_cursor
+from .ot import OpError, TextOperation, diff, extent, from_delta, span, transform_cursor, widened
 from .protocol import AppError, ErrorCode
 from .ratelimit import KeyedWindows
 from .store import Store, document_chain
@@ -76,6 +76,7 @@ class Staged:
     content: str
     correction: TextOperation | None  # CRs made LF
     needs_clean: bool                 # markup that sanitizing must see (not plain typing in a text node)
+    span: tuple[int, int] | None = None  # of content, what sanitizing must see of it (None: all)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,9 @@ class DocumentService:
         if any(isinstance(c, str) and "\r" in c for c in op.ops):  # stored content never holds a CR
             normalized = sanitize.normalize(content)
             correction, content = diff(content, normalized), normalized
-        return Staged(op, content, correction, document.format == "html" and not self._inert(document.content, op))
+        if document.format != "html" or self._inert(document.content, op):
+            return Staged(op, content, correction, False)
+        return Staged(op, content, correction, True, None if correction else self._span(document.content, op))
 
     def commit(self, document: Document, staged: Staged, cleaned: sanitize.Cleaned | None, author: Author,
                message_id: str | None) -> tuple[Applied, asyncio.Future]:
@@ -382,10 +385,11 @@ class DocumentService:
         op, content, correction, removed = staged.op, staged.content, staged.correction, ()
         if cleaned is not None:
             removed = cleaned.removed
-            if cleaned.html != content:
-                more = diff(content, cleaned.html)
+            start, end = cleaned.span or (0, len(content))
+            if cleaned.html != content[start:end]:
+                more = widened(diff(content[start:end], cleaned.html), start, len(content) - end)
                 correction = correction.compose(more) if correction is not None else more
-                content = cleaned.html
+                content = content[:start] + cleaned.html + content[end:]
         # A code point is 1-4 bytes: encode only when the length alone cannot decide.
         if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes
                                              and len(content.encode("utf-8")) > self.max_bytes):
@@ -409,8 +413,7 @@ class DocumentService:
         """Stage, sanitize here, and commit at once (the in-process way; the edit pipeline cleans markup
         in the Cleaner's worker instead)."""
         staged = self.stage(document, op, base)
-        return self.commit(document, staged, self._clean(staged.content) if staged.needs_clean else None,
-                           author, message_id)
+        return self.commit(document, staged, self._clean(staged) if staged.needs_clean else None, author, message_id)
 
     @staticmethod
     def _check_live(document: Document) -> None:
@@ -418,10 +421,10 @@ class DocumentService:
             raise AppError(ErrorCode.SERVER_ERROR, "the document is being reloaded after a storage error; "
                            "reconnect", {"document_id": document.document_id})
 
-    def _clean(self, content: str) -> sanitize.Cleaned:
-        """clean_html, or INVALID_MESSAGE for markup it refuses (too deep): the document stays as it was."""
+    def _clean(self, staged: Staged) -> sanitize.Cleaned:
+        """clean_edit, or INVALID_MESSAGE for markup it refuses (too deep): the document stays as it was."""
         try:
-            return sanitize.clean_html(content, self.engine)
+            return sanitize.clean_edit(staged.content, staged.span, self.engine)
         except sanitize.UnsafeText as exc:
             raise AppError(ErrorCode.INVALID_MESSAGE, str(exc), {"pointer": "/payload",
                            "max_depth": sanitize.MAX_DEPTH}) from None
@@ -429,6 +432,15 @@ class DocumentService:
     def _inert(self, before: str, op: TextOperation) -> bool:
         edit = span(op)
         return edit is not None and sanitize.edit_is_inert(before, *edit)
+
+    @staticmethod
+    def _span(before: str, op: TextOperation) -> tuple[int, int] | None:
+        """The top-level span of the edited content that holds what op changed (see sanitize.clean_part)."""
+        changed = extent(op)
+        found = changed and sanitize.top_level_span(before, *changed)
+        if not found:
+            return None
+        return found[0], found[1] + op.target_length - op.base_length
 
     def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None,
                  correction: TextOperation | None) -> asyncio.Future:

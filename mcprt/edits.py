@@ -120,10 +120,11 @@ class EditService:
 
     async def _clean_and_commit(self, document: Document, staged, job: "_Job") -> None:
         try:
-            cleaned = await self.cleaner.clean(staged.content)
+            cleaned = await self.cleaner.clean(staged.content, staged.span)
         except AppError as exc:
             job.reply.refused(exc)
             return
+        (self.metrics.cleaned_span if cleaned.span else self.metrics.cleaned_whole).inc()
         self._commit(document, staged, cleaned, job, refusals=job.reply.refused)
 
     def _commit(self, document: Document, staged, cleaned, job: "_Job", refusals=None) -> None:

@@ -31,6 +31,9 @@ class Metrics:
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.commit_latency = Histogram("mcprt_db_commit_seconds", "One batched database commit",
                                         buckets=_LATENCY_BUCKETS, registry=r)
+        cleans = Counter("mcprt_markup_cleans", "Markup edits sanitized, by what was sanitized: the top-level "
+                         "span the edit touched, or the whole document", ["scope"], registry=r)
+        self.cleaned_span, self.cleaned_whole = cleans.labels("span"), cleans.labels("whole")
         self.commit_rows = Counter("mcprt_db_rows_written", "Rows written by the batched writer", registry=r)
         queue = Gauge("mcprt_event_queue_depth", "Writes waiting for the next database batch", registry=r)
         queue.set_function(lambda: store.queue_depth)

@@ -9,6 +9,7 @@ active formatting elements") at every later token, so a few bytes can become meg
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from bleach._vendor.html5lib import treebuilders
@@ -141,12 +142,27 @@ _PLAIN = frozenset(
 _SIMPLE_TAG = re.compile(r'<(/?)([a-z][a-z0-9]*)(?: [a-z-]+(?:="[^"<>]*")?)*>')
 
 
+def balanced(text: str) -> bool:
+    """True for markup in the engines' own shape (see _balanced_depth) that closes every element it
+    opens: a parser reads it as the tree its tags spell and ends where it started (nothing open, nothing
+    to re-open, the tokenizer between tags), so what follows it parses as if it came first."""
+    found = _plain(text, sys.maxsize)
+    return found is not None and found[1] == 0
+
+
 def _balanced_depth(text: str, max_depth: int) -> int | None:
     """The exact depth of markup in the engines' own shape, or None when it is not that simple.
 
     Simple means: only _PLAIN tags, written as the engines write them, every end tag closing
     the current element, and nothing a parser would close or re-open on its own.
     """
+    found = _plain(text, max_depth)
+    return None if found is None else found[0]
+
+
+def _plain(text: str, max_depth: int) -> tuple[int, int] | None:
+    """(depth, elements still open at the end) of simple markup, or None; the scan stops once deeper
+    than max_depth."""
     if "<!" in text or "<?" in text:
         return None
     tags = _SIMPLE_TAG.findall(text)
@@ -170,8 +186,8 @@ def _balanced_depth(text: str, max_depth: int) -> int | None:
             if len(stack) > depth:
                 depth = len(stack)
                 if depth > max_depth:
-                    return depth
-    return depth
+                    break
+    return depth, len(stack)
 
 
 def _opens_plainly(stack: list[str], name: str) -> bool:

@@ -392,3 +392,29 @@ def span(op: TextOperation) -> tuple[int, int, str] | None:
     position = ops[0] if start else 0
     text = "".join(c for c in middle if _is_insert(c))
     return position, -sum(c for c in middle if _is_delete(c)), text
+
+
+def extent(op: TextOperation) -> tuple[int, int] | None:
+    """[start, end) of the base document that op changes (an insert alone changes an empty range at
+    its place); None for a no-op."""
+    ops = op.ops
+    first = 1 if ops and _is_retain(ops[0]) else 0
+    last = len(ops) - 1 if len(ops) > first and _is_retain(ops[-1]) else len(ops)
+    if first >= last:
+        return None
+    start = ops[0] if first else 0
+    return start, op.base_length - (ops[-1] if last < len(ops) else 0)
+
+
+def widened(op: TextOperation, before: int, after: int) -> TextOperation:
+    """An op on a span, as the op on a document that holds `before` code points ahead of the span
+    and `after` behind it."""
+    whole = TextOperation().retain(before)
+    for c in op.ops:
+        if _is_retain(c):
+            whole.retain(c)
+        elif _is_insert(c):
+            whole.insert(c)
+        else:
+            whole.delete(c)
+    return whole.retain(after)

@@ -101,6 +101,7 @@ class Cleaned:
 
     html: str
     removed: tuple[str, ...]
+    span: tuple[int, int] | None = None  # the span of a document that html replaces; None: all of it
 
     @property
     def dangerous(self) -> bool:
@@ -128,11 +129,7 @@ def check_text(text: str) -> str:
 
 def clean_html(html: str, engine: str = "bleach") -> Cleaned:
     """Sanitize an HTML fragment to the allowlist; the result is a fixpoint."""
-    try:
-        sanitize = _SANITIZERS[engine]
-    except KeyError:
-        message = f"unknown engine {engine!r}, expected one of {ENGINES}"
-        raise ValueError(message) from None
+    sanitize = _engine(engine)
     text = normalize(html)
     check_nesting(text)
     try:
@@ -147,18 +144,109 @@ def clean_html(html: str, engine: str = "bleach") -> Cleaned:
     return Cleaned(out, removed)
 
 
-def check_nesting(text: str) -> None:
-    """Refuse markup nesting deeper than MAX_DEPTH, before any parser sees it.
+def clean_part(part: str, engine: str, length: int) -> Cleaned | None:
+    """What clean_html makes of `part` inside a whole document of `length` code points, or None when
+    that cannot be known from the part alone (then clean the whole).
+
+    `part` is the span top_level_span() found, after the edit: the rest of the document is clean and
+    parses the same whatever the span holds, as long as the span leaves the parser where it found it
+    (nesting.balanced), before sanitizing and after every pass that is sanitized again.
+    """
+    sanitize = _engine(engine)
+    if not nesting.balanced(part) or _REFUSED.search(part):
+        return None
+    try:
+        check_nesting(part, length)
+        out = sanitize(part)
+        if out != part:  # _settle, with the check before each pass that sanitizes an output again
+            for _ in range(_MAX_PASSES):
+                if not nesting.balanced(out):
+                    return None
+                again = sanitize(out)
+                if again == out:
+                    break
+                out = again
+            else:
+                return None  # the whole would be shown as text
+            check_nesting(out, length)
+        removed = () if out == part or not nesting.has_markup(part) else _find_dangers(part)
+    except (nesting.Refused, TooComplex):
+        return None  # the whole decides: its budgets are larger
+    return Cleaned(out, removed)
+
+
+def clean_edit(content: str, span: tuple[int, int] | None, engine: str = "bleach") -> Cleaned:
+    """Sanitize an edited document: only `span` (top_level_span() after the edit) when that is known to
+    give what the whole would, else the whole."""
+    if span is not None:
+        part = clean_part(content[span[0]:span[1]], engine, len(content))
+        if part is not None:
+            return Cleaned(part.html, part.removed, span)
+    return clean_html(content, engine)
+
+
+def top_level_span(content: str, start: int, end: int) -> tuple[int, int] | None:
+    """The smallest span of clean `content` around [start, end) that begins right after a top-level
+    element (or at 0) and ends right before a top-level start tag (or at the end); None when the
+    content does not read as clean markup.
+
+    In clean content `<` only opens a tag, and <br> is the only void element, so the depth at any
+    point is counted in C; the walk out to depth 0 costs the span's own length.
+    """
+    if not 0 <= start <= end <= len(content):
+        return None
+    inside = content.rfind("<", 0, start)
+    if inside > content.rfind(">", 0, start):
+        start = inside  # in the middle of a tag: from its start
+    inside = content.rfind("<", 0, end)
+    if end and inside > content.rfind(">", 0, end):
+        end = content.find(">", end) + 1  # to its end
+        if end == 0:
+            return None
+    depth = _depth(content, 0, start)
+    end_depth = depth + _depth(content, start, end)
+    while depth or (start and content[start - 1] != ">"):
+        tag = content.rfind("<", 0, start)
+        if tag < 0:
+            if depth:
+                return None
+            start = 0
+            break
+        depth += 1 if content.startswith("</", tag) else 0 if content.startswith("<br>", tag) else -1
+        start = tag
+        if depth < 0:
+            return None
+    depth, size = end_depth, len(content)
+    while depth or not (end == size or (content.startswith("<", end) and not content.startswith("</", end))):
+        tag = content.find("<", end)
+        if tag != end:  # text
+            if tag < 0 and depth:
+                return None  # an element left open at the end: not clean
+            end = size if tag < 0 else tag
+            continue
+        end = content.find(">", tag) + 1
+        if end == 0:
+            return None
+        depth += -1 if content.startswith("</", tag) else 0 if content.startswith("<br>", tag) else 1
+        if depth < 0:
+            return None
+    return start, end
+
+
+def check_nesting(text: str, length: int | None = None) -> None:
+    """Refuse markup nesting deeper than MAX_DEPTH, before any parser sees it (text being part of a
+    document of `length` code points, when it is only a part).
 
     The estimate is linear and errs on the deep side, so a parser never builds a tree this
     deep from markup that passes; html5lib's tree builder is guarded as well (GuardedTree).
     """
-    found = nesting.measure(text, MAX_DEPTH, _max_reopened(text))
+    limit = _max_reopened(len(text) if length is None else length)
+    found = nesting.measure(text, MAX_DEPTH, limit)
     if found.depth > MAX_DEPTH:
         raise TooComplex(f"markup nests deeper than {MAX_DEPTH} elements")
     if found.ambiguous:
         raise TooComplex(f"markup refused: {found.ambiguous}")
-    if found.reopened > _max_reopened(text):
+    if found.reopened > limit:
         raise TooComplex("misnested formatting tags would be re-opened too many times")
 
 
@@ -185,8 +273,21 @@ def edit_is_inert(content: str, position: int, delete_count: int, insert: str) -
 # --- settling on a fixpoint -------------------------------------------------------
 
 
-def _max_reopened(text: str) -> int:
-    return max(_MIN_REOPENED, len(text))
+def _engine(name: str):
+    try:
+        return _SANITIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}, expected one of {ENGINES}") from None
+
+
+def _max_reopened(length: int) -> int:
+    return max(_MIN_REOPENED, length)
+
+
+def _depth(content: str, start: int, end: int) -> int:
+    """How many elements clean content opens between start and end, less those it closes."""
+    return (content.count("<", start, end) - 2 * content.count("</", start, end)
+            - content.count("<br>", start, end))
 
 
 def _budget(text: str) -> int:

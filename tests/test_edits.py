@@ -285,3 +285,43 @@ async def test_markup_past_the_sanitize_budget_is_refused_and_the_worker_replace
                       "fine")
     ack = (await ws.recv_type("edit_ack", "error", timeout=10))["payload"]
     assert ack["revision"] == 1 and ack["content"] == "<i>ok</i>"
+
+
+async def test_markup_edits_on_a_large_document_clean_only_their_span_and_match_the_whole(app):
+    from mcprt.bench import _rich_text
+    from mcprt.sanitize import clean_html
+    await app.fetch("POST", "/api/documents", {"document_id": "big", "format": "html"}, admin=True)
+    ws = await app.editor(document_id="big")
+    block = _rich_text(1)
+    content, revision = "", 0
+    for i in range(12):  # 12 pastes of 3 KB each, at the end
+        await ws.send_msg("realtime_edit", _insert(block * 12, len(content), base=revision), f"fill-{i}")
+        ack = (await ws.recv_type("edit_ack", "error"))["payload"]
+        content, revision = ack["content"], ack["revision"]
+    assert content == block * 144
+    middle = len(content) // 2
+    word = content.index("ordinary", middle) + 3
+    edits = {  # what an editor sends, where
+        "enter": ("</p><p>", word, 0),
+        "bold": ("<b>x</b>", word, 0),
+        "dangerous paste": ('<img src="x" onerror="alert(1)">', word, 0),
+        "a list between blocks": ("<ul><li>new</li></ul>", content.index("<p>", middle), 0),
+        "delete across two blocks": ("", word, 300),
+    }
+    for name, (insert, position, delete) in edits.items():
+        delta = {"position": position, **({"insert": insert} if insert else {}), **({"delete": delete} if delete else {})}
+        await ws.send_msg("realtime_edit", {"base_revision": revision, "change_delta": delta}, name)
+        ack = (await ws.recv_type("edit_ack", "error"))["payload"]
+        assert "content" in ack, (name, ack)
+        sent = content[:position] + insert + content[position + delete:]
+        assert ack["content"] == clean_html(sent).html, name
+        correction = ack["correction"]
+        assert (TextOperation.from_json(correction).apply(sent) if correction else sent) == ack["content"], name
+        content, revision = ack["content"], ack["revision"]
+        word = content.index("ordinary", middle) + 3
+    assert "onerror" not in content and '<img src="x">' not in content
+    await app.settle()
+    assert [e["type"] for e in await app.deps.store.events(kind="security")] == ["xss_attempt"]
+    metrics = (await app.fetch("GET", "/metrics", admin=True)).body.decode()
+    assert 'mcprt_markup_cleans_total{scope="span"} 17.0' in metrics
+    assert 'mcprt_markup_cleans_total{scope="whole"} 0.0' in metrics

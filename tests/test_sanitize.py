@@ -4,7 +4,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from chromium_corpus import UNCHANGED
@@ -15,8 +15,10 @@ from mcprt.sanitize import (
     UnsafeText,
     check_text,
     clean_html,
+    clean_part,
     edit_is_inert,
     normalize,
+    top_level_span,
 )
 from xss_corpus import INERT_VECTORS, REFUSED_VECTORS, XSS_VECTORS
 
@@ -440,3 +442,106 @@ def test_inert_edits_need_no_sanitizing(engine, fragment, data, insert):
         again = clean_html(new, engine)
         assert again.html == new
         assert again.removed == ()
+
+
+# --- cleaning only the span an edit touches ------------------------------------------
+
+BLOCKS = [
+    "<p>Some <b>bold</b>, <i>it</i> and <a href=\"https://e.com/?a&amp;b\">a link</a>.</p>",
+    "<ul><li>one</li><li>two <u>x</u></li></ul>", "<pre>\n\nx\ny</pre>", "<h1>Title</h1>", "plain text ",
+    "<br>", "<li>loose</li>", "<div><p>a</p><p>b</p></div>", "<blockquote>q &amp; a</blockquote>",
+    "<p></p>", "&lt;b&gt; ", "<span>s</span>",
+]
+documents = st.one_of(  # as editors write them, and with anything in between
+    st.lists(st.sampled_from(BLOCKS), max_size=8).map("".join),
+    st.lists(st.one_of(st.sampled_from(BLOCKS), fragments), max_size=6).map("".join),
+)
+MARKUP_INSERTS = [
+    "<b>", "</b>", "</p><p>", "<p>", "<b>x</b>", "<ul><li>", "</li><li>", "<br>", "\n", "x", "</div>",
+    '<a href="https://e.com">l</a>', "<h2>h</h2>", "<li>", "</ul>", "<pre>", "&amp", "<i>a</b>",
+]
+markup_inserts = st.one_of(st.sampled_from(MARKUP_INSERTS), fragments, inserts)
+
+
+def _splice_cleaned(content, position, delete_count, insert, engine):
+    """(the edited content, the span's clean result spliced in or None, the whole's clean result or None)."""
+    new = content[:position] + insert + content[position + delete_count:]
+    span = top_level_span(content, position, position + delete_count)
+    assert span is not None, "clean content always has a top-level span"
+    start, end = span
+    assert start == 0 or content[start - 1] == ">"
+    assert end == len(content) or (content[end] == "<" and content[end + 1] != "/")
+    end += len(new) - len(content)
+    part = clean_part(new[start:end], engine, len(new))
+    spliced = None if part is None else Cleaned(new[:start] + part.html + new[end:], part.removed)
+    return new, spliced, _clean_or_none(new, engine)
+
+
+@engines
+@PROPERTY
+@given(doc=documents, data=st.data(), insert=markup_inserts)
+@example(doc="<p>ab</p><p>cd</p>", data=None, insert="<b>")
+@example(doc="<p>ab</p>text<p>cd</p>", data=None, insert="</p><p>")
+def test_cleaning_the_span_an_edit_touches_equals_cleaning_the_whole(engine, doc, data, insert):
+    result = _clean_or_none(doc, engine)
+    if result is None:
+        return
+    content = result.html
+    if data is None:  # the examples: an edit in the middle
+        position, delete_count = len(content) // 2, 0
+    else:
+        position = data.draw(st.integers(0, len(content)))
+        delete_count = data.draw(st.integers(0, min(40, len(content) - position)))
+    new, spliced, whole = _splice_cleaned(content, position, delete_count, insert, engine)
+    event("the span alone" if spliced is not None else "the whole")
+    if spliced is not None:
+        assert whole is not None, new
+        assert spliced == whole, new
+
+
+def _outside_tags(content):
+    """The positions in clean content that are not inside a tag."""
+    inside, positions = False, []
+    for i, char in enumerate(content):
+        if not inside:
+            positions.append(i)
+        inside = (inside or char == "<") and char != ">"
+    return positions + [len(content)]
+
+
+@engines
+@PROPERTY
+@given(doc=documents, data=st.data(),
+       insert=st.one_of(st.sampled_from(BLOCKS + MARKUP_INSERTS), st.lists(st.sampled_from(BLOCKS), max_size=3).map("".join)))
+def test_markup_typed_between_tags_cleans_its_span_as_the_whole(engine, doc, data, insert):
+    result = _clean_or_none(doc, engine)
+    if result is None:
+        return
+    content = result.html
+    position = data.draw(st.sampled_from(_outside_tags(content)))
+    new, spliced, whole = _splice_cleaned(content, position, 0, insert, engine)
+    event("the span alone" if spliced is not None else "the whole")
+    if spliced is not None:
+        assert spliced == whole, new
+
+
+TYPICAL = {  # (what the editor sends, where) on a rich document: each must take the span path
+    "Enter in a paragraph": ("</p><p>", "ordinary"),
+    "bold a word": ("<b>x</b>", "ordinary"),
+    "a new list": ("<ul><li>item</li></ul>", "<p>Some"),
+    "a link": ('<a href="https://example.com/b">b</a>', "prose"),
+    "a dangerous paste": ('<img src="x" onerror="alert(1)">', "ordinary"),
+}
+
+
+@engines
+@pytest.mark.parametrize("edit", TYPICAL)
+def test_typical_markup_edits_clean_only_their_span(engine, edit):
+    from mcprt.bench import _rich_text
+    insert, anchor = TYPICAL[edit]
+    content = _rich_text(20000)
+    position = content.index(anchor, len(content) // 2) + (3 if anchor.isalpha() else 0)
+    new, spliced, whole = _splice_cleaned(content, position, 0, insert, engine)
+    assert spliced is not None and spliced == whole
+    if "onerror" in insert:
+        assert spliced.removed == ("onerror attribute",)
