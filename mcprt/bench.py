@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(sanitize_runs=(60, 4), reps=1, requests=300, connects=100, heartbeat_seconds=1.5, edit_seconds=1.5, window=200, viewers=100,
              fan_edits=300, connections=300, per_document=10, connections_heartbeat=2.0, keep=100,
-             idle_seconds=2.0, sessions=1000)
+             idle_seconds=2.0, sessions=1000, size_seconds=0.4, size_broadcasts=20)
 NORMAL = dict(sanitize_runs=(300, 20), reps=3, requests=2000, connects=300, heartbeat_seconds=3.0, edit_seconds=4.0, window=200, viewers=100,
               fan_edits=1500, connections=1000, per_document=10, connections_heartbeat=8.0, keep=100,
-              idle_seconds=6.0, sessions=5000)
+              idle_seconds=6.0, sessions=5000, size_seconds=1.0, size_broadcasts=100)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,28 @@ def _p99(values: list[float]) -> float:
 
 def _ms(values: list[float]) -> float:
     return 1000 * _median(values)
+
+
+def _size_rows() -> list[Row]:
+    """The doc_sizes rows: each measure on a 100 KB and a 1 MB document, its baseline the same measure on
+    the 1 KB document in the same run (C.against_smallest). Targets from the issue: lean edits/s on 1 MB
+    at least 80 % of 1 KB; lean bytes per ack and per broadcast independent of the size."""
+    rows = []
+    for mode, _ in C.MODES:
+        lean = mode == "lean"
+        for window in C.IN_FLIGHT:
+            for label, _, title in C.SIZES[1:]:
+                met = lean and label == "1m"
+                rows.append(Row(f"size_{mode}_w{window}_{label}", f"{mode}, {window} in flight, {title} (bare: 1 KB)",
+                                "edit/s", lambda r, k=f"rate_{mode}_w{window}_{label}": r[k],
+                                ">=80% of 1 KB" if met else "(report)", (lambda v, x: x >= 0.8) if met else None,
+                                samples=f"latency_{mode}_w{window}_{label}"))
+        for what, shown, unit in (("ack", "per ack", "B/ack"), ("bcast", "per broadcast", "B/bcast")):
+            for label, _, title in C.SIZES[1:]:
+                rows.append(Row(f"size_{mode}_{what}_{label}", f"{mode}, {shown}, {title} (bare: 1 KB)", unit,
+                                lambda r, k=f"{what}_{mode}_{label}": r[k], "<=1.05x 1 KB" if lean else "(report)",
+                                (lambda v, x: x <= 1.05) if lean else None, latency=False))
+    return rows
 
 
 ROWS = {
@@ -91,6 +113,7 @@ ROWS = {
             lambda r: _ms(r["refused"]), "<=50ms both", lambda v, x: v <= 50 and v / x <= 50, samples="refused")],
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
+    "doc_sizes": _size_rows(),
 }
 
 
@@ -202,6 +225,12 @@ def sanitize_group(params: dict) -> dict:
 
 
 LOCAL_GROUPS = {"sanitize": sanitize_group}  # measured in this process, no servers
+# Measured on the real server alone: the baseline side is made from the real server's own results.
+ONE_SERVER_GROUPS = {"doc_sizes": C.against_smallest}
+GROUP_NOTES = {"doc_sizes": ["doc_sizes: one connection alone on a text document, 200-byte replacements in its middle "
+                             "(ref: reference mode, content in each ack and broadcast; lean: subprotocol "
+                             f"{C.LEAN}); bytes: messages as received, UTF-8; bare: the same measure on a 1 KB "
+                             "document in the same run"]}
 
 
 def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]]:
@@ -215,6 +244,7 @@ def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]
         "connections": lambda t, rep: C.many_connections(t, p["connections"], p["per_document"],
                                                          p["connections_heartbeat"], p["keep"], p["idle_seconds"]),
         "session_memory": lambda t, rep: C.session_memory(t, p["sessions"]),
+        "doc_sizes": lambda t, rep: C.document_sizes(t, p["size_seconds"], p["size_broadcasts"], f"bench-size-{rep}"),
     }
 
 
@@ -276,8 +306,9 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
     """Fresh servers for one group, repetitions alternating bare and mcprt; samples merged per side."""
     if group in LOCAL_GROUPS:
         return LOCAL_GROUPS[group](params)
-    servers = {kind: ServerProcess(kind, workdir) for kind in ("bare", "mcprt")}
-    results: dict[str, list[dict]] = {"bare": [], "mcprt": []}
+    kinds = ("mcprt",) if group in ONE_SERVER_GROUPS else ("bare", "mcprt")
+    servers = {kind: ServerProcess(kind, workdir) for kind in kinds}
+    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
     errors: list[str] = []
     try:
         targets = dict(zip(servers, await asyncio.gather(*(s.start() for s in servers.values()))))
@@ -290,14 +321,16 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
     finally:
         await asyncio.gather(*(s.stop() for s in servers.values()))
     logged = [line for s in servers.values() for line in s.problems()]
-    return {"bare": _merge(results["bare"]), "mcprt": _merge(results["mcprt"]), "errors": errors, "logged": logged}
+    real = _merge(results["mcprt"])
+    bare = ONE_SERVER_GROUPS[group](real) if group in ONE_SERVER_GROUPS else _merge(results["bare"])
+    return {"bare": bare, "mcprt": real, "errors": errors, "logged": logged, "notes": GROUP_NOTES.get(group, [])}
 
 
 def _merge(runs: list[dict]) -> dict:
-    """Latency samples pooled; every other number the median over repetitions."""
+    """Latency samples (every list) pooled; every other number the median over repetitions."""
     merged = {}
     for key in runs[0]:
-        if key == "latency":
+        if isinstance(runs[0][key], list):
             merged[key] = [s for run in runs for s in run[key]]
         else:
             merged[key] = _median([run[key] for run in runs])
@@ -372,7 +405,8 @@ def print_header(info: dict, quick: bool) -> None:
     print("Each server runs in its own process on loopback; the client is this process. value: p50 for latency "
           "rows, rate for throughput rows; p50/p99: per-operation latency (queueing included under pipelined "
           "load); bare: the same measure on a bare Tornado server in the same run (for sessions, one that keeps "
-          "each session as a dict; for sanitize rows, measured in this process, the row names its baseline); "
+          "each session as a dict; for sanitize rows, measured in this process, the row names its baseline; for "
+          "doc_sizes rows, the same measure on a 1 KB document); "
           "cpu%: server/bare CPU during the measure (100 = one core).", flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:

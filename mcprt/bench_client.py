@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect as ws_open
 
 STAMP = "2025-11-07T10:00:00Z"
 TEXTS = ("abcdefghij" * 20, "klmnopqrst" * 20)  # two 200-byte inserts, taken in turn
+LEAN = "mcprt.ops.v1"  # the subprotocol of lean mode: acks and broadcasts carry the op and length, no content
 STALL = 30.0  # seconds a measurement may wait beyond its expected length before it fails
 now = time.perf_counter
 
@@ -75,10 +76,11 @@ class HttpClient:
         self.writer.close()
         await self.writer.wait_closed()
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """One request on the kept-alive connection; the status and the body."""
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.port, len(body), body))
+    async def post(self, path: str, body: bytes, headers: bytes = b"") -> tuple[int, bytes]:
+        """One request on the kept-alive connection (`headers`: more header lines, each ending in CRLF);
+        the status and the body."""
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n%s"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.port, headers, len(body), body))
         head = await self.reader.readuntil(b"\r\n\r\n")
         length = None
         for line in head.split(b"\r\n")[1:]:
@@ -102,14 +104,36 @@ async def create_sessions(target: Target, count: int, path: str = "/api/sessions
     return ids
 
 
-async def ws_connect(target: Target, session_id: str, document_id: str):
-    """A `websockets` connection past its first message (document_state on the real server)."""
+async def create_document(target: Target, session_id: str, document_id: str, format_: str = "text") -> None:
+    """POST /api/documents as the session's user."""
+    async with HttpClient(target.port) as http:
+        status, body = await http.post("/api/documents", json.dumps({"document_id": document_id, "format": format_})
+                                       .encode(), b"Authorization: Bearer %s\r\n" % session_id.encode())
+    if status != 201:
+        raise RuntimeError(f"POST /api/documents answered {status}: {body[:300]!r}")
+
+
+async def _open(target: Target, session_id: str, document_id: str, subprotocols: list[str] | None = None):
+    """A `websockets` connection and its first message, which must be document_state on the real server."""
     conn = await ws_open(target.ws_url(session_id, document_id), max_size=None, max_queue=None, compression=None,
-                         ping_interval=None, open_timeout=30, close_timeout=5)
+                         ping_interval=None, open_timeout=30, close_timeout=5, subprotocols=subprotocols)
     first = await asyncio.wait_for(conn.recv(), 30)
     if message_type(first) != "document_state":
         raise RuntimeError(f"first message is not document_state: {first[:300]}")
-    return conn
+    return conn, first
+
+
+async def ws_connect(target: Target, session_id: str, document_id: str):
+    """A `websockets` connection past its first message (document_state on the real server)."""
+    return (await _open(target, session_id, document_id))[0]
+
+
+async def ws_join(target: Target, session_id: str, document_id: str, lean: bool) -> tuple[object, dict]:
+    """A connection in lean mode (offering LEAN) or reference mode, and its document_state payload."""
+    conn, first = await _open(target, session_id, document_id, [LEAN] if lean else None)
+    if conn.subprotocol != (LEAN if lean else None):
+        raise RuntimeError(f"the server chose subprotocol {conn.subprotocol!r}, lean={lean}")
+    return conn, json.loads(first)["payload"]
 
 
 def message_id(text: str) -> str:
@@ -132,6 +156,18 @@ def edit(i: int, type_: str = "realtime_edit") -> str:
     delete = ',"delete":200' if i else ""
     return ('{"id":"e%d","type":"%s","payload":{"change_delta":{"position":0,"insert":"%s"%s}},"timestamp":"%s"}'
             % (i, type_, TEXTS[i % 2], delete, STAMP))
+
+
+def replace(i: int, position: int, base_revision: int) -> str:
+    """Edit e<i>, made against `base_revision`: the 200 bytes at `position` replaced by 200 others (the
+    document keeps its size)."""
+    return ('{"id":"e%d","type":"realtime_edit","payload":{"base_revision":%d,"change_delta":{"position":%d,'
+            '"insert":"%s","delete":200}},"timestamp":"%s"}' % (i, base_revision, position, TEXTS[i % 2], STAMP))
+
+
+def utf8_size(text: str) -> int:
+    """Bytes of a received message in UTF-8 (an ASCII str says so without encoding)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def note_error(target: Target, text: str) -> None:
@@ -197,10 +233,12 @@ async def heartbeat_rate(target: Target, seconds: float) -> dict:
 
 
 async def _pipeline(target: Target, conn, make, window: int, sent_at: dict, seconds: float | None = None,
-                    count: int | None = None) -> tuple[list[float], int]:
-    """Send make(0), make(1), ... keeping up to `window` unanswered, for `seconds` or `count` messages.
+                    count: int | None = None, least: int = 0, replies: list | None = None) -> tuple[list[float], int]:
+    """Send make(0), make(1), ... keeping up to `window` unanswered, for `seconds` (and at least `least`
+    messages) or `count` messages.
 
-    A reply carries its message's id (edit_ack; the bare server echoes). Returns the latencies and how many.
+    A reply carries its message's id (edit_ack; the bare server echoes). Returns the latencies and how many;
+    each reply's arrival time and size in bytes go to `replies` when given.
     """
     samples, pending, next_ = [], {}, 0
     deadline = now() + seconds if seconds is not None else float("inf")
@@ -214,7 +252,7 @@ async def _pipeline(target: Target, conn, make, window: int, sent_at: dict, seco
         next_ += 1
     while next_ < min(window, count):
         await send_next()
-    async with asyncio.timeout(STALL + (seconds or count / 100)):
+    async with asyncio.timeout(STALL + (seconds or count / 100) + least / 10):
         while pending:
             text = await conn.recv()
             note_error(target, text)
@@ -222,7 +260,9 @@ async def _pipeline(target: Target, conn, make, window: int, sent_at: dict, seco
             if started is None:
                 continue
             samples.append(now() - started)
-            if next_ < count and now() < deadline:
+            if replies is not None:
+                replies.append((now(), utf8_size(text)))
+            if next_ < count and (now() < deadline or next_ < least):
                 await send_next()
     return samples, next_
 
@@ -338,3 +378,109 @@ async def session_memory(target: Target, count: int) -> dict:
     await create_sessions(target, count, target.stored_sessions_path)
     await asyncio.sleep(0.5)
     return {"rss_per_1000": (target.rss() - before) / count * 1000}
+
+
+# -- document sizes ----------------------------------------------------------------
+
+# (label, characters, title); decimal units, since the server's document cap is 1,000,000 bytes
+SIZES = (("1k", 1_000, "1 KB"), ("100k", 100_000, "100 KB"), ("1m", 1_000_000, "1 MB"))
+IN_FLIGHT = (1, 100)  # edits unanswered at a time on the one connection
+FILL_CHUNK = 9_000  # characters a filling edit inserts: its message stays under the 10 KB message limit
+MODES = (("lean", True), ("ref", False))
+
+
+def prose(size: int) -> str:
+    """ASCII text of exactly `size` characters."""
+    words = "the quick brown fox jumps over the lazy dog while editors type in a shared document ".split()
+    rng, parts, total = random.Random(size), [], 0
+    while total < size:
+        parts.append(rng.choice(words) + " ")
+        total += len(parts[-1])
+    return "".join(parts)[:size]
+
+
+async def fill_document(target: Target, document_id: str, size: int) -> None:
+    """A new text document of `size` characters, filled as a client would: edits of at most FILL_CHUNK
+    characters, each appended at the end and named against the revision the previous one made."""
+    session_id = (await create_sessions(target, 1))[0]
+    await create_document(target, session_id, document_id, "text")
+    conn, state = await ws_join(target, session_id, document_id, lean=True)
+    text, revision = prose(size), state["revision"]
+    chunks = [text[at:at + FILL_CHUNK] for at in range(0, size, FILL_CHUNK)]
+
+    def fill(i: int) -> str:
+        return json.dumps({"id": f"e{i}", "type": "realtime_edit", "timestamp": STAMP, "payload": {
+            "base_revision": revision + i, "change_delta": {"position": i * FILL_CHUNK, "insert": chunks[i]}}},
+            separators=(",", ":"))
+    await _pipeline(target, conn, fill, 16, {}, count=len(chunks))
+    await conn.close()
+
+
+async def sized_edit_rate(target: Target, document_id: str, lean: bool, window: int, seconds: float) -> dict:
+    """200-byte replacements in the middle of a filled document, `window` in flight on one connection (no
+    other member), for `seconds` and at least three windows: acks per second once the first window is
+    answered (the steady state), and bytes per ack. Edit i names the revision edit i-1 made (the client is
+    the only editor and edits land in arrival order), so none is transformed."""
+    session_id = (await create_sessions(target, 1))[0]
+    conn, state = await ws_join(target, session_id, document_id, lean)
+    middle, revision, replies = len(state["content"]) // 2, state["revision"], []
+    samples, _ = await _pipeline(target, conn, lambda i: replace(i, middle, revision + i), window, {},
+                                 seconds=seconds, least=3 * window, replies=replies)
+    await conn.close()
+    steady = replies[window - 1:]  # from the ack that ends the first window
+    return {"rate": (len(steady) - 1) / (steady[-1][0] - steady[0][0]), "latency": samples[window:],
+            "ack_bytes": sum(size for _, size in replies), "acks": len(replies)}
+
+
+async def broadcast_bytes(target: Target, document_id: str, lean: bool, count: int) -> dict:
+    """`count` edits from one connection with one viewer in the same mode: bytes per broadcast it receives."""
+    session_id = (await create_sessions(target, 1))[0]
+    editor, state = await ws_join(target, session_id, document_id, lean)
+    viewer, _ = await ws_join(target, session_id, document_id, lean)
+    await _drain([editor, viewer], quiet=0.1)
+    middle, revision, sizes = len(state["content"]) // 2, state["revision"], []
+
+    async def view() -> None:
+        async with asyncio.timeout(STALL + count / 10):
+            while len(sizes) < count:
+                text = await viewer.recv()
+                if text.find('"type":"realtime_edit"', 0, 120) >= 0:
+                    sizes.append(utf8_size(text))
+                else:
+                    note_error(target, text)
+    viewing = asyncio.create_task(view())
+    await _pipeline(target, editor, lambda i: replace(i, middle, revision + i), 10, {}, count=count)
+    await viewing
+    await asyncio.gather(editor.close(), viewer.close())
+    return {"bytes": sum(sizes) / len(sizes)}
+
+
+async def document_sizes(target: Target, seconds: float, broadcasts: int, prefix: str) -> dict:
+    """On documents of 1 KB, 100 KB and 1 MB, in lean and reference mode: acked edits per second on one
+    connection with 1 and 100 in flight (`seconds` each), bytes per ack (over both) and bytes per broadcast
+    (`broadcasts` edits to one viewer). Each measure runs on the three sizes one after the other, so that
+    the sizes compare under the same load."""
+    out: dict = {}
+    for label, size, _ in SIZES:
+        await fill_document(target, f"{prefix}-{label}", size)
+    for mode, lean in MODES:
+        acks = {label: [0, 0] for label, _, _ in SIZES}
+        for in_flight in IN_FLIGHT:
+            for label, _, _ in SIZES:
+                run = await sized_edit_rate(target, f"{prefix}-{label}", lean, in_flight, seconds)
+                out[f"rate_{mode}_w{in_flight}_{label}"] = run["rate"]
+                out[f"latency_{mode}_w{in_flight}_{label}"] = run["latency"]
+                acks[label][0] += run["ack_bytes"]
+                acks[label][1] += run["acks"]
+        for label, _, _ in SIZES:
+            out[f"ack_{mode}_{label}"] = acks[label][0] / acks[label][1]
+            out[f"bcast_{mode}_{label}"] = (await broadcast_bytes(target, f"{prefix}-{label}", lean,
+                                                                  broadcasts))["bytes"]
+    return out
+
+
+def against_smallest(results: dict) -> dict:
+    """The baseline side of document_sizes: each measure on a larger document read as the 1 KB one's."""
+    smallest, labels = SIZES[0][0], {label for label, _, _ in SIZES}
+    return {key: results[f"{key.rsplit('_', 1)[0]}_{smallest}"] if key.rsplit("_", 1)[-1] in labels else value
+            for key, value in results.items()}
