@@ -150,10 +150,12 @@ def clean_part(part: str, engine: str, length: int) -> Cleaned | None:
 
     `part` is the span top_level_span() found, after the edit: the rest of the document is clean and
     parses the same whatever the span holds, as long as the span leaves the parser where it found it
-    (nesting.balanced), before sanitizing and after every pass that is sanitized again.
+    (nesting.balanced), before sanitizing and after every pass that is sanitized again, and does not
+    start with what a parser treats apart at the start of its input.
     """
     sanitize = _engine(engine)
-    if not nesting.balanced(part) or _REFUSED.search(part):
+    # A parser drops a U+FEFF that starts its input: in the whole document, this one does not.
+    if part.startswith("\ufeff") or not nesting.balanced(part) or _REFUSED.search(part):
         return None
     try:
         check_nesting(part, length)

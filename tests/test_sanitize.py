@@ -482,6 +482,7 @@ def _splice_cleaned(content, position, delete_count, insert, engine):
 @given(doc=documents, data=st.data(), insert=markup_inserts)
 @example(doc="<p>ab</p><p>cd</p>", data=None, insert="<b>")
 @example(doc="<p>ab</p>text<p>cd</p>", data=None, insert="</p><p>")
+@example(doc="<p>ab</p><p>cd</p>", data=None, insert="\ufeff")  # a parser drops it at the start of its input
 def test_cleaning_the_span_an_edit_touches_equals_cleaning_the_whole(engine, doc, data, insert):
     result = _clean_or_none(doc, engine)
     if result is None:
