@@ -14,7 +14,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import resource_dir, transport
+from . import allocator, resource_dir, transport
 from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
@@ -129,6 +129,7 @@ class Server:
 
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
+        allocator.keep_large_blocks()
         store = await Store(self.settings.db, check_wal=True).open()
         store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)
