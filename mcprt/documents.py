@@ -390,8 +390,9 @@ class DocumentService:
                 more = widened(diff(content[start:end], cleaned.html), start, len(content) - end)
                 correction = correction.compose(more) if correction is not None else more
                 content = content[:start] + cleaned.html + content[end:]
-        # A code point is 1-4 bytes: encode only when the length alone cannot decide.
-        if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes
+        # A code point is 1-4 bytes: encode only when the length alone cannot decide (isascii() is a flag
+        # read, not a scan).
+        if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes and not content.isascii()
                                              and len(content.encode("utf-8")) > self.max_bytes):
             raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"the document would exceed {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
