@@ -218,7 +218,7 @@ class EditService:
                 "content": applied.content, "change_delta": to_delta(applied.op)}
             texts[lean] = P.dumps(P.build(P.REALTIME_EDIT, {**body, **mode}, stamp, id_, session_info=session_info))
         n = self.hub.publish_modes(receivers, texts)
-        self.metrics.messages_out.labels(P.REALTIME_EDIT).inc(n)
+        self.metrics.sent[P.REALTIME_EDIT].inc(n)
 
     def reset(self, document: Document, why: str) -> None:
         """A write of this document failed: drop the in-memory copy (it is ahead of the database) and

@@ -12,6 +12,19 @@ from .store import Store
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+class _ByLabel(dict):
+    """A one-label metric's children by label value, each resolved once: labels() takes a lock and
+    builds a key on every call, which the hot path would pay per message."""
+
+    def __init__(self, metric):
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, value: str):
+        child = self[value] = self.metric.labels(value)
+        return child
+
+
 class Metrics:
     """Counters the server updates as it goes, and gauges read when scraped."""
 
@@ -26,6 +39,8 @@ class Metrics:
         self.messages_in = Counter("mcprt_messages_in", "WebSocket messages received, by type", ["type"], registry=r)
         self.messages_out = Counter("mcprt_messages_out", "WebSocket messages sent, by type", ["type"], registry=r)
         self.errors = Counter("mcprt_errors", "Error replies, by code", ["code"], registry=r)
+        self.received, self.sent, self.error_codes = (_ByLabel(self.messages_in), _ByLabel(self.messages_out),
+                                                      _ByLabel(self.errors))
         self.security_events = Counter("mcprt_security_events", "Security events, by type", ["type"], registry=r)
         self.edit_latency = Histogram("mcprt_edit_latency_seconds", "realtime_edit received to acknowledged",
                                       buckets=_LATENCY_BUCKETS, registry=r)

@@ -197,19 +197,19 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def send(self, type_: str, payload: dict, id_: str | None = None) -> None:
         """Build, serialize, count and send one message."""
-        self.deps.metrics.messages_out.labels(type_).inc()
+        self.deps.metrics.sent[type_].inc()
         self.send_text(P.dumps(P.build(type_, payload, self.now_iso(), id_)))
 
     def send_error(self, error: AppError, id_: str | None = None) -> None:
         """An `error` message in the reference's shape."""
-        self.deps.metrics.errors.labels(error.code.value).inc()
-        self.deps.metrics.messages_out.labels(P.ERROR).inc()
+        self.deps.metrics.error_codes[error.code.value].inc()
+        self.deps.metrics.sent[P.ERROR].inc()
         self.send_text(P.dumps(P.build_error(error, self.now_iso(), id_)))
 
     def fan_out(self, type_: str, message: dict) -> None:
         """Serialize once and send to everyone else on the document."""
         n = self.deps.hub.publish(self.document_id, P.dumps(message), self)
-        self.deps.metrics.messages_out.labels(type_).inc(n)
+        self.deps.metrics.sent[type_].inc(n)
 
     # -- receiving -----------------------------------------------------
 
@@ -230,7 +230,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             parsed = self.deps.registry.parse(message)
             if self.deps.clock() >= self.expires:
                 return self._expired(parsed["id"])
-            self.deps.metrics.messages_in.labels(parsed["type"]).inc()
+            self.deps.metrics.received[parsed["type"]].inc()
             result = self._dispatch[parsed["type"]](parsed)
             return self._guard(result, parsed["id"]) if result is not None else None
         except AppError as exc:
@@ -463,8 +463,8 @@ def close_session_sockets(deps, session_id: str, reason: str) -> None:
     code = CLOSE_SESSION_EXPIRED if reason == "session_expired" else CLOSE_SESSION_INVALIDATED
     error = AppError(ErrorCode.INVALID_SESSION, f"session ended: {reason}", {"reason": reason})
     closed = deps.hub.close_session(session_id, code, reason, P.dumps(P.build_error(error, iso(deps.clock()))))
-    deps.metrics.errors.labels(error.code.value).inc(closed)
-    deps.metrics.messages_out.labels(P.ERROR).inc(closed)
+    deps.metrics.error_codes[error.code.value].inc(closed)
+    deps.metrics.sent[P.ERROR].inc(closed)
 
 
 async def close_all(deps, code: int, reason: str) -> None:
