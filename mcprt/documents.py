@@ -88,7 +88,8 @@ class Applied:
     op: TextOperation              # what the document actually went through (transformed, then corrected)
     correction: TextOperation | None  # what sanitizing added after the sender's (transformed) op
     removed: tuple[str, ...]       # dangerous things sanitizing removed
-    content: str
+    content: str | None            # the document at this revision; None once no reader needs it (lean mode)
+    length: int                    # of content
 
 
 class DocumentQuota:
@@ -407,7 +408,7 @@ class DocumentService:
         if message_id is not None:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
         durable = self._persist(document, full, author, message_id, correction)
-        return Applied(document, document.revision, full, correction, tuple(removed), content), durable
+        return Applied(document, document.revision, full, correction, tuple(removed), content, len(content)), durable
 
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:

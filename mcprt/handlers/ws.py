@@ -351,7 +351,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                 return
             ack = {"edit_id": message["id"], "revision": outcome.revision, "op": outcome.op.to_json(),
                    "correction": outcome.correction.to_json() if outcome.correction else None}
-            ack.update({"length": len(outcome.content)} if self.lean else {"content": outcome.content})
+            ack.update({"length": outcome.length} if self.lean else {"content": outcome.content})
             self.send(P.EDIT_ACK, ack, message["id"])
 
         author = Author(self.user_id, self.peer_id, self.session_id)
