@@ -7,8 +7,10 @@ requirements = [line.strip() for line in (here / "requirements.txt").read_text()
                 if line.strip() and not line.startswith("#")]
 TEST_ONLY = ("pytest", "hypothesis", "playwright")
 BENCH_ONLY = ("websockets", "psutil")  # the load client of `python -m mcprt bench` (the tests use them too)
-runtime = [r for r in requirements if not r.startswith(TEST_ONLY + BENCH_ONLY)]
+OPTIONAL = ("uvloop",)  # --loop uvloop
+runtime = [r for r in requirements if not r.startswith(TEST_ONLY + BENCH_ONLY + OPTIONAL)]
 bench = [r for r in requirements if r.startswith(BENCH_ONLY)]
+uvloop = [r for r in requirements if r.startswith(OPTIONAL)]
 
 DATA = {"schemas": ["*.json"], "migrations": ["*.sql"], "static": ["*.html", "*.js", "*.css", "*.svg", "*.ico"]}
 
@@ -25,6 +27,6 @@ setup(
     package_dir={f"mcprt._data.{name}": name for name in DATA},
     package_data={f"mcprt._data.{name}": patterns for name, patterns in DATA.items()},
     install_requires=runtime,
-    extras_require={"bench": bench, "test": [r for r in requirements if r not in runtime]},
+    extras_require={"bench": bench, "uvloop": uvloop, "test": [r for r in requirements if r not in runtime]},
     entry_points={"console_scripts": ["mcprt = mcprt.__main__:main"]},
 )

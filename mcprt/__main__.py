@@ -75,7 +75,26 @@ def setup_logging(level: str) -> None:
 def cmd_serve(args) -> int:
     settings = settings_from_namespace(args)
     setup_logging(settings.log_level)
-    return asyncio.run(_serve(settings))
+    try:
+        factory = loop_factory(settings.loop)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_serve(settings))
+
+
+def loop_factory(name: str):
+    """The event loop factory for --loop: None for asyncio's own."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ValueError("--loop uvloop needs uvloop: pip install 'mcprt[uvloop]' (or uvloop)") from None
+        return uvloop.new_event_loop
+    raise ValueError(f"--loop must be asyncio or uvloop, not {name!r}")
 
 
 async def _serve(settings) -> int:

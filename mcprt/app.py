@@ -139,7 +139,8 @@ class Server:
         self.deps.sessions.on_end.append(self._session_ended)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.deps.audit.event("system", "server_started", "info",
-                              {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer})
+                              {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer,
+                               "loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]})
         return self
 
     def _listen(self, app: tornado.web.Application, host: str, port: int) -> int:

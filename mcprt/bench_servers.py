@@ -120,10 +120,13 @@ async def _run(kind: str, db: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mcprt.bench_servers real DB` or `... bare`: serve until SIGTERM; prints `PORT n` once listening."""
+    """`python -m mcprt.bench_servers real DB [LOOP]` or `... bare`: serve until SIGTERM; prints `PORT n` once
+    listening."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_run(argv[0], argv[1] if len(argv) > 1 else None))
+    from .__main__ import loop_factory
+    with asyncio.Runner(loop_factory=loop_factory(argv[2] if len(argv) > 2 else "asyncio")) as runner:
+        return runner.run(_run(argv[0], argv[1] if len(argv) > 1 else None))
 
 
 if __name__ == "__main__":

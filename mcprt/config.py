@@ -61,6 +61,8 @@ class Settings:
     violation_action: str = field(default="disconnect", metadata={
         "help": "what too many violations do: disconnect, or invalidate (disconnect and end the session)"})
     sanitizer: str = field(default="bleach", metadata={"help": "HTML sanitizer engine: bleach or nh3"})
+    loop: str = field(default="asyncio", metadata={
+        "help": "event loop: asyncio, or uvloop (installed with mcprt[uvloop]; faster round trips)"})
     sanitize_budget: float = field(default=5.0, metadata={
         "help": "seconds one markup edit may take to sanitize (in a worker process) before it is refused",
         "type": parse_duration})

@@ -155,6 +155,8 @@ async def test_clean_shutdown_writes_every_queued_event(tmp_path, start):
     with sqlite3.connect(tmp_path / "mcprt.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE type='test_event'").fetchone()[0] == 500
         assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
+        (details,) = conn.execute("SELECT details FROM events WHERE type='server_started'").fetchone()
+    assert json.loads(details)["loop"] == "asyncio"
 
 
 def test_masked_uri_keeps_only_a_prefix_of_session_ids():
@@ -269,3 +271,30 @@ def test_an_installed_mcprt_serves_without_the_checkout(tmp_path):
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output
     assert (work / "mcprt.db").exists()
+
+
+@pytest.mark.asyncio
+async def test_serve_runs_on_uvloop_when_asked(tmp_path):
+    from support import editor_of, spawn_server
+    port, db = free_port(), str(tmp_path / "s.db")
+    proc = spawn_server(db, port, "--loop", "uvloop", "--log-level", "warning")
+    try:
+        _, ws = await editor_of(port, "alice", "doc")
+        await ws.send(json.dumps({"id": "e1", "type": "realtime_edit", "payload": {
+            "base_revision": 0, "change_delta": {"position": 0, "insert": "hi"}}}))
+        while (reply := json.loads(await ws.recv()))["type"] != "edit_ack":
+            pass
+        assert reply["id"] == "e1" and reply["payload"]["revision"] == 1
+        await ws.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    with sqlite3.connect(db) as conn:
+        (details,) = conn.execute("SELECT details FROM events WHERE type='server_started'").fetchone()
+    assert json.loads(details)["loop"] == "uvloop"
+
+
+def test_an_unknown_loop_is_refused_with_status_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mcprt", "--db", str(tmp_path / "s.db"), "--port", str(free_port()),
+                           "--loop", "twisted"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--loop must be asyncio or uvloop" in done.stderr
