@@ -279,6 +279,15 @@ async def edit_rate(target: Target, seconds: float, window: int, document_id: st
     return {"rate": sent / elapsed, "latency": samples, "cpu": cpu.percent}
 
 
+async def loop_rates(target: Target, heartbeat_seconds: float, edit_seconds: float, window: int,
+                     prefix: str) -> dict:
+    """Heartbeat round trips, then edits with 1 and with `window` in flight: the rows that compare event loops."""
+    runs = {"heartbeat": await heartbeat_rate(target, heartbeat_seconds),
+            "edits_1": await edit_rate(target, edit_seconds, 1, f"{prefix}-1"),
+            "edits_window": await edit_rate(target, edit_seconds, window, f"{prefix}-w")}
+    return {f"{key}_{field}": run[field] for key, run in runs.items() for field in ("rate", "latency")}
+
+
 async def _view(target: Target, conn, wanted: str, count: int, sent_at: dict, samples: list) -> float:
     """Read until `count` messages of type `wanted` arrived; the time of the last one."""
     needle, got = f'"type":"{wanted}"', 0
