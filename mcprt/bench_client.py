@@ -288,6 +288,14 @@ async def loop_rates(target: Target, heartbeat_seconds: float, edit_seconds: flo
     return {f"{key}_{field}": run[field] for key, run in runs.items() for field in ("rate", "latency")}
 
 
+async def edit_rates(target: Target, seconds: float, window: int, document_id: str) -> dict:
+    """edit_rate with `window` in flight, then with one: rates, latencies, and server CPU-seconds per edit at one."""
+    piped = await edit_rate(target, seconds, window, document_id)
+    single = await edit_rate(target, seconds, 1, f"{document_id}-1")
+    return {**piped, "rate_1": single["rate"], "latency_1": single["latency"],
+            "cpu_per_1": single["cpu"] / 100 / single["rate"]}
+
+
 async def _view(target: Target, conn, wanted: str, count: int, sent_at: dict, samples: list) -> float:
     """Read until `count` messages of type `wanted` arrived; the time of the last one."""
     needle, got = f'"type":"{wanted}"', 0
@@ -318,7 +326,8 @@ async def fan_out_rate(target: Target, viewers: int, count: int, window: int, do
         last = max(await asyncio.gather(*views))
         elapsed = last - started
     await asyncio.gather(*(conn.close() for conn in (editor, *readers)))
-    return {"rate": viewers * count / elapsed, "latency": samples, "cpu": cpu.percent}
+    rate = viewers * count / elapsed
+    return {"rate": rate, "latency": samples, "cpu": cpu.percent, "per_cpu_second": rate / max(cpu.percent / 100, 1e-9)}
 
 
 async def _drain(conns, quiet: float = 0.3) -> None:
