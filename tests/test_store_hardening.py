@@ -101,7 +101,10 @@ async def test_a_failing_writer_loop_is_logged_restarted_and_keeps_committing(tm
 async def test_a_writer_that_cannot_recover_fails_the_store_and_ends_the_serving_process(start, caplog):
     app = await start()
     store = app.deps.store
-    store._writer_thread.shutdown(wait=True)  # the writer thread is gone: every batch now fails to run
+    # The writer cannot run: its thread is gone (large batches) and its connection closed (small batches
+    # commit on the loop's thread with it): every batch now fails.
+    store._writer_thread.shutdown(wait=True)
+    store._writer.close()
     pending = [store.write(INSERT_EVENT, (f"lost-{i}",)) for i in range(3)]
     results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
     assert all(isinstance(r, StoreFailed) for r in results)
