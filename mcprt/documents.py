@@ -379,9 +379,9 @@ class DocumentService:
         return Staged(op, content, correction, True, None if correction else self._span(document.content, op))
 
     def commit(self, document: Document, staged: Staged, cleaned: sanitize.Cleaned | None, author: Author,
-               message_id: str | None) -> tuple[Applied, asyncio.Future]:
+               message_id: str | None, keep_content: bool = True) -> tuple[Applied, asyncio.Future]:
         """Take a staged edit (and what sanitizing made of it) as the next revision; the future resolves
-        once it is durable."""
+        once it is durable. The result holds the new content only with `keep_content`."""
         self._check_live(document)  # a storage error may have discarded this copy while it was cleaned
         op, content, correction, removed = staged.op, staged.content, staged.correction, ()
         if cleaned is not None:
@@ -408,7 +408,8 @@ class DocumentService:
         if message_id is not None:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
         durable = self._persist(document, full, author, message_id, correction)
-        return Applied(document, document.revision, full, correction, tuple(removed), content, len(content)), durable
+        return Applied(document, document.revision, full, correction, tuple(removed), content if keep_content else None,
+                       len(content)), durable
 
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:

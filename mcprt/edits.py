@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
@@ -41,7 +41,7 @@ class _Job:
     message: dict
     author: Author
     sender: Peer | None
-    where: dict
+    where: Callable[[], dict]  # the who/where fields of an event, built only if one is recorded
     reply: Reply
     started: float
 
@@ -63,8 +63,8 @@ class EditService:
         """The content at the edit's base revision."""
         return await self.documents.base_content(document, payload["base_revision"])
 
-    def submit(self, document: Document, message: dict, author: Author, sender: Peer | None, where: dict,
-               reply: Reply, base_content: str | None = None) -> None:
+    def submit(self, document: Document, message: dict, author: Author, sender: Peer | None,
+               where: Callable[[], dict], reply: Reply, base_content: str | None = None) -> None:
         """Take an edit in arrival order: `reply.done` once it is durable (then it is published to everyone
         on the document but `sender`, as they were when it was applied) or could not be stored (then the
         document is reset); `reply.refused` if it is refused later, while queued behind markup being
@@ -130,21 +130,21 @@ class EditService:
     def _commit(self, document: Document, staged, cleaned, job: "_Job", refusals=None) -> None:
         """Commit a staged edit and answer it once durable. A refusal (the document too large, say) is
         raised, or handed to `refusals` when nobody is there to catch it."""
+        peers = self.hub.members(document.document_id)  # those present now get this revision; later joiners see it in state
+        # A lean ack and a lean broadcast carry the length only: with nobody to read this revision's content,
+        # the result does not hold it until the commit (100 edits in flight on a 1 MB document would hold
+        # 100 MB, which keeps the allocator from reusing it).
+        keep = not ((job.sender is None or job.sender.lean) and all(peer.lean for peer in peers))
         try:
-            applied, durable = self.documents.commit(document, staged, cleaned, job.author, job.message["id"])
+            applied, durable = self.documents.commit(document, staged, cleaned, job.author, job.message["id"], keep)
         except AppError as exc:
             if refusals is None:
                 raise
             refusals(exc)
             return
         if applied.removed and self.audit.security("xss_attempt", None, {
-                "removed": [r[:200] for r in applied.removed[:20]], "revision": applied.revision}, **job.where):
+                "removed": [r[:200] for r in applied.removed[:20]], "revision": applied.revision}, **job.where()):
             job.reply.abusive()
-        peers = self.hub.members(document.document_id)  # those present now get this revision; later joiners see it in state
-        if (job.sender is None or job.sender.lean) and all(peer.lean for peer in peers):
-            # Nobody will read this revision's content: held until the commit (100 edits in flight on a 1 MB
-            # document would hold 100 MB), it would only keep the allocator from reusing it.
-            applied = replace(applied, content=None)
         self.hub.shift_cursors(document.document_id, applied.op, job.sender)
 
         def stored(future: asyncio.Future) -> None:
@@ -190,7 +190,7 @@ class EditService:
                 outcome.set_result(result)
 
         message = {"id": None, "payload": {}}
-        job = _Job(message, author, None, {"document_id": document_id}, Reply(settle, settle, lambda: None),
+        job = _Job(message, author, None, lambda: {"document_id": document_id}, Reply(settle, settle, lambda: None),
                    time.perf_counter())
         self._enqueue(document, self._later(document, op, document.revision, job))
         result = await outcome

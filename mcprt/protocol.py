@@ -196,6 +196,10 @@ def _no_constant(text: str):
     raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {text}", {"pointer": ""})
 
 
+_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)  # json.loads with these
+# arguments builds a decoder per call
+
+
 def loads(raw: str | bytes) -> Any:
     """json.loads with the errors this server reports (INVALID_MESSAGE with line and column).
 
@@ -205,7 +209,7 @@ def loads(raw: str | bytes) -> Any:
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        value = json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise AppError(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                        {"pointer": "", "line": exc.lineno, "column": exc.colno}) from None

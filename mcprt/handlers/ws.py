@@ -356,7 +356,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
         author = Author(self.user_id, self.peer_id, self.session_id)
         reply = Reply(done, lambda exc: self.reject(exc, None, message["id"]), self.abuse_disconnect)
-        self.deps.edits.submit(self.document, message, author, self, self.where(), reply, base_content)
+        self.deps.edits.submit(self.document, message, author, self, self.where, reply, base_content)
 
     def on_cursor_update(self, message: dict) -> None:
         payload = message["payload"]
