@@ -33,7 +33,7 @@ _BATCH_MAX = 2000
 # write()s to the page cache (about 25 us here), where the hop to the writer thread and back costs
 # 100-150 us of wall time and CPU on both threads. Larger batches (a snapshot of a big document),
 # a held lock, and the second after a slow commit go to the writer thread, where a stall waits alone.
-_INLINE_MAX_ROWS = 64
+_INLINE_MAX_ROWS = 512
 _INLINE_MAX_CHARS = 256 * 1024
 _INLINE_SLOW = 0.005      # seconds: a slower commit on the loop sends the next ones to the thread...
 _INLINE_PAUSE = 5.0       # ...for this long
