@@ -59,11 +59,15 @@ class Protocol(WebSocketProtocol13):
         super().__init__(handler, mask_outgoing, params)
         self.budget = output_budget(handler.deps.settings)
         self.answer_end = self.answer_size = 0  # where the last sync answer ends in that count, and its size
+        # Text frames written after the first in one turn of the event loop wait here and go to the stream
+        # together at the end of the turn: one send() for a burst of acks or broadcasts, not one each.
+        self._later: list[bytes] | None = None  # None: nothing written this turn yet
+        self._later_bytes = 0
 
     def pending(self) -> int:
         """Bytes queued for this peer and not yet taken by the kernel."""
         stream = self.stream
-        return 0 if stream is None or stream.closed() else len(stream._write_buffer)
+        return 0 if stream is None or stream.closed() else len(stream._write_buffer) + self._later_bytes
 
     def unsent_answer(self) -> int:
         """How much of the last sync answer is still queued here."""
@@ -78,11 +82,41 @@ class Protocol(WebSocketProtocol13):
         self.answer_end, self.answer_size = self._wire_bytes_out, size
 
     def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0):
-        if self.stream is not None and not self.stream.closed():
-            over = self.budget.verdict(self.pending(), len(data) + 14, time.monotonic())
-            if over is not None:
-                self._too_slow(over, len(data))  # the write below then raises StreamClosedError
+        self._write_later()  # frames leave in the order they were written
+        self._check_budget(len(data))  # over it, the write below raises StreamClosedError
         return super()._write_frame(fin, opcode, data, flags)
+
+    def _check_budget(self, adding: int) -> None:
+        if self.stream is not None and not self.stream.closed():
+            over = self.budget.verdict(self.pending(), adding + 14, time.monotonic())
+            if over is not None:
+                self._too_slow(over, adding)
+
+    def _write_text(self, data: bytes) -> None:
+        """One unmasked, final text frame: the first of this turn to the stream now, later ones at its end."""
+        self._check_budget(len(data))
+        stream = self.stream
+        if stream is None or stream.closed():
+            raise StreamClosedError()
+        size = len(data)
+        header = (b"\x81" + bytes((size,)) if size < 126 else
+                  struct.pack("!BBH", 0x81, 126, size) if size <= 0xFFFF else struct.pack("!BBQ", 0x81, 127, size))
+        frame = header + data
+        self._wire_bytes_out += len(frame)
+        if self._later is None:
+            stream.write(frame)
+            self._later = []
+            asyncio.get_running_loop().call_soon(self._write_later)
+        else:
+            self._later.append(frame)
+            self._later_bytes += len(frame)
+
+    def _write_later(self) -> None:
+        later, self._later = self._later, None
+        if later:
+            self._later_bytes = 0
+            if self.stream is not None and not self.stream.closed():
+                self.stream.write(b"".join(later))
 
     def _too_slow(self, which: str, adding: int) -> None:
         handler = self.handler
@@ -150,7 +184,7 @@ class Protocol(WebSocketProtocol13):
                 self.write_message(data).add_done_callback(_consume)
             else:
                 self._message_bytes_out += len(data)
-                self._write_frame(True, 0x1, data)  # IOStream silences this future if the stream closes
+                self._write_text(data)  # IOStream silences its futures if the stream closes
         except (StreamClosedError, WebSocketClosedError):
             return False
         return True
