@@ -621,3 +621,41 @@ async def test_output_budget_hard_at_once_soft_only_after_its_duration():
     assert budget.verdict(40, 20, 0.0) is None and budget.verdict(60, 0, 9.9) is None
     assert budget.verdict(60, 0, 10.0) == "soft"
     assert budget.verdict(10, 0, 11.0) is None and budget.verdict(60, 0, 12.0) is None  # below soft: reset
+
+
+async def _acks(raw: Raw, count: int) -> list[str]:
+    """The ids of the next `count` heartbeat_acks (other messages, presence say, skipped)."""
+    ids = []
+    while len(ids) < count:
+        opcode, payload = await raw.frame()
+        if opcode == 0x1 and json.loads(payload)["type"] == "heartbeat_ack":
+            ids.append(json.loads(payload)["id"])
+    return ids
+
+
+@pytest.mark.asyncio
+async def test_frames_are_read_alike_whole_in_a_burst_in_pieces_padded_or_fragmented(app):
+    raw = await Raw.websocket(app, (await app.session("frames"))["session_id"])
+    try:
+        def beat(id_: str) -> bytes:
+            return json.dumps({"id": id_, "type": "heartbeat", "payload": {}}).encode()
+
+        await raw.send(b"".join(frame(0x1, beat(f"burst-{i}")) for i in range(5)))  # several frames in one read
+        assert await _acks(raw, 5) == [f"burst-{i}" for i in range(5)]
+        await raw.send(frame(0x1, beat("padded") + b" " * 300))  # a 16-bit length
+        whole = frame(0x1, beat("trickled"))
+        for i in range(len(whole)):  # a byte at a time: never whole in the buffer until the last
+            await raw.send(whole[i:i + 1])
+            await asyncio.sleep(0.002)
+        message = beat("fragmented")
+        await raw.send(frame(0x1, message[:10], fin=False) + frame(0x9, b"ping") + frame(0x0, message[10:]))
+        assert await _acks(raw, 3) == ["padded", "trickled", "fragmented"]
+        await raw.send(frame(0x1, b"\xff\xfe not UTF-8"))
+        opcode, payload = await raw.frame()
+        while json.loads(payload)["type"] != "error":
+            opcode, payload = await raw.frame()
+        assert json.loads(payload)["payload"]["code"] == "INVALID_MESSAGE"
+        await raw.send(frame(0x1, beat("after")))
+        assert await _acks(raw, 1) == ["after"]  # the connection is intact
+    finally:
+        raw.sock.close()

@@ -18,6 +18,7 @@ from ..transport import output_budget
 
 log = logging.getLogger("mcprt.ws")
 
+_GATHER_BYTES = 64 * 1024  # text frames held for the end of a turn, at most
 CLOSE_TOO_SLOW = 4009  # recorded, not sent: the peer is dropped without a close frame it would not read
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
@@ -107,6 +108,10 @@ class Protocol(WebSocketProtocol13):
             stream.write(frame)
             self._later = []
             asyncio.get_running_loop().call_soon(self._write_later)
+        elif self._later_bytes + len(frame) > _GATHER_BYTES:  # big frames gain nothing by waiting: the
+            self._write_later()                               # stream takes what the kernel will
+            stream.write(frame)
+            self._later = []
         else:
             self._later.append(frame)
             self._later_bytes += len(frame)
