@@ -99,7 +99,7 @@ ROWS = {
                    ">=1.0x bare", lambda v, x: x >= 1.0, latency=False)],
     "connections": [
         Row("conn_rss", "server RSS per conn, {connections} open", "KB", lambda r: r["rss_per_connection"] / 1024,
-            "<=64 KB", lambda v, x: v <= 64, latency=False, floor=0.1),
+            "<=20 KB", lambda v, x: v <= 20, latency=False, floor=0.1),
         Row("conn_heartbeat_p99", "heartbeat p99, {connections} conns open", "ms", lambda r: 1000 * _p99(r["latency"]),
             "p99<=50ms", lambda v, x: v <= 50),
         Row("idle_cpu", "server idle CPU, {keep} conns open", "%", lambda r: r["idle_cpu"],

@@ -56,6 +56,8 @@ class Protocol(WebSocketProtocol13):
     which does not read its output is dropped once that output passes its budget (Redis's
     client-output-buffer-limit); and that a close code not valid on the wire is answered with 1002."""
 
+    __slots__ = ("budget", "answer_end", "answer_size", "_later", "_later_bytes")  # see EditorSocket.__slots__
+
     def __init__(self, handler, mask_outgoing, params):
         super().__init__(handler, mask_outgoing, params)
         self.budget = output_budget(handler.deps.settings)
