@@ -213,6 +213,8 @@ class Store:
             if recovery is not None and recovery.lost:
                 await self._on_writer(self._log_last_revisions)
             self._identity = _identities(self.path)
+            # Commits on the loop's thread never wait for a lock; the writer thread's set their own timeout.
+            await self._on_writer(self._writer.execute, "PRAGMA busy_timeout=0")
         except BaseException:
             await self._close_writer()
             raise
@@ -502,13 +504,11 @@ class Store:
         db = self._writer
         if db.in_transaction:
             return None
-        db.execute("PRAGMA busy_timeout=0")
-        try:
+        try:  # the connection's busy timeout is 0 except while the writer thread commits
             self._execute_grouped([p for p in batch if p.sql is not None])
         except Exception:
             return None
         finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if time.perf_counter() - started > _INLINE_SLOW:
                 self._inline_after = time.perf_counter() + _INLINE_PAUSE
         return {}, self._file_problem()
@@ -524,8 +524,16 @@ class Store:
                     pending.future.set_result(pending.result)
 
     def _commit(self, batch: list[_Pending]) -> tuple[dict[int, Exception], tuple[str, str] | None]:
-        """On the writer thread: the batch in one transaction, or row by row if that fails; then whether
-        the file is still the one opened (if not, nothing of the batch may be acknowledged)."""
+        """On the writer thread, waiting up to BUSY_TIMEOUT_MS for a lock another process holds: the batch
+        in one transaction, or row by row if that fails; then whether the file is still the one opened (if
+        not, nothing of the batch may be acknowledged)."""
+        self._writer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            return self._commit_waiting(batch)
+        finally:
+            self._writer.execute("PRAGMA busy_timeout=0")
+
+    def _commit_waiting(self, batch: list[_Pending]) -> tuple[dict[int, Exception], tuple[str, str] | None]:
         if self._writer.in_transaction:  # left open by a failure we did not see end: start clean
             self._writer.execute("ROLLBACK")
         if not self._broken_chains:
