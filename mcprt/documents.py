@@ -11,6 +11,7 @@ from typing import Callable
 from . import sanitize
 from .clock import iso
 from .ot import OpError, TextOperation, diff, extent, from_delta, span, transform_cursor, widened
+from .text import Text
 from .protocol import AppError, ErrorCode
 from .ratelimit import KeyedWindows
 from .store import Store, document_chain
@@ -31,7 +32,7 @@ class Document:
 
     document_id: str
     format: str
-    content: str
+    text: Text  # the content (see mcprt/text.py); `content` is it as a string
     revision: int
     history: list[TextOperation] = field(default_factory=list)  # ops for revisions (revision-len+1 .. revision]
     broken: bool = False  # a write failed: this copy is ahead of the database and takes no more edits
@@ -43,6 +44,15 @@ class Document:
     edits: dict[str, dict[str, int]] = field(default_factory=dict)
     known: set = field(default_factory=set)
     queue: object = None  # an asyncio.Future while an edit is being cleaned: later edits wait behind it
+
+    @property
+    def content(self) -> str:
+        """The content as one string (made once per revision, when first read)."""
+        return str(self.text)
+
+    @content.setter
+    def content(self, value: str | Text) -> None:
+        self.text = value if isinstance(value, Text) else Text.of(value)
 
     @property
     def oldest_known(self) -> int:
@@ -73,7 +83,7 @@ class Staged:
     """An edit transformed and applied to a copy of the content, not yet the document's."""
 
     op: TextOperation
-    content: str
+    content: str | Text               # a Text for text documents, a string for markup
     correction: TextOperation | None  # CRs made LF
     needs_clean: bool                 # markup that sanitizing must see (not plain typing in a text node)
     span: tuple[int, int] | None = None  # of content, what sanitizing must see of it (None: all)
@@ -90,6 +100,10 @@ class Applied:
     removed: tuple[str, ...]       # dangerous things sanitizing removed
     content: str | None            # the document at this revision; None once no reader needs it (lean mode)
     length: int                    # of content
+
+
+def _utf8_length(content: str | Text) -> int:
+    return content.utf8_length() if isinstance(content, Text) else len(content.encode("utf-8"))
 
 
 class DocumentQuota:
@@ -212,14 +226,14 @@ class DocumentService:
         row = await self.store.get_document(document_id)
         if row["format"] != format_:  # created concurrently by someone else: theirs stands
             return await self._load(document_id)
-        return Document(document_id, format_, "", 0)
+        return Document(document_id, format_, Text.of(""), 0)
 
     async def _load(self, document_id: str) -> Document | None:
         row = await self.store.get_document(document_id)
         if row is None:
             return None
         content, revision, snapshot_revision, op_bytes = await self._replay(document_id, None)
-        document = Document(document_id, row["format"], content, revision, snapshot_revision=snapshot_revision,
+        document = Document(document_id, row["format"], Text.of(content), revision, snapshot_revision=snapshot_revision,
                             op_bytes=op_bytes)
         recent = await self.store.ops(document_id, max(0, revision - self.history_window), revision)
         document.history = [TextOperation.from_json(json.loads(r["op"])) for r in recent]
@@ -319,16 +333,17 @@ class DocumentService:
         self.check_base(document, base)
         return (await self._content_at(document.document_id, base))[0]
 
-    def base_op(self, document: Document, payload: dict, base_content: str) -> tuple[TextOperation, int]:
+    def base_op(self, document: Document, payload: dict, base_content: str | None) -> tuple[TextOperation, int]:
         """The sender's op against its base revision, from change_delta or (content-only) a diff."""
         base = self.check_base(document, payload.get("base_revision", document.revision))
         landed = document.ops_since(base)
-        length = landed[0].base_length if landed else len(document.content)  # the document at `base`
+        length = landed[0].base_length if landed else len(document.text)  # the document at `base`
         try:
             if "change_delta" in payload:
                 op = from_delta(self._clean_inserts(payload["change_delta"], document.format), length)
             else:
-                op = diff(base_content, self._check(payload["content"], document.format))
+                op = diff(document.content if base_content is None else base_content,
+                          self._check(payload["content"], document.format))
         except OpError as exc:
             raise AppError(ErrorCode.INVALID_MESSAGE, f"change_delta does not fit revision {base}: {exc}",
                            {"pointer": "/payload/change_delta", "length": length, "base_revision": base,
@@ -339,7 +354,7 @@ class DocumentService:
         """Positions a client gave against revision `base`, moved through what landed since."""
         base = self.check_base(document, document.revision if base is None else base)
         landed = document.ops_since(base)
-        length = landed[0].base_length if landed else len(document.content)
+        length = landed[0].base_length if landed else len(document.text)
         if any(p > length for p in positions):
             raise AppError(ErrorCode.INVALID_MESSAGE, f"cursor beyond the end of revision {base} ({length})",
                            {"pointer": "/payload/position", "length": length})
@@ -369,11 +384,12 @@ class DocumentService:
         self.check_base(document, base)
         for landed in document.ops_since(base):
             op, _ = TextOperation.transform(op, landed)
-        content = op.apply(document.content)
+        # A text document's edit copies only the chunks it touches; markup is sanitized as one string.
+        content = document.text.apply(op) if document.format == "text" else op.apply(document.content)
         correction = None
         if any(isinstance(c, str) and "\r" in c for c in op.ops):  # stored content never holds a CR
-            normalized = sanitize.normalize(content)
-            correction, content = diff(content, normalized), normalized
+            normalized = sanitize.normalize(str(content))
+            correction, content = diff(str(content), normalized), normalized
         if document.format != "html" or self._inert(document.content, op):
             return Staged(op, content, correction, False)
         return Staged(op, content, correction, True, None if correction else self._span(document.content, op))
@@ -394,7 +410,7 @@ class DocumentService:
         # A code point is 1-4 bytes: encode only when the length alone cannot decide (isascii() is a flag
         # read, not a scan).
         if len(content) > self.max_bytes or (4 * len(content) > self.max_bytes and not content.isascii()
-                                             and len(content.encode("utf-8")) > self.max_bytes):
+                                             and _utf8_length(content) > self.max_bytes):
             raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"the document would exceed {self.max_bytes} bytes",
                            {"limit": self.max_bytes})
         full = op.compose(correction) if correction is not None else op
@@ -408,8 +424,8 @@ class DocumentService:
         if message_id is not None:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
         durable = self._persist(document, full, author, message_id, correction)
-        return Applied(document, document.revision, full, correction, tuple(removed), content if keep_content else None,
-                       len(content)), durable
+        return Applied(document, document.revision, full, correction, tuple(removed),
+                       str(content) if keep_content else None, len(content)), durable
 
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:
@@ -454,7 +470,7 @@ class DocumentService:
                                        json.dumps(correction.to_json()) if correction is not None else None)
         document.op_bytes += len(op_json)
         if (document.revision - document.snapshot_revision >= self.snapshot_every
-                and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.content)):
+                and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.text)):
             self.store.insert_snapshot(document.document_id, document.revision, document.content, now)
             document.snapshot_revision, document.op_bytes = document.revision, 0
         self._pending.add(durable)

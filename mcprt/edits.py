@@ -79,8 +79,7 @@ class EditService:
         if message["payload"].get("change_delta") == []:
             self._noop(document, reply.done)
             return
-        content = document.content if base_content is None else base_content
-        op, base = self.documents.base_op(document, message["payload"], content)
+        op, base = self.documents.base_op(document, message["payload"], base_content)
         if document.queue is None:
             staged = self.documents.stage(document, op, base)
             if not staged.needs_clean:
@@ -175,8 +174,8 @@ class EditService:
     def _noop(self, document: Document, done: Done) -> None:
         """An edit that changes nothing (a client's buffered op that cancelled out): acknowledged at the
         current revision, once what came before it is durable, without storing or publishing anything."""
-        noop = Applied(document, document.revision, TextOperation().retain(len(document.content)), None, (),
-                       document.content, len(document.content))
+        noop = Applied(document, document.revision, TextOperation().retain(len(document.text)), None, (),
+                       document.content, len(document.text))
         self.documents.store.flush().add_done_callback(lambda _: done(noop))
 
     async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
