@@ -74,7 +74,7 @@ class Settings:
         "help": "NOT_FOUND answers about documents one session may get per minute (id guessing)"})
     history_window: int = field(default=1000, metadata={
         "help": "recent ops kept in memory per open document: edits and sync_request older than this resync"})
-    snapshot_interval: int = field(default=100, metadata={"help": "a snapshot once N revisions and ops of a sixteenth of the document have landed since the last"})
+    snapshot_interval: int = field(default=100, metadata={"help": "a snapshot once N revisions and ops of an eighth of the document have landed since the last"})
     event_retention: float = field(default=90 * 86400.0, metadata={
         "help": "how long events are kept (e.g. 90d)", "type": parse_duration})
     sweep_interval: float = field(default=5.0, metadata={
