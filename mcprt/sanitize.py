@@ -159,17 +159,12 @@ def clean_part(part: str, engine: str, length: int) -> Cleaned | None:
         return None
     try:
         check_nesting(part, length)
-        out = sanitize(part)
-        if out != part:  # _settle, with the check before each pass that sanitizes an output again
-            for _ in range(_MAX_PASSES):
-                if not nesting.balanced(out):
-                    return None
-                again = sanitize(out)
-                if again == out:
-                    break
-                out = again
-            else:
-                return None  # the whole would be shown as text
+        # As _settle, checked before each pass that sanitizes an output again; unsettled, the whole would
+        # be shown as text.
+        out = _passes(sanitize, part, again_if=nesting.balanced)
+        if out is None:
+            return None
+        if out != part:
             check_nesting(out, length)
         removed = () if out == part or not nesting.has_markup(part) else _find_dangers(part)
     except (nesting.Refused, TooComplex):
@@ -305,15 +300,24 @@ def _guarded(parser, text: str):
 
 def _settle(sanitize, text: str) -> str:
     """Sanitize until the output no longer changes, or fall back to plain text."""
+    out = _passes(sanitize, text)
+    return out if out is not None else _as_text(sanitize, text)
+
+
+def _passes(sanitize, text: str, again_if=None) -> str | None:
+    """Sanitize until the output no longer changes; None if it still changes after _MAX_PASSES more
+    passes, or (with `again_if`) when an output that needs another pass fails that check."""
     out = sanitize(text)
     if out == text:
         return out
     for _ in range(_MAX_PASSES):
+        if again_if is not None and not again_if(out):
+            return None
         again = sanitize(out)
         if again == out:
             return out
         out = again
-    return _as_text(sanitize, text)
+    return None
 
 
 def _as_text(sanitize, text: str) -> str:

@@ -38,13 +38,6 @@ class Text:
             self._joined = "".join(self._chunks)
         return self._joined
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Text):
-            other = str(other)
-        return isinstance(other, str) and str(self) == other
-
-    __hash__ = None  # equal to the string it holds, so it cannot hash as itself
-
     def isascii(self) -> bool:
         """As str.isascii(), reading one flag per chunk."""
         if self._joined is not None:
