@@ -12,7 +12,7 @@ runtime = [r for r in requirements if not r.startswith(TEST_ONLY + BENCH_ONLY + 
 bench = [r for r in requirements if r.startswith(BENCH_ONLY)]
 uvloop = [r for r in requirements if r.startswith(OPTIONAL)]
 
-DATA = {"schemas": ["*.json"], "migrations": ["*.sql"], "static": ["*.html", "*.js", "*.css", "*.svg", "*.ico"]}
+DATA = {"schemas": ["*.json"], "migrations": ["sqlite/*.sql", "postgres/*.sql"], "static": ["*.html", "*.js", "*.css", "*.svg", "*.ico"]}
 
 setup(
     name="mcprt",

@@ -101,7 +101,7 @@ async def _serve(settings) -> int:
     import sqlite3
 
     from .app import Server
-    from .store import MigrationError, StoreOpenError
+    from .storage.base import MigrationError, StoreOpenError
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +118,8 @@ async def _serve(settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 2
     log.info("mcprt %s serving http://%s:%d/ (database %s)", __version__,
-             "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host, server.port, settings.db)
+             "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host, server.port,
+             server.deps.store.describe())
     return await run_until_stopped(server, stop)
 
 
@@ -136,37 +137,49 @@ async def run_until_stopped(server, stop: asyncio.Event) -> int:
     return 1 if server.fatal.is_set() else 0
 
 
-def _open_store(path: str, must_exist: bool = True):
-    from .store import Store
-    if must_exist and not os.path.exists(path):
-        print(f"no database at {path} (start the server once, or run: python -m mcprt migrate --db {path})",
+def _missing_file(url: str) -> bool:
+    """A SQLite --db whose file does not exist (a PostgreSQL URL never is)."""
+    from .storage import is_postgres
+    from .storage.sqlite import path_of
+    return not is_postgres(url) and not os.path.exists(path_of(url))
+
+
+def _open_store(url: str):
+    from .storage import store_for
+    if _missing_file(url):
+        print(f"no database at {url} (start the server once, or run: python -m mcprt migrate --db {url})",
               file=sys.stderr)
         return None
-    return Store(path).open()
+    return store_for(url).open()
 
 
 def cmd_migrate(args) -> int:
-    from .store import MigrationError, discover_migrations
+    from .storage import is_postgres, store_for
+    from .storage.base import MigrationError, StoreOpenError
+    from .storage.migrations import discover_migrations
     logging.basicConfig(level="INFO", format="%(message)s")
 
     async def run() -> int:
-        from .store import Store
-        store = Store(args.db)
+        try:
+            store = store_for(args.db)
+        except StoreOpenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         try:
             if args.list:
-                if not os.path.exists(args.db):
+                if _missing_file(args.db):
                     applied = {}
                 else:
                     store = await store.open()
                     applied = {m["version"]: m["applied_at"] for m in await store.applied_migrations()}
-                for m in discover_migrations():
+                for m in discover_migrations(dialect="postgres" if is_postgres(args.db) else "sqlite"):
                     print(f"{m.version:04d}_{m.name}  {'applied ' + applied[m.version] if m.version in applied else 'pending'}")
                 return 0
             await store.open()
             rows = await store.applied_migrations()
             print(f"{args.db}: schema at version {rows[-1]['version'] if rows else 0}")
             return 0
-        except MigrationError as exc:
+        except (MigrationError, StoreOpenError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         finally:
@@ -174,14 +187,14 @@ def cmd_migrate(args) -> int:
     return asyncio.run(run())
 
 
-def since_value(text: str | None) -> str | None:
-    """A --since argument (1h, 30m, 7d or RFC 3339) as a stored timestamp."""
+def since_value(text: str | None) -> float | None:
+    """A --since argument (1h, 30m, 7d or RFC 3339) as epoch seconds."""
     if not text:
         return None
     try:
-        return iso(time.time() - parse_duration(text))
+        return time.time() - parse_duration(text)
     except ValueError:
-        return iso(parse_iso(text))
+        return parse_iso(text)
 
 
 def _event_line(row: dict) -> str:
@@ -200,7 +213,10 @@ def cmd_events(args) -> int:
               file=sys.stderr)
         return 2
 
-    def show(row: dict) -> None:
+    from .audit import EventTail, event_json
+
+    def show(event) -> None:
+        row = event_json(event)
         print(json.dumps(row, ensure_ascii=False) if args.json else _event_line(row), flush=True)
 
     async def run() -> int:
@@ -213,15 +229,16 @@ def cmd_events(args) -> int:
         try:
             rows = await store.events(limit=args.limit, since=since, **filters)
             if not args.json:
-                print(f"{len(rows)} event(s), oldest first" + (f" since {since}" if since else ""))
+                print(f"{len(rows)} event(s), oldest first" + (f" since {iso(since)}" if since else ""))
             for row in reversed(rows):
                 show(row)
-            last = rows[0]["id"] if rows else (await store.events(limit=1) or [{"id": 0}])[0]["id"]
-            while args.follow:
-                await asyncio.sleep(0.5)
-                for row in await store.events(limit=1000, after_id=last, **filters):
-                    show(row)
-                    last = row["id"]
+            if args.follow:
+                newest = rows[0].id if rows else next((e.id for e in await store.events(limit=1)), 0)
+                tail = EventTail(newest)
+                while True:
+                    await asyncio.sleep(0.5)
+                    for event in tail.take(await store.events(limit=1000, after_id=tail.after, **filters)):
+                        show(event)
             return 0
         finally:
             await store.close()
@@ -238,9 +255,11 @@ def cmd_sessions(args) -> int:
             return 1
         store = await opening
         try:
-            rows = await store.list_sessions(user_id=args.user, state=args.state, limit=args.limit)
+            records = await store.list_sessions(user_id=args.user, state=args.state, limit=args.limit)
         finally:
             await store.close()
+        from .sessions import session_json
+        rows = [session_json(r, with_id=True) for r in records]
         if args.json:
             for row in rows:
                 print(json.dumps(row, ensure_ascii=False))

@@ -19,7 +19,8 @@ from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
 from .sessions import mask
-from .store import Store
+from .storage import store_for
+from .storage.base import Store
 from .handlers import rest, ws
 from .handlers.base import HostCheck, HostRejectedHandler, NotFoundHandler
 from .handlers.static import StaticHandler
@@ -130,7 +131,7 @@ class Server:
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
         allocator.keep_large_blocks()
-        store = await Store(self.settings.db, check_wal=True).open()
+        store = await store_for(self.settings.db, check_wal=True).open()
         store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)
         self.port = self._listen(self.app, self.settings.host, self.settings.port)
@@ -180,9 +181,9 @@ class Server:
         now = self.clock()
         deps.audit.prune()
         deps.limits.prune(deps.hub.by_session.keys())
-        cutoff = iso(now - self.settings.event_retention)
+        cutoff = now - self.settings.event_retention
         if await deps.store.prune_events(cutoff):
-            deps.audit.event("system", "events_pruned", "info", {"before": cutoff})
+            deps.audit.event("system", "events_pruned", "info", {"before": iso(cutoff)})
         through = await deps.store.cap_events(self.settings.event_max_rows)
         if through is not None:
             deps.audit.event("system", "events_pruned", "info",

@@ -3,11 +3,12 @@ violation windows (per session, or per client address before a session is known)
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from .clock import iso
 from .ratelimit import WindowCounter
-from .store import Store
+from .storage.base import EVENT_WHERE, EventRecord, Store, event_written
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
@@ -70,10 +71,18 @@ def bounded(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def event_json(event: EventRecord) -> dict:
+    """An event as the REST API and `events --json` show it (its time as RFC 3339 text)."""
+    return {"id": event.id, "time": iso(event.time), "kind": event.kind, "type": event.type,
+            "severity": event.severity, **{k: getattr(event, k) for k in EVENT_WHERE}, "details": event.details}
+
+
 def bounded_where(where: dict) -> dict:
     """The who/where fields of an event, each cut to its limit (a session id that long is no session id)."""
     out = {}
     for key, value in where.items():
+        if key not in EVENT_WHERE:
+            continue
         if isinstance(value, str) and len(value) > FIELD_LIMITS.get(key, 128):
             value = value[:8] + "…" if key == "session_id" else cut(value, FIELD_LIMITS.get(key, 128))
         out[key] = value
@@ -106,8 +115,8 @@ class Audit:
     def event(self, kind: str, type_: str, severity: str = "info", details: dict | None = None,
               **where: Any) -> None:
         """Record one event (kind: session, connection, document, security, system)."""
-        self.store.record_event(iso(self.clock()), kind, type_, severity, bounded(details or {}),
-                                **bounded_where(where))
+        self.store.enqueue(event_written(EventRecord(self.clock(), kind, type_, severity, bounded(details or {}),
+                                                     **bounded_where(where))))
         for listener in self.listeners:
             listener(kind, type_, severity)
 
@@ -217,3 +226,36 @@ class Audit:
             if source.suppressed:
                 self._summarize(key, source)
             del self._sources[key]
+
+
+TAIL_GAP_WAIT = 5.0  # seconds a missing id is waited for before the tail moves past it
+
+
+class EventTail:
+    """Follows the event log by id without missing rows committed out of id order. Ids come from one
+    sequence, taken when a row is inserted, so with several writers (nodes on one PostgreSQL) id 41 may
+    commit after id 42. The tail asks for ids above its low-water mark, shows each id once, and moves
+    the mark past a missing id only once the id has been missing for TAIL_GAP_WAIT (a transaction that
+    never commits, or a sequence value never used, leaves a gap for good)."""
+
+    def __init__(self, after: int, clock: Callable[[], float] = time.monotonic):
+        self.after = after  # every id at or below it was shown or given up on
+        self.clock = clock
+        self._seen: set[int] = set()  # ids above `after` shown already
+        self._missing: dict[int, float] = {}  # id -> when it was first seen missing
+
+    def take(self, events: list) -> list:
+        """The events not shown yet (oldest first), and the mark moved as far as it may."""
+        fresh = [e for e in events if e.id > self.after and e.id not in self._seen]
+        self._seen.update(e.id for e in fresh)
+        now, top = self.clock(), max(self._seen, default=self.after)
+        while self.after < top:
+            nxt = self.after + 1
+            if nxt in self._seen:
+                self._seen.discard(nxt)
+            elif now - self._missing.setdefault(nxt, now) < TAIL_GAP_WAIT:
+                break
+            else:
+                del self._missing[nxt]
+            self.after = nxt
+        return fresh

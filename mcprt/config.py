@@ -33,7 +33,8 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=3000, metadata={"help": "port to listen on (0: any free port)"})
-    db: str = field(default="mcprt.db", metadata={"help": "SQLite database file, created and migrated on start"})
+    db: str = field(default="mcprt.db", metadata={
+        "help": "the store: a SQLite file (mcprt.db, sqlite:///path) or postgresql://user@host/db; migrated on start"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     allowed_origins: tuple = field(default=(), metadata={
         "help": "comma-separated origins allowed to open WebSockets besides the server's own", "type": _origins})

@@ -14,7 +14,7 @@ from .ot import OpError, TextOperation, diff, extent, from_delta, span, transfor
 from .text import Text
 from .protocol import AppError, ErrorCode
 from .ratelimit import KeyedWindows
-from .store import Store, document_chain
+from .storage.base import Store, document_chain, document_written, op_written, snapshot_written
 
 # "." and ".." are refused: an id ends up in URLs and paths, where they mean something else.
 DOCUMENT_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
@@ -136,9 +136,9 @@ def creator(author: Author, addr: str | None) -> tuple[str, ...]:
     return (f"user:{author.user_id}", f"session:{author.peer_id}", f"addr:{addr or '-'}")
 
 
-def replay_texts(content: str, texts: list[str]) -> str:
-    """`content` with stored ops (their JSON, oldest first) applied; the JSON is parsed in one go."""
-    return replay(content, [TextOperation.from_json(o) for o in json.loads("[" + ",".join(texts) + "]")])
+def replay_values(content: str, values: list[list]) -> str:
+    """`content` with stored ops (decoded, oldest first) applied."""
+    return replay(content, [TextOperation.from_json(o) for o in values])
 
 
 def replay(content: str, ops: list[TextOperation]) -> str:
@@ -222,11 +222,10 @@ class DocumentService:
             self.quota.count = await self.store.count_documents()
         self.quota.admit(creator, self.clock())
         self.quota.count += 1  # a concurrent create of the same id counts twice: the cap errs low
-        now = iso(self.clock())
-        await asyncio.gather(self.store.insert_document(document_id, format_, now),
-                             self.store.insert_snapshot(document_id, 0, "", now))
+        now = self.clock()
+        await self.store.submit(document_written(document_id, format_, now), snapshot_written(document_id, 0, "", now))
         row = await self.store.get_document(document_id)
-        if row["format"] != format_:  # created concurrently by someone else: theirs stands
+        if row.format != format_:  # created concurrently by someone else: theirs stands
             return await self._load(document_id)
         return Document(document_id, format_, Text.of(""), 0)
 
@@ -235,11 +234,11 @@ class DocumentService:
         if row is None:
             return None
         content, revision, snapshot_revision, op_bytes = await self._replay(document_id, None)
-        document = Document(document_id, row["format"], Text.of(content), revision, snapshot_revision=snapshot_revision,
+        document = Document(document_id, row.format, Text.of(content), revision, snapshot_revision=snapshot_revision,
                             op_bytes=op_bytes)
         recent = await self.store.ops(document_id, max(0, revision - self.history_window), revision)
-        document.history = [TextOperation.from_json(json.loads(r["op"])) for r in recent]
-        document.authors = [(r["peer_id"], r["message_id"]) for r in recent]
+        document.history = [TextOperation.from_json(r.op) for r in recent]
+        document.authors = [(r.peer_id, r.message_id) for r in recent]
         return document
 
     async def _content_at(self, document_id: str, revision: int | None) -> tuple[str, int]:
@@ -249,14 +248,14 @@ class DocumentService:
     async def _replay(self, document_id: str, revision: int | None) -> tuple[str, int, int, int]:
         """(content, revision, snapshot revision, op bytes since it) at `revision`, or the newest."""
         snapshot = await self.store.latest_snapshot(document_id, revision)
-        content, at = (snapshot["content"], snapshot["revision"]) if snapshot else ("", 0)
-        rows = await self.store.op_texts(document_id, at, revision)
-        texts = [text for _, text in rows]
-        if len(texts) > _REPLAY_IN_THREAD:
-            content = await asyncio.to_thread(replay_texts, content, texts)
+        content, at = (snapshot.content, snapshot.revision) if snapshot else ("", 0)
+        rows = await self.store.op_values(document_id, at, revision)
+        values = [value for _, value, _ in rows]
+        if len(values) > _REPLAY_IN_THREAD:
+            content = await asyncio.to_thread(replay_values, content, values)
         else:
-            content = replay_texts(content, texts)
-        return content, rows[-1][0] if rows else at, at, sum(map(len, texts))
+            content = replay_values(content, values)
+        return content, rows[-1][0] if rows else at, at, sum(size for _, _, size in rows)
 
     async def read(self, document_id: str, revision: int | None = None) -> dict:
         """{document_id, format, content, revision}: now, or as it was at `revision`."""
@@ -271,15 +270,15 @@ class DocumentService:
             raise AppError(ErrorCode.NOT_FOUND, f"document {document_id!r} has no revision {revision} "
                            f"(latest is {latest})", {"document_id": document_id, "latest": latest})
         content, at = await self._content_at(document_id, revision)
-        return {"document_id": document_id, "format": row["format"], "content": content, "revision": at}
+        return {"document_id": document_id, "format": row.format, "content": content, "revision": at}
 
     async def history(self, document_id: str, since: int, limit: int) -> list[dict]:
         """Stored ops after revision `since`, oldest first."""
         if await self.store.get_document(document_id) is None:
             raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
         rows = await self.store.ops(document_id, since, None, limit)
-        return [{"revision": r["revision"], "op": json.loads(r["op"]), "user_id": r["user_id"],
-                 "peer_id": r["peer_id"], "message_id": r["message_id"], "time": r["time"]} for r in rows]
+        return [{"revision": r.revision, "op": r.op, "user_id": r.user_id, "peer_id": r.peer_id,
+                 "message_id": r.message_id, "time": iso(r.time)} for r in rows]
 
     def ops_since(self, document: Document, since: int) -> list[dict] | None:
         """Ops after `since` as {revision, op, peer_id, message_id} (a client recognizes its own), or None
@@ -311,10 +310,10 @@ class DocumentService:
 
     async def original(self, document: Document, revision: int) -> dict:
         """{op, correction, content} of an applied edit, as its ack gave them, once it is durable."""
-        await self.store.flush()
+        await self.store.barrier()
         row = await self.store.op_at(document.document_id, revision)
         content = (await self.read(document.document_id, revision))["content"]
-        return {"op": json.loads(row["op"]), "correction": json.loads(row["correction"]) if row["correction"] else None,
+        return {"op": row.op, "correction": row.correction,
                 "content": content}
 
     # -- edits -----------------------------------------------------------
@@ -465,15 +464,15 @@ class DocumentService:
 
     def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None,
                  correction: TextOperation | None) -> asyncio.Future:
-        now = iso(self.clock())
+        now = self.clock()
         op_json = json.dumps(op.to_json())
-        durable = self.store.insert_op(document.document_id, document.revision, op_json,
-                                       author.user_id, author.peer_id, message_id, now,
-                                       json.dumps(correction.to_json()) if correction is not None else None)
+        durable = self.store.submit(op_written(document.document_id, document.revision, op_json, author.user_id,
+                                               author.peer_id, message_id, now,
+                                               json.dumps(correction.to_json()) if correction is not None else None))
         document.op_bytes += len(op_json)
         if (document.revision - document.snapshot_revision >= self.snapshot_every
                 and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.text)):
-            self.store.insert_snapshot(document.document_id, document.revision, document.content, now)
+            self.store.enqueue(snapshot_written(document.document_id, document.revision, document.content, now))
             document.snapshot_revision, document.op_bytes = document.revision, 0
         self._pending.add(durable)
         durable.add_done_callback(self._pending.discard)

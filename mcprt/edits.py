@@ -176,7 +176,7 @@ class EditService:
         current revision, once what came before it is durable, without storing or publishing anything."""
         noop = Applied(document, document.revision, TextOperation().retain(len(document.text)), None, (),
                        document.content, len(document.text))
-        self.documents.store.flush().add_done_callback(lambda _: done(noop))
+        self.documents.store.barrier().add_done_callback(lambda _: done(noop))
 
     async def restore(self, document_id: str, revision: int, author: Author) -> Applied:
         """Write an old revision's content as a new revision, in turn with the document's edits (cleaned in

@@ -16,7 +16,7 @@ from .limits import Limits
 from .metrics import Metrics
 from .protocol import Registry
 from .sessions import SessionService
-from .store import Store
+from .storage.base import Store
 from .tasks import Tasks
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from .clock import iso, parse_iso
+from .clock import iso
 from .protocol import AppError, ErrorCode
-from .store import Store
+from .storage.base import EventRecord, SessionRecord, Store, event_written, session_moved, session_written
 
 PENDING, ACTIVE, EXPIRED, INVALIDATED = "Pending", "Active", "Expired", "Invalidated"
 STATES = (PENDING, ACTIVE, EXPIRED, INVALIDATED)
@@ -33,32 +33,30 @@ def mask(session_id: str | None) -> str:
     return "-" if not session_id else session_id[:8] + "…"
 
 
-@dataclass(frozen=True)
-class Session:
-    session_id: str
-    peer_id: str
-    user_id: str
-    client_info: str | None
-    state: str
-    created_at: str
-    expires_at: str
-    activated_at: str | None = None
-    ended_at: str | None = None
-    end_reason: str | None = None
-    last_seen: str | None = None
+_TIMES = ("created_at", "expires_at", "activated_at", "ended_at", "last_seen")
 
-    def to_json(self) -> dict:
-        """The REST representation (the secret id is the caller's own); also the row stored."""
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
-    def effective(self, now: float, pending_ttl: float) -> "Session":
-        """This session as it stands at `now`: past its deadline it is Expired, swept or not."""
-        if self.state == ACTIVE and parse_iso(self.expires_at) <= now:
-            return replace(self, state=EXPIRED, end_reason="ttl")
-        if self.state == PENDING and (parse_iso(self.expires_at) <= now
-                                      or parse_iso(self.created_at) + pending_ttl <= now):
-            return replace(self, state=EXPIRED, end_reason="not_activated")
-        return self
+def session_json(session: SessionRecord, with_id: bool = False) -> dict:
+    """The REST representation (times as RFC 3339 text); `with_id`: with the listing's cursor."""
+    out = {}
+    for name in _FIELD_NAMES:
+        value = getattr(session, name)
+        out[name] = iso(value) if name in _TIMES and value is not None else value
+    if with_id:
+        out["id"] = session.id
+    return out
+
+
+def effective(session: SessionRecord, now: float, pending_ttl: float) -> SessionRecord:
+    """A session as it stands at `now`: past its deadline it is Expired, swept or not."""
+    if session.state == ACTIVE and session.expires_at <= now:
+        return replace(session, state=EXPIRED, end_reason="ttl")
+    if session.state == PENDING and (session.expires_at <= now or session.created_at + pending_ttl <= now):
+        return replace(session, state=EXPIRED, end_reason="not_activated")
+    return session
+
+
+Session = SessionRecord
 
 
 @dataclass(frozen=True)
@@ -82,22 +80,20 @@ class SessionService:
     async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client) -> Session:
         """A new session, Active unless activate is False; durable before it is returned."""
         now = self.clock()
-        created = iso(now)
         ttl = self.session_ttl if activate else self.pending_ttl
         session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
                           client_info=client_info, state=ACTIVE if activate else PENDING,
-                          created_at=created, expires_at=iso(now + ttl),
-                          activated_at=created if activate else None)
-        stored = self.store.insert_session(session.to_json())
-        self._record(session, "session_created", client, {"state": session.state})  # same commit as the row
-        await stored
+                          created_at=now, expires_at=now + ttl, activated_at=now if activate else None)
+        # The row and its event commit together.
+        await self.store.submit(session_written(session),
+                                self._event(session, "session_created", client, {"state": session.state}))
         self._cache[session.session_id] = session
         return session
 
     async def get(self, session_id: str) -> Session:
         """The session as it stands now (Expired once past its deadline), or INVALID_SESSION."""
         session = await self._load(session_id)
-        current = session.effective(self.clock(), self.pending_ttl)
+        current = effective(session, self.clock(), self.pending_ttl)
         if current.state != session.state:
             current = await self._move(session, "expire", Client(), current.end_reason, quiet=True)
         return current
@@ -121,10 +117,10 @@ class SessionService:
     async def sweep(self) -> list[Session]:
         """Mark every session past its deadline Expired (rows stay) and tell listeners."""
         now = self.clock()
-        rows = await self.store.due_sessions(iso(now), iso(now - self.pending_ttl))
+        rows = await self.store.due_sessions(now, now - self.pending_ttl)
         swept = []
         for row in rows:
-            session = self._cache.get(row["session_id"]) or Session(**_fields(row))
+            session = self._cache.get(row.session_id) or row
             if session.state in (ACTIVE, PENDING):
                 reason = "ttl" if session.state == ACTIVE else "not_activated"
                 swept.append(await self._move(session, "expire", Client(), reason, quiet=True))
@@ -134,17 +130,16 @@ class SessionService:
         """Note activity on a session (written lazily with its next change)."""
         session = self._cache.get(session_id)
         if session is not None:
-            self._cache[session_id] = replace(session, last_seen=iso(self.clock()))
+            self._cache[session_id] = replace(session, last_seen=self.clock())
 
     async def _load(self, session_id: str) -> Session:
         session = self._cache.get(session_id)
         if session is not None:
             return session
-        row = await self.store.get_session(session_id) if _UUID.match(session_id or "") else None
-        if row is None:
+        session = await self.store.get_session(session_id) if _UUID.match(session_id or "") else None
+        if session is None:
             raise AppError(ErrorCode.INVALID_SESSION, "Session not found or expired",
                            {"session_id": mask(session_id)})
-        session = Session(**_fields(row))
         if session.state in (ACTIVE, PENDING):
             # Another request may have loaded it (and moved it) while this one read: the cache wins.
             session = self._cache.setdefault(session_id, session)
@@ -172,15 +167,15 @@ class SessionService:
         to = TRANSITIONS[(session.state, action)]
         if to == session.state:
             return session
-        now = iso(self.clock())
+        now = self.clock()
         changes = {"state": to}
         if to == ACTIVE:
-            changes.update(activated_at=now, expires_at=iso(self.clock() + self.session_ttl))
+            changes.update(activated_at=now, expires_at=now + self.session_ttl)
         else:
             changes.update(ended_at=now, end_reason=reason)
         moved = replace(session, **changes)
         self._cache[moved.session_id] = moved
-        changed = await self.store.update_session(moved.to_json(), session.state)
+        changed = await self.store.submit(session_moved(moved, session.state))
         if self._cache.get(moved.session_id) is moved and (to != ACTIVE or not changed):
             del self._cache[moved.session_id]  # final (read from the store from now on), or not ours
         if not changed:  # the stored row had moved on (a transition this cache never saw)
@@ -188,16 +183,16 @@ class SessionService:
             if quiet:
                 return stored
             raise _illegal(stored, action)
-        self._record(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason})
+        self.store.enqueue(self._event(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason}))
         if to in (EXPIRED, INVALIDATED):
             for listener in list(self.on_end):
                 listener(moved, "session_expired" if to == EXPIRED else "session_invalidated")
         return moved
 
-    def _record(self, session: Session, type_: str, client: Client, details: dict) -> None:
-        self.store.record_event(iso(self.clock()), "session", type_, "info", details,
-                                session_id=session.session_id, user_id=session.user_id,
-                                client_addr=client.addr, user_agent=client.user_agent)
+    def _event(self, session: Session, type_: str, client: Client, details: dict):
+        return event_written(EventRecord(self.clock(), "session", type_, "info", details,
+                                         session_id=session.session_id, user_id=session.user_id,
+                                         client_addr=client.addr, user_agent=client.user_agent))
 
 
 def _illegal(session: Session, action: str) -> AppError:
@@ -205,8 +200,5 @@ def _illegal(session: Session, action: str) -> AppError:
                     {"state": session.state, "session_id": mask(session.session_id)}, status=409)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Session))
-
-
-def _fields(row: dict) -> dict:
-    return {k: row[k] for k in _FIELD_NAMES}
+_FIELD_NAMES = ("session_id", "peer_id", "user_id", "client_info", "state", "created_at", "expires_at",
+                "activated_at", "ended_at", "end_reason", "last_seen")

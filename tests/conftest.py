@@ -13,6 +13,7 @@ import websockets
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from mcprt.app import Server
+from mcprt.audit import event_json
 from mcprt.config import Settings
 
 ADMIN = "test-admin-token"
@@ -143,19 +144,60 @@ class Harness:
         ws.session = session
         return ws
 
+    async def events(self, **filters) -> list[dict]:
+        """Stored events, read through the store, as the REST API shows them (newest first)."""
+        return [event_json(e) for e in await self.deps.store.events(**filters)]
+
     async def settle(self) -> None:
         """Wait until every queued write is committed."""
         await self.deps.documents.flush()
-        await self.deps.store.flush()
+        await self.deps.store.barrier()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL server for the whole run (see pgcluster.py)."""
+    import pgcluster
+    bindir = pgcluster.bin_dir()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (no initdb/postgres found)"
+        if pgcluster.REQUIRED:
+            pytest.fail(f"MCPRT_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    cluster = pgcluster.Cluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def database_for(request, backend: str, tmp_path) -> str:
+    """A fresh database of `backend`: a file in tmp_path, or an empty migrated PostgreSQL database."""
+    if backend == "sqlite":
+        return str(tmp_path / "mcprt.db")
+    return request.getfixturevalue("pg_cluster").database()
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    """The --db of the servers `start` runs: SQLite, unless a module asks for both (see both_databases)."""
+    return str(tmp_path / "mcprt.db")
+
+
+@pytest.fixture(params=BACKENDS)
+def both_databases(request, tmp_path) -> str:
+    """A module that runs on both backends overrides `database` with this."""
+    return database_for(request, request.param, tmp_path)
 
 
 @pytest_asyncio.fixture
-async def start(tmp_path):
+async def start(tmp_path, database):
     """A factory: start(**settings, clock=...) runs a real server; all are stopped after the test."""
     running: list[Harness] = []
 
     async def _start(clock=None, db: str | None = None, **overrides) -> Harness:
-        fields = {"host": "127.0.0.1", "port": 0, "db": db or str(tmp_path / "mcprt.db"), "admin_token": ADMIN,
+        fields = {"host": "127.0.0.1", "port": 0, "db": db or database, "admin_token": ADMIN,
                   "sweep_interval": 3600.0, **overrides}
         settings = Settings(**fields)
         server = await Server(settings, **({"clock": clock} if clock else {})).start()

@@ -65,3 +65,37 @@ async def editor_of(port: int, user_id: str, document_id: str, format_: str | No
                                   close_timeout=0.2)
     await ws.recv()  # document_state
     return sid, ws
+
+
+class StoreRefused(Exception):
+    """What RefusingWrites raises for a write it refuses (as a full disk or a constraint would)."""
+
+
+class RefusingWrites:
+    """Faults injected into a running store, on either backend: while active, a transaction holding a
+    write that `refuse(write)` matches fails before it reaches the database, as a full disk would fail
+    it; every other write commits as ever (the group commit retries the units of a failed batch one at a
+    time, so only the matching unit fails). It wraps `_commit`, the one method every backend provides."""
+
+    def __init__(self, store, refuse):
+        self.store, self.refuse = store, refuse
+        self.refused = 0
+
+    def __enter__(self) -> "RefusingWrites":
+        inner = type(self.store)._commit.__get__(self.store)
+
+        async def commit(units):
+            if any(self.refuse(w) for u in units for w in u.writes):
+                self.refused += 1
+                raise StoreRefused("refused")
+            await inner(units)
+        self.store._commit = commit
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.store._commit
+
+
+def refuse_op(document_id: str, revision: int | None = None):
+    """A RefusingWrites predicate: the op rows of one document (at one revision)."""
+    return lambda w: w.kind == "insert_op" and w.values[0] == document_id and revision in (None, w.values[1])

@@ -133,7 +133,7 @@ async def test_a_payload_user_id_of_someone_else_is_unauthorized_and_recorded(ap
     assert error["payload"]["code"] == "UNAUTHORIZED"
     await bob.nothing()
     await app.settle()
-    events = await app.deps.store.events(type="impersonation")
+    events = await app.events(type="impersonation")
     assert events[0]["severity"] == "high" and events[0]["details"]["claimed_user_id"] == "bob"
     assert (await app.fetch("GET", "/api/documents/default", admin=True)).json["revision"] == 0
 

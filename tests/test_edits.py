@@ -46,7 +46,7 @@ async def test_an_empty_change_delta_is_acked_without_a_revision(app):
     await other.nothing(0.3)
     await app.settle()
     assert await app.deps.store.last_revision("default") == 1
-    assert await app.deps.store.events(kind="security") == []
+    assert await app.events(kind="security") == []
 
 
 async def test_a_message_over_the_limit_is_refused_with_its_own_id(app):
@@ -73,7 +73,7 @@ async def test_every_edit_of_a_flood_ends_in_an_ack_or_an_error_naming_it(app):
     acked = [m for m in answered.values() if m["type"] == "edit_ack"]
     assert sorted(m["payload"]["revision"] for m in acked) == list(range(1, len(acked) + 1))
     await app.settle()
-    assert len(await app.deps.store.events(type="rate_limited")) <= 3  # the log stays bounded
+    assert len(await app.events(type="rate_limited")) <= 3  # the log stays bounded
 
 
 async def test_a_delete_past_the_end_after_a_concurrent_delete_is_not_an_offence(start):
@@ -92,7 +92,7 @@ async def test_a_delete_past_the_end_after_a_concurrent_delete_is_not_an_offence
     await bob.send_msg("heartbeat", {}, "still-here")
     assert (await bob.recv_type("heartbeat_ack"))["id"] == "still-here"
     await app.settle()
-    assert {e["severity"] for e in await app.deps.store.events(type="invalid_message")} == {"low"}
+    assert {e["severity"] for e in await app.events(type="invalid_message")} == {"low"}
 
 
 async def test_a_refusal_names_the_length_at_its_base_revision(app):
@@ -181,24 +181,23 @@ async def test_sync_response_and_history_name_each_ops_peer_and_message(app):
 async def test_the_migration_keeps_a_database_that_holds_duplicates(tmp_path):
     import sqlite3
 
-    from mcprt.store import Store
+    from mcprt.storage.migrations import MIGRATIONS_DIR
+    from mcprt.storage.sqlite import SqliteStore
     db = tmp_path / "old.db"
-    store = Store(str(db))
-    store.migrations_dir = tmp_path / "m"
+    store = SqliteStore(str(db), migrations_dir=tmp_path / "m")
     store.migrations_dir.mkdir()
-    from mcprt.store import MIGRATIONS_DIR
-    for name in ("0001_init.sql", "0002_health_probe.sql"):
-        (store.migrations_dir / name).write_text((MIGRATIONS_DIR / name).read_text())
+    for name in ("0001_init.sql", "0002_health_probe.sql"):  # a SQLite database from before 0003
+        (store.migrations_dir / name).write_text((MIGRATIONS_DIR / "sqlite" / name).read_text())
     await store.open()
     await store.close()
     with sqlite3.connect(db) as conn:  # what the double-apply bug left behind
-        conn.execute("INSERT INTO documents VALUES ('d', 'text', 't')")
+        conn.execute("INSERT INTO documents VALUES ('d', 'text', '2025-11-07T10:00:00.000000Z')")
         for revision in (1, 2):
             conn.execute("INSERT INTO ops (document_id, revision, op, peer_id, message_id, time)"
-                         " VALUES ('d', ?, '[\"x\"]', 'p', 'dup', 't')", (revision,))
-    store = await Store(str(db)).open()
+                         " VALUES ('d', ?, '[\"x\"]', 'p', 'dup', '2025-11-07T10:00:00.000000Z')", (revision,))
+    store = await SqliteStore(str(db)).open()
     try:
-        rows = [(r["revision"], r["message_id"]) for r in await store.ops("d", 0)]
+        rows = [(r.revision, r.message_id) for r in await store.ops("d", 0)]
     finally:
         await store.close()
     assert rows == [(1, "dup"), (2, None)]
@@ -321,7 +320,7 @@ async def test_markup_edits_on_a_large_document_clean_only_their_span_and_match_
         word = content.index("ordinary", middle) + 3
     assert "onerror" not in content and '<img src="x">' not in content
     await app.settle()
-    assert [e["type"] for e in await app.deps.store.events(kind="security")] == ["xss_attempt"]
+    assert [e["type"] for e in await app.events(kind="security")] == ["xss_attempt"]
     metrics = (await app.fetch("GET", "/metrics", admin=True)).body.decode()
     assert 'mcprt_markup_cleans_total{scope="span"} 17.0' in metrics
     assert 'mcprt_markup_cleans_total{scope="whole"} 0.0' in metrics

@@ -17,7 +17,9 @@ import pytest
 
 from mcprt.__main__ import main
 from mcprt.app import masked_uri
-from mcprt.store import MigrationError, Store, discover_migrations
+from mcprt.storage.base import EventRecord, MigrationError, event_written
+from mcprt.storage.migrations import discover_migrations
+from mcprt.storage.sqlite import SqliteStore as Store
 from support import ROOT, free_port, get_once_serving
 
 
@@ -54,8 +56,8 @@ async def test_commits_stay_in_the_wal_until_the_periodic_checkpoint(tmp_path):
     store = await Store(db, checkpoint_interval=0.2).open()
     try:
         for i in range(800):
-            store.record_event("2026-01-01T00:00:00Z", "test", "t", details={"i": i, "pad": "x" * 5000})
-        await store.flush()
+            store.enqueue(event_written(EventRecord(1767225600.0, "test", "t", details={"i": i, "pad": "x" * 5000})))
+        await store.barrier()
         assert _rows_in_main_file(db, tmp_path) == 0  # a commit does not checkpoint
         await asyncio.sleep(0.6)
         assert _rows_in_main_file(db, tmp_path) == 800
@@ -73,9 +75,9 @@ async def test_checkpoints_between_batches_never_fail_a_commit(tmp_path, caplog)
     store = await Store(db, checkpoint_interval=0.0005).open()
     try:
         for round_ in range(300):
-            await asyncio.gather(*(store.write("INSERT INTO events (time, kind, type, details) "
-                                               "VALUES ('2026-01-01T00:00:00Z', 'test', 't', ?)",
-                                               (f'{{"r": {round_}, "i": {i}}}',)) for i in range(5)))
+            await asyncio.gather(*(store.submit(event_written(EventRecord(1767225600.0, "test", "t",
+                                                                          details={"r": round_, "i": i})))
+                                   for i in range(5)))
             await asyncio.sleep(0)
     finally:
         await store.close()

@@ -58,7 +58,7 @@ async def test_odd_json_is_invalid_message_and_the_document_goes_on(app, templat
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "took the SERVER_ERROR path"
     await app.settle()
     assert await app.deps.store.last_revision("default") == 1
-    assert [e["type"] for e in await app.deps.store.events(kind="security")] == ["invalid_message"]
+    assert [e["type"] for e in await app.events(kind="security")] == ["invalid_message"]
 
 
 async def test_a_bogus_credential_is_stored_as_a_masked_prefix_only(app):
@@ -68,7 +68,7 @@ async def test_a_bogus_credential_is_stored_as_a_masked_prefix_only(app):
         code, _ = await ws.closed()
         assert code == 4000
     await app.settle()
-    events = await app.deps.store.events(kind="security")
+    events = await app.events(kind="security")
     assert len(events) == 2
     for event in events:
         row = json.dumps(event)
@@ -83,7 +83,7 @@ async def test_every_stored_field_is_capped(app):
     app.deps.audit.security("invalid_message", None, {"sample": "s" * 10000, "nested": [[[[["deep"]]]]],
                             "many": list(range(500))}, document_id="d" * 1000, user_id="u" * 1000)
     await app.settle()
-    for event in await app.deps.store.events(kind="security"):
+    for event in await app.events(kind="security"):
         assert len(json.dumps(event)) < 3000
         assert len(event["user_agent"] or "") <= 256 and len(event["document_id"] or "") <= 128
 
@@ -97,12 +97,12 @@ async def test_violations_without_a_session_count_per_address_and_their_events_a
         assert got[0]["payload"]["code"] == ("INVALID_SESSION" if i < 5 else "RATE_LIMITED")
     assert set(app.deps.audit._violations) == {"addr:127.0.0.1"}  # one window, not one per bogus id
     await app.settle()
-    written = await app.deps.store.events(kind="security", limit=1000)
+    written = await app.events(kind="security", limit=1000)
     assert len(written) == 30  # SOURCE_LIMIT a minute per address and type
     clock.advance(61)
     await app.server.sweep()
     await app.settle()
-    summary = (await app.deps.store.events(type="events_suppressed"))
+    summary = (await app.events(type="events_suppressed"))
     assert sum(e["details"]["suppressed"] for e in summary) == 30
     session = await app.session("honest")  # an address over the threshold still gets valid work done
     ws = await app.ws_connect(session["session_id"])
@@ -157,7 +157,7 @@ async def test_a_foreign_host_header_is_refused_everywhere(app):
     for host in (f"localhost:{app.server.port}", f"127.0.0.1:{app.server.port}", f"[::1]:{app.server.port}"):
         assert (await app.fetch("GET", "/health", headers={"Host": host})).status == 200, host
     await app.settle()
-    rejected = await app.deps.store.events(type="host_rejected")
+    rejected = await app.events(type="host_rejected")
     assert sorted(e["details"]["path"] for e in rejected) == ["/", "/api/sessions", "/health", "/nope", "/ws"]
 
 
@@ -183,7 +183,7 @@ async def test_document_creation_is_limited_per_user_session_and_address(start):
     assert reply.status == 429 and reply.json["error"]["details"]["quota"] == "document_create_limit"
     assert (await app.fetch("POST", "/api/documents", {"document_id": "ops-doc"}, admin=True)).status == 201
     await app.settle()
-    assert len(await app.deps.store.events(type="document_quota")) == 2
+    assert len(await app.events(type="document_quota")) == 2
     assert await app.deps.store.count_documents() == 4
 
 
@@ -208,7 +208,7 @@ async def test_document_id_guessing_is_throttled_per_session(start):
     other = await app.session("bob")
     assert (await app.fetch("GET", "/api/documents/real", headers={"X-Session-ID": other["session_id"]})).status == 200
     await app.settle()
-    assert len(await app.deps.store.events(type="document_probe")) == 1
+    assert len(await app.events(type="document_probe")) == 1
 
 
 async def _abuse(app, session_id: str) -> int:
@@ -237,7 +237,7 @@ async def test_repeated_abuse_earns_a_cooldown_and_then_ends_the_session(start, 
     await asyncio.sleep(0.1)
     assert (await app.fetch("GET", f"/api/sessions/{sid}")).json["state"] == "Invalidated"
     await app.settle()
-    actions = [e["details"]["action"] for e in await app.deps.store.events(type="abuse_disconnect")]
+    actions = [e["details"]["action"] for e in await app.events(type="abuse_disconnect")]
     assert sorted(actions) == ["disconnect", "disconnect", "invalidate"]
 
 

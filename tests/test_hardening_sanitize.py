@@ -263,5 +263,5 @@ async def test_nested_markup_attack_leaves_the_server_responsive(app):
     await app.settle()
     after = await app.fetch("GET", "/api/documents/doc-nested")
     assert after.json == before.json
-    events = await app.deps.store.events(type="invalid_message")
+    events = await app.events(type="invalid_message")
     assert len(events) == 4 and all(e["user_id"] == "mallory" for e in events)

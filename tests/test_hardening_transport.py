@@ -200,7 +200,7 @@ async def test_a_peer_that_never_reads_is_dropped_at_its_output_limit(start, tmp
     left = await editor.recv_type("session_disconnected")
     assert left["payload"]["reason"] == "slow_consumer"
     await app.settle()
-    events = [e for e in await app.deps.store.events(type="slow_consumer")]
+    events = [e for e in await app.events(type="slow_consumer")]
     assert len(events) == 1 and events[0]["user_id"] == "mallory" and events[0]["severity"] == "low"
     assert events[0]["details"]["limit"] == "hard" and events[0]["details"]["hard_limit"] == limit
     assert await connection_row(app, tmp_path, "mallory") == (4009, "slow_consumer")
@@ -239,7 +239,7 @@ async def test_a_peer_over_the_soft_limit_for_too_long_is_dropped(start, tmp_pat
         raise AssertionError("not dropped")
     assert peak < 8 << 20  # well under the hard limit: the soft one ended it
     await app.settle()
-    event, = await app.deps.store.events(type="slow_consumer")
+    event, = await app.events(type="slow_consumer")
     assert event["details"]["limit"] == "soft"
     assert await connection_row(app, tmp_path, "mallory") == (4009, "slow_consumer")
     raw.close()
@@ -265,7 +265,7 @@ async def test_sync_requests_in_a_loop_are_paced_and_the_queue_stays_bounded(sta
     limit = output_budget(app.deps.settings).hard
     assert peak <= limit
     await app.settle()
-    refused = await app.deps.store.events(type="rate_limited")
+    refused = await app.events(type="rate_limited")
     assert refused and refused[0]["details"]["message_type"] == "sync_request"
     assert len(refused) <= 5  # coalesced: one a second, not one per request
     raw.close()
@@ -413,8 +413,8 @@ async def test_partial_header_connections_from_one_address_are_capped(start):
     assert len(kept) == 20 and refused == 180
     assert caps.by_address == {"127.0.0.1": 20}
     await app.settle()
-    written = await app.deps.store.events(type="connection_limit")
-    suppressed = await app.deps.store.events(type="events_suppressed")
+    written = await app.events(type="connection_limit")
+    suppressed = await app.events(type="events_suppressed")
     assert 1 <= len(written) <= 30 and written[0]["client_addr"] == "127.0.0.1"
     for raw in kept:
         raw.close()

@@ -52,7 +52,7 @@ async def test_xss_corpus_is_neutralized_in_broadcast_storage_and_state_and_reco
         assert_neutral("".join(p for p in json.loads(op) if isinstance(p, str)))
     for content in snapshots:
         assert_neutral(content)
-    events = await app.deps.store.events(type="xss_attempt", limit=1000)
+    events = await app.events(type="xss_attempt", limit=1000)
     assert len(events) >= len(XSS_VECTORS) * 0.8
     assert all(e["severity"] == "high" and e["details"]["removed"] and e["user_id"] == "mallory" for e in events)
 
@@ -68,7 +68,7 @@ async def test_benign_rich_text_is_unchanged_and_not_recorded(app, html):
     ack = await ws.recv_type("edit_ack")
     assert ack["payload"]["content"] == html and ack["payload"]["correction"] is None
     await app.settle()
-    assert await app.deps.store.events(type="xss_attempt") == []
+    assert await app.events(type="xss_attempt") == []
 
 
 async def test_sender_converges_on_the_sanitized_content_through_the_correction(app):
@@ -89,7 +89,7 @@ async def test_violation_window_disconnects_after_repeated_xss(start):
     code, _ = await ws.closed()
     assert code == 1008
     await app.settle()
-    assert len(await app.deps.store.events(type="abuse_disconnect")) == 1
+    assert len(await app.events(type="abuse_disconnect")) == 1
 
 
 async def _seed_events(app) -> None:
@@ -132,7 +132,7 @@ async def test_every_security_event_names_who_and_where(app):
     await ws.send("{broken", )
     await ws.recv_type("error")
     await app.settle()
-    event = (await app.deps.store.events(kind="security"))[0]
+    event = (await app.events(kind="security"))[0]
     for field in ("session_id", "user_id", "document_id", "connection_id", "client_addr", "user_agent"):
         assert event[field], field
     assert isinstance(event["details"], dict) and event["details"]["code"] == "INVALID_MESSAGE"
@@ -146,7 +146,7 @@ async def test_retention_prunes_old_events_and_records_it(start, clock):
     app.deps.audit.event("system", "new", "info", {})
     await app.server.sweep()
     await app.settle()
-    types = {e["type"] for e in await app.deps.store.events(limit=100)}
+    types = {e["type"] for e in await app.events(limit=100)}
     assert "old" not in types and {"new", "events_pruned"} <= types
 
 

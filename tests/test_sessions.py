@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -117,11 +115,9 @@ async def test_expiry_is_seen_before_the_sweeper_runs_and_recorded(start, clock,
     reply = await app.fetch("GET", f"/api/sessions/{session['session_id']}")
     assert reply.json["state"] == EXPIRED
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        row = conn.execute("SELECT state, end_reason FROM sessions WHERE session_id=?",
-                           (session["session_id"],)).fetchone()
-        assert row == ("Expired", "ttl")
-        assert conn.execute("SELECT count(*) FROM events WHERE type='session_expired'").fetchone()[0] == 1
+    stored = await app.deps.store.get_session(session["session_id"])
+    assert (stored.state, stored.end_reason) == ("Expired", "ttl")
+    assert len(await app.events(type="session_expired")) == 1
 
 
 @pytest.mark.asyncio
@@ -188,7 +184,7 @@ async def test_session_creation_is_rate_limited_per_address_and_recorded(start):
     reply = await app.fetch("POST", "/api/sessions", {"user_id": "x"})
     assert reply.status == 429 and reply.json["error"]["code"] == "RATE_LIMITED"
     await app.settle()
-    events = await app.deps.store.events(type="session_rate_limited")
+    events = await app.events(type="session_rate_limited")
     assert len(events) == 1 and events[0]["kind"] == "security" and events[0]["client_addr"] == "127.0.0.1"
 
 
@@ -199,7 +195,7 @@ async def test_transitions_are_events_with_address_and_user_agent(app):
     await app.fetch("POST", f"/api/sessions/{sid}/activate", headers={"User-Agent": "probe/1"})
     await app.fetch("DELETE", f"/api/sessions/{sid}")
     await app.settle()
-    events = list(reversed(await app.deps.store.events(session_id=sid)))
+    events = list(reversed(await app.events(session_id=sid)))
     assert [e["type"] for e in events] == ["session_created", "session_activated", "session_invalidated"]
     assert all(e["client_addr"] == "127.0.0.1" for e in events)
     assert events[1]["user_agent"] == "probe/1"
@@ -242,10 +238,10 @@ def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
 
     from mcprt.__main__ import main
     from mcprt.sessions import Client, SessionService
-    from mcprt.store import Store
+    from mcprt.storage import store_for
 
     async def seed():
-        store = await Store(str(tmp_path / "c.db")).open()
+        store = await store_for(str(tmp_path / "c.db")).open()
         service = SessionService(store, __import__("time").time, 3600, 600)
         await service.create("zed", None, True, Client())
         await service.create("yan", None, False, Client())
@@ -259,9 +255,9 @@ def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
     assert len(lines) == 1 and '"yan"' in lines[0]
 
 
-async def _stored_state(db: Path, session_id: str) -> str:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT state FROM sessions WHERE session_id=?", (session_id,)).fetchone()[0]
+async def _stored_state(app, session_id: str) -> str:
+    """The state the store holds (not the service's cache)."""
+    return (await app.deps.store.get_session(session_id)).state
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cached", "after-restart"])
@@ -278,7 +274,7 @@ async def test_delete_racing_activate_never_ends_active(start, tmp_path, cached)
         assert deleted.status == 200 and deleted.json["state"] == INVALIDATED, deleted.json
         assert activated.status in (200, 409), activated.json
         await app.settle()
-        assert await _stored_state(tmp_path / "mcprt.db", sid) == INVALIDATED
+        assert await _stored_state(app, sid) == INVALIDATED
         assert (await app.fetch("GET", f"/api/sessions/{sid}")).json["state"] == INVALIDATED
 
 
@@ -290,7 +286,7 @@ async def test_two_activates_record_one_activation(start, tmp_path):
     assert all(r.status == 200 and r.json["state"] == ACTIVE for r in replies)
     assert len({r.json["activated_at"] for r in replies}) == 1
     await app.settle()
-    assert len(await app.deps.store.events(type="session_activated")) == 1
+    assert len(await app.events(type="session_activated")) == 1
 
 
 @pytest.mark.asyncio
@@ -307,10 +303,10 @@ async def test_the_sweepers_expiry_racing_delete_keeps_one_final_state(start, cl
     replies = await asyncio.gather(app.server.sweep(), *(app.fetch("DELETE", f"/api/sessions/{sid}") for sid in sids))
     await app.settle()
     for sid, reply in zip(sids, replies[1:]):
-        stored = await _stored_state(tmp_path / "mcprt.db", sid)
+        stored = await _stored_state(app, sid)
         assert stored == EXPIRED  # past its deadline, a DELETE finds it Expired: final
         assert reply.status == 409 and reply.json["error"]["details"]["state"] == EXPIRED
     assert sorted(ended) == sorted((sid, "session_expired") for sid in sids)  # each ended once
-    events = await app.deps.store.events(kind="session", limit=100)
+    events = await app.events(kind="session", limit=100)
     assert sorted(e["session_id"] for e in events if e["type"] == "session_expired") == sorted(sids)
     assert not [e for e in events if e["type"] == "session_invalidated"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 
 import pytest
 
 from mcprt.documents import SNAPSHOT_OP_SHARE, Author, DocumentService, replay
 from mcprt.ot import TextOperation
-from mcprt.store import Store
+from mcprt.storage import store_for
 from snapshot_cost import measure
 
 AUTHOR = Author("alice", "peer-a")
@@ -28,9 +27,9 @@ async def test_snapshot_bytes_follow_op_bytes_on_a_large_document(tmp_path):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("seed", [1, 2])
-async def test_every_past_revision_reads_back_after_random_edits(tmp_path, seed):
+async def test_every_past_revision_reads_back_after_random_edits(both_databases, seed):
     rng = random.Random(seed)
-    store = await Store(str(tmp_path / "r.db")).open()
+    store = await store_for(both_databases).open()
     try:
         documents = DocumentService(store, time.time, "bleach", 1_000_000, 5)
         document = await documents.create("r", "text")
@@ -47,16 +46,18 @@ async def test_every_past_revision_reads_back_after_random_edits(tmp_path, seed)
             documents.apply(document, op, document.revision, AUTHOR, None)
             contents.append(document.content)
         await documents.flush()
-        await store.flush()
+        await store.barrier()
         for revision in range(0, len(contents), 7):
             assert (await documents.read("r", revision))["content"] == contents[revision], revision
         documents.release("r")
         loaded = await documents.open("r")
         assert loaded.content == contents[-1] and loaded.revision == len(contents) - 1
+        snapshots, at = [], None
+        while (found := await store.latest_snapshot("r", at)) is not None:
+            snapshots.insert(0, found.revision)
+            at = found.revision - 1
     finally:
         await store.close()
-    with sqlite3.connect(tmp_path / "r.db") as conn:
-        snapshots = [r[0] for r in conn.execute("SELECT revision FROM snapshots ORDER BY 1")]
     assert snapshots[0] == 0 and all(b - a >= 5 for a, b in zip(snapshots, snapshots[1:]))
 
 

@@ -16,85 +16,17 @@ from pathlib import Path
 import pytest
 
 from mcprt.__main__ import run_until_stopped
-from mcprt.store import PROBE_REUSE, ChainBroken, Store, StoreFailed, StoreOpenError
+from mcprt.storage.base import EventRecord, StoreFailed, StoreOpenError, Write, event_written
+from mcprt.storage.batch import PROBE_REUSE
+from mcprt.storage.sql import EVENT_PRUNE_CHUNK
+from mcprt.storage.sqlite import SqliteStore as Store
 from mcprt.wal import read_wal
 from support import ROOT, editor_of, free_port, spawn_server
 
-INSERT_EVENT = ("INSERT INTO events (time, kind, type, details) VALUES ('2026-01-01T00:00:00Z', 'test', ?, '{}')")
-INSERT_OP = ("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, '[]', '2026-01-01T00:00:00Z')")
 
 
-def _types(db: str) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [r[0] for r in conn.execute("SELECT type FROM events WHERE kind = 'test' ORDER BY id")]
-
-
-@pytest.mark.asyncio
-async def test_a_row_sqlite_cannot_bind_fails_alone_and_the_writer_goes_on(tmp_path):
-    db = str(tmp_path / "s.db")
-    store = await Store(db).open()
-    try:
-        bad = store.write(INSERT_EVENT, ("\ud800",))  # a lone surrogate: UnicodeEncodeError while binding
-        huge = store.write(INSERT_EVENT, (2 ** 64,))   # OverflowError while binding
-        with pytest.raises(UnicodeEncodeError):
-            await bad
-        with pytest.raises(OverflowError):
-            await huge
-        later = [store.write(INSERT_EVENT, (f"later-{i}",)) for i in range(3)]
-        await asyncio.wait_for(asyncio.gather(*later), 5)
-        assert store.failed is None
-    finally:
-        await asyncio.wait_for(store.close(), 5)
-    assert _types(db) == ["later-0", "later-1", "later-2"]
-
-
-@pytest.mark.asyncio
-async def test_a_non_sqlite_error_in_a_batch_keeps_the_good_rows_and_the_chains(tmp_path):
-    db = str(tmp_path / "b.db")
-    store = await Store(db).open()
-    try:
-        with sqlite3.connect(db) as conn:
-            conn.execute("INSERT INTO documents VALUES ('d', 'text', '2026-01-01T00:00:00Z')")
-        # All queued at once, so they land in one batch: the grouped transaction fails, row by row runs.
-        before = store.write(INSERT_EVENT, ("before",))
-        op1 = store.write(INSERT_OP, ("d", 1), chain="document:d")
-        op2 = store.write("INSERT INTO ops (document_id, revision, op, time) VALUES (?, ?, ?, 'x')",
-                          ("d", 2, "\udfff"), chain="document:d")
-        op3 = store.write(INSERT_OP, ("d", 3), chain="document:d")  # behind the failed 2: not tried
-        after = store.write(INSERT_EVENT, ("after",))
-        store.reset_chain("document:d")
-        op2_again = store.write(INSERT_OP, ("d", 2), chain="document:d")
-        results = await asyncio.wait_for(asyncio.gather(before, op1, op2, op3, after, op2_again,
-                                                        return_exceptions=True), 5)
-    finally:
-        await store.close()
-    assert results[0] is None and results[1] is None and results[4] is None and results[5] is None
-    assert isinstance(results[2], UnicodeEncodeError) and isinstance(results[3], ChainBroken)
-    assert _types(db) == ["before", "after"]
-    with sqlite3.connect(db) as conn:
-        assert [r[0] for r in conn.execute("SELECT revision FROM ops ORDER BY 1")] == [1, 2]
-
-
-@pytest.mark.asyncio
-async def test_a_failing_writer_loop_is_logged_restarted_and_keeps_committing(tmp_path, caplog):
-    store = await Store(str(tmp_path / "r.db")).open()
-    calls = []
-
-    def hook(seconds, rows):  # the metrics hook, failing once
-        calls.append(rows)
-        if len(calls) == 1:
-            raise RuntimeError("hook broke")
-
-    store.commit_listeners.append(hook)
-    try:
-        await asyncio.wait_for(store.write(INSERT_EVENT, ("first",)), 5)
-        await asyncio.wait_for(store.write(INSERT_EVENT, ("second",)), 5)
-        assert store.failed is None
-    finally:
-        await asyncio.wait_for(store.close(), 5)
-    failures = [r for r in caplog.records if r.getMessage().startswith("the writer failed")]
-    assert len(failures) == 1 and failures[0].exc_info is not None  # with its traceback
-    assert _types(str(tmp_path / "r.db")) == ["first", "second"]
+def _event(type_: str, at: float | None = None, **fields) -> Write:
+    return event_written(EventRecord(time.time() if at is None else at, "test", type_, **fields))
 
 
 @pytest.mark.asyncio
@@ -105,17 +37,17 @@ async def test_a_writer_that_cannot_recover_fails_the_store_and_ends_the_serving
     # commit on the loop's thread with it): every batch now fails.
     store._writer_thread.shutdown(wait=True)
     store._writer.close()
-    pending = [store.write(INSERT_EVENT, (f"lost-{i}",)) for i in range(3)]
+    pending = [store.submit(_event(f"lost-{i}")) for i in range(3)]
     results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
     assert all(isinstance(r, StoreFailed) for r in results)
     for _ in range(3):  # each try is a loop failure until the store gives up
         if store.failed:
             break
-        await asyncio.gather(store.write(INSERT_EVENT, ("again",)), return_exceptions=True)
+        await asyncio.gather(store.submit(_event("again")), return_exceptions=True)
     assert store.failed and "the writer failed 3 times" in store.failed
     assert app.server.fatal.is_set()
     with pytest.raises(StoreFailed):
-        await asyncio.wait_for(store.write(INSERT_EVENT, ("refused",)), 1)  # at once, not a hang
+        await asyncio.wait_for(store.submit(_event("refused")), 1)  # at once, not a hang
     health = await app.fetch("GET", "/health")
     assert health.status == 503 and health.json["checks"]["database"].startswith("error: writes:")
     assert [r for r in caplog.records if r.levelno == logging.CRITICAL]
@@ -322,10 +254,9 @@ async def test_a_wal_left_whole_is_reported_at_info(tmp_path, caplog):
 
 
 async def _fill_events(store: Store, n: int) -> None:
-    from mcprt.clock import iso
     for i in range(n):
-        store.record_event(iso(time.time()), "test", f"e{i}")  # recent: within retention
-    await store.flush()
+        store.enqueue(_event(f"e{i}"))  # recent: within retention
+    await store.barrier()
 
 
 @pytest.mark.asyncio
@@ -333,16 +264,16 @@ async def test_the_sweeper_caps_the_event_log_and_records_it(start):
     app = await start(event_max_rows=50)
     store = app.deps.store
     await _fill_events(store, 120)
-    newest = [e["id"] for e in await store.events(limit=50)]
+    newest = [e["id"] for e in await app.events(limit=50)]
     await app.server.sweep()
     await app.settle()
-    left = await store.events(limit=1000)
+    left = await app.events(limit=1000)
     assert [e["id"] for e in left if e["type"] != "events_pruned"] == newest
     pruned = [e for e in left if e["type"] == "events_pruned"]
     assert len(pruned) == 1 and pruned[0]["details"] == {"max_rows": 50, "through_id": min(newest) - 1}
     await app.server.sweep()  # at the cap (the record of pruning is one more row): nothing more to do
     await app.settle()
-    assert len([e for e in await store.events(limit=1000) if e["type"] == "events_pruned"]) <= 2
+    assert len([e for e in await app.events(limit=1000) if e["type"] == "events_pruned"]) <= 2
 
 
 @pytest.mark.asyncio
@@ -350,7 +281,7 @@ async def test_capping_deletes_in_bounded_chunks_per_sweep(tmp_path):
     store = await Store(str(tmp_path / "cap.db")).open()
     try:
         await _fill_events(store, 1000)
-        first = (await store.events(limit=1, after_id=0))[0]["id"]
+        first = (await store.events(limit=1, after_id=0))[0].id
         through = await store.cap_events(100, chunk=200, chunks=3)  # 900 over the cap: 600 this round
         assert through == first + 599
         assert len(await store.events(limit=5000)) == 400
@@ -364,13 +295,13 @@ async def test_capping_deletes_in_bounded_chunks_per_sweep(tmp_path):
 @pytest.mark.asyncio
 async def test_a_pruning_chunk_holds_the_writer_briefly(tmp_path):
     """One chunk of the default size, on a log of realistic rows with every index, takes well under a second."""
-    from mcprt.store import EVENT_PRUNE_CHUNK
     store = await Store(str(tmp_path / "big.db")).open()
     try:
         for i in range(3 * EVENT_PRUNE_CHUNK):
-            store.record_event(f"2026-01-01T00:00:{i % 60:02d}Z", "security", "xss_attempt", "medium",
-                               {"i": i, "pad": "x" * 200}, session_id=f"s{i % 97}", user_id="u", client_addr="::1")
-        await store.flush()
+            store.enqueue(event_written(EventRecord(1767225600.0 + i % 60, "security", "xss_attempt", "medium",
+                                                    {"i": i, "pad": "x" * 200}, session_id=f"s{i % 97}", user_id="u",
+                                                    client_addr="::1")))
+        await store.barrier()
         started = time.perf_counter()
         await store.cap_events(EVENT_PRUNE_CHUNK, chunks=1)
         assert time.perf_counter() - started < 1.0

@@ -48,10 +48,10 @@ async def test_stopping_the_server_finishes_the_session_it_was_ending(start):
     await ws.send("{not json")
     assert (await ws.closed())[0] == 1008
     await app.server.stop()  # the invalidation was spawned when the socket closed
-    from mcprt.store import Store
-    store = await Store(app.server.settings.db).open()
+    from mcprt.storage import store_for
+    store = await store_for(app.server.settings.db).open()
     try:
         row = await store.get_session(ws.session["session_id"])
-        assert row["state"] == "Invalidated"
+        assert row.state == "Invalidated"
     finally:
         await store.close()

@@ -67,7 +67,7 @@ async def test_sessions_that_are_not_active_are_refused(start, clock, kind):
     assert code == 4000 and error["code"] == "INVALID_SESSION"
     assert sid not in json.dumps(error)  # the secret is masked even in the error
     await app.settle()
-    assert await app.deps.store.events(type="invalid_session")
+    assert await app.events(type="invalid_session")
 
 
 async def test_bad_document_id_is_refused(app):
@@ -84,7 +84,7 @@ async def test_foreign_origin_is_refused_at_the_handshake_and_recorded(app):
     ok = await app.ws_connect(session["session_id"], origin=f"http://127.0.0.1:{app.server.port}")
     assert ok.state["type"] == "document_state"
     await app.settle()
-    events = await app.deps.store.events(type="origin_rejected")
+    events = await app.events(type="origin_rejected")
     assert len(events) == 1 and events[0]["details"]["origin"] == "http://evil.example"
 
 
@@ -153,7 +153,7 @@ async def test_each_bad_message_gets_its_error_and_the_connection_survives(start
     await ws.send_msg("heartbeat", {}, "still-here")
     assert (await ws.recv_type("heartbeat_ack"))["id"] == "still-here"
     await app.settle()
-    events = await app.deps.store.events(kind="security")
+    events = await app.events(kind="security")
     assert events and events[0]["severity"] in ("low", "medium", "high")
     assert events[0]["connection_id"] and events[0]["user_id"] == "alice"
 
@@ -188,7 +188,7 @@ async def test_a_client_that_keeps_abusing_is_disconnected_with_1008_and_recorde
     assert code == 1008
     assert [m["payload"]["code"] for m in got if m["type"] == "error"] == ["INVALID_MESSAGE"] * 5
     await app.settle()
-    events = await app.deps.store.events(type="abuse_disconnect")
+    events = await app.events(type="abuse_disconnect")
     assert len(events) == 1 and events[0]["severity"] == "high"
 
 
@@ -224,7 +224,7 @@ async def test_rate_limit_is_coalesced_and_recorded_once_per_window(start):
     assert 10 <= acks <= 13
     assert len(errors) == 1 and errors[0]["payload"]["code"] == "RATE_LIMITED"
     await app.settle()
-    assert len(await app.deps.store.events(type="rate_limited")) == 1
+    assert len(await app.events(type="rate_limited")) == 1
 
 
 async def test_connections_per_session_are_capped(start):
@@ -274,7 +274,7 @@ async def test_connects_and_disconnects_are_recorded_with_duration_and_counts(ap
     await ws.close()
     for _ in range(50):
         await app.settle()
-        events = await app.deps.store.events(kind="connection")
+        events = await app.events(kind="connection")
         if len(events) == 2:
             break
         await asyncio.sleep(0.02)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from .. import __version__
-from ..clock import iso, iso_seconds, parse_iso
+from ..clock import iso_seconds, parse_iso
 from ..documents import check_document_id, creator
 from ..protocol import AppError, ErrorCode
-from ..sessions import STATES
-from ..store import StoreFailed
+from ..audit import event_json
+from ..sessions import STATES, session_json
+from ..storage.base import StoreFailed
 from .base import OPERATOR, ApiHandler
 
 SERVICE_NAME = "mcprt-realtime-editing"
@@ -50,13 +51,13 @@ def int_arg(handler: ApiHandler, name: str, default: int | None, low: int = 0, h
     return value
 
 
-def time_arg(handler: ApiHandler, name: str) -> str | None:
-    """An RFC 3339 query argument, normalized to the stored form."""
+def time_arg(handler: ApiHandler, name: str) -> float | None:
+    """An RFC 3339 query argument, as epoch seconds."""
     raw = handler.get_query_argument(name, None)
     if not raw:
         return None
     try:
-        return iso(parse_iso(raw))
+        return parse_iso(raw)
     except ValueError:
         raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be an RFC 3339 time",
                        {"pointer": f"?{name}"}) from None
@@ -85,7 +86,7 @@ class SessionsHandler(ApiHandler):
             raise
         session = await self.deps.sessions.create(body["user_id"], body.get("client_info"),
                                              body.get("activate", True), client)
-        reply = session.to_json()
+        reply = session_json(session)
         reply["websocket_url"] = self.websocket_url(session.session_id)
         self.write_json(reply, 201)
 
@@ -104,23 +105,23 @@ class SessionsHandler(ApiHandler):
         limit = int_arg(self, "limit", 100, 1, 1000)
         rows = await self.deps.store.list_sessions(user_id=self.get_query_argument("user_id", None) or None,
                                               state=state, limit=limit, cursor=int_arg(self, "cursor", None))
-        self.write_json(page(self, "sessions", rows, limit))
+        self.write_json(page(self, "sessions", [session_json(r, with_id=True) for r in rows], limit))
 
 
 class SessionHandler(ApiHandler):
     async def get(self, session_id: str) -> None:
         """One session as it stands now."""
-        self.write_json((await self.deps.sessions.get(session_id)).to_json())
+        self.write_json(session_json(await self.deps.sessions.get(session_id)))
 
     async def delete(self, session_id: str) -> None:
         """Invalidate a session; its sockets close."""
-        self.write_json((await self.deps.sessions.invalidate(session_id, self.client_info())).to_json())
+        self.write_json(session_json(await self.deps.sessions.invalidate(session_id, self.client_info())))
 
 
 class ActivateHandler(ApiHandler):
     async def post(self, session_id: str) -> None:
         """Activate a pending session."""
-        self.write_json((await self.deps.sessions.activate(session_id, self.client_info())).to_json())
+        self.write_json(session_json(await self.deps.sessions.activate(session_id, self.client_info())))
 
 
 class EventsHandler(ApiHandler):
@@ -132,7 +133,7 @@ class EventsHandler(ApiHandler):
                    for k in ("kind", "type", "severity", "session_id", "user_id", "document_id")}
         rows = await self.deps.store.events(limit=limit, cursor=int_arg(self, "cursor", None),
                                        since=time_arg(self, "since"), until=time_arg(self, "until"), **filters)
-        self.write_json(page(self, "events", rows, limit))
+        self.write_json(page(self, "events", [event_json(r) for r in rows], limit))
 
 
 class DocumentsHandler(ApiHandler):

@@ -15,12 +15,13 @@ from urllib.parse import urlparse
 import tornado.websocket
 
 from .. import protocol as P
-from ..clock import iso, parse_iso
+from ..clock import iso
 from ..edits import CLOSE_SERVER_ERROR, Reply
 from ..documents import Author, check_document_id, creator
 from ..limits import SYNC_BURST, SYNC_RATE, Notices
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
+from ..storage.base import ConnectionRecord, connection_closed, connection_opened
 from . import wire
 from .base import client_of, session_ids_given
 # The wire-level close codes (1002, 1007, 4009) live in wire.py.
@@ -139,7 +140,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             raise AppError(ErrorCode.RATE_LIMITED, f"this session was disconnected for abuse; retry in "
                            f"{cooldown:.0f} s", {"close_code": CLOSE_COOLING_DOWN, "retry_after": round(cooldown, 1)})
         self.session, self.user_id, self.peer_id = session, session.user_id, session.peer_id
-        self.expires = parse_iso(session.expires_at)
+        self.expires = session.expires_at
         deps.limits.check_connection(deps.hub.session_connections(self.session_id), deps.hub.connection_count)
         self.bucket = deps.limits.bucket(self.session_id)
         self.document = await deps.documents.open(
@@ -157,8 +158,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                             "connection_count": deps.hub.session_connections(self.session_id)}, self.now_iso())
         self.fan_out(P.SESSION_CONNECTED, connected)
         client_type = self.request.headers.get("X-Client-Type") or self.get_query_argument("client_type", "")
-        deps.store.open_connection({**self.where(), "peer_id": self.peer_id, "opened_at": self.now_iso(),
-                                    "client_type": client_type if client_type in CLIENT_TYPES else "unknown"})
+        where = self.where()
+        deps.store.enqueue(connection_opened(ConnectionRecord(
+            self.connection_id, where["session_id"], self.user_id, self.peer_id, self.document_id,
+            client_type if client_type in CLIENT_TYPES else "unknown", where["client_addr"], where["user_agent"],
+            deps.clock())))
         deps.audit.event("connection", "connected", "info", {"client_type": client_type[:32] or None}, **self.where())
         log.info("connected %s user=%s doc=%s conn=%s", mask(self.session_id), self.user_id, self.document_id,
                  self.connection_id)
@@ -413,8 +417,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                                                 "reason": reason}, self.now_iso())
         self.fan_out(P.SESSION_DISCONNECTED, left)
         duration = round(time.monotonic() - self.opened, 3)
-        deps.store.close_connection(self.connection_id, self.now_iso(), self.close_code, reason,
-                                    self.messages_in, self.messages_out)
+        deps.store.enqueue(connection_closed(self.connection_id, deps.clock(), self.close_code, reason,
+                                             self.messages_in, self.messages_out))
         deps.audit.event("connection", "disconnected", "info", {
             "reason": reason, "close_code": self.close_code, "duration_seconds": duration,
             "messages_in": self.messages_in, "messages_out": self.messages_out}, **self.where())

@@ -1,0 +1,318 @@
+"""Group commit, backend-neutral: one writer task takes every unit queued meanwhile and asks the backend
+to commit them in one transaction; a caller's future resolves only after its unit committed.
+
+A unit is what `submit(*writes)` was given: its writes commit together or not at all. Writes of one
+chain (a document's ops) land without gaps: after one fails, the later ones fail without being tried
+until the chain is reset. A backend implements `_commit(units)` only: one transaction, raise if it did
+not commit; raise `Refused` when the whole batch must fail without being retried one unit at a time (a
+lock another process holds), `Lost` when it committed where nobody will read it (a removed file),
+`WriterBroken` when the writer itself cannot run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Iterable
+
+from .base import ChainBroken, StoreFailed, Write
+
+log = logging.getLogger("mcprt.store")
+
+BATCH_MAX = 2000          # writes one transaction takes at most (a unit is never split)
+RESTARTS = 3              # writer-loop failures within RESTART_WINDOW that fail the store for good
+RESTART_WINDOW = 60.0     # seconds
+PROBE_TIMEOUT = 2.0       # seconds a health probe write may take to commit
+PROBE_REUSE = 1.0         # seconds a probe that committed answers for the next ones
+_MAINTAIN = object()      # queued by the backend: the write loop calls _maintain() between two batches
+
+
+class Refused(Exception):
+    """Raised by a backend's _commit: fail every unit of the batch with `error`, without retrying."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class Lost(Exception):
+    """Raised by a backend's _commit: it committed, but where no one will read it; `reason` for /health,
+    `detail` for the log only."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+class WriterBroken(Exception):
+    """Raised by a backend's _commit: the writer itself cannot run (not a row's fault): a failure of the
+    write loop, which restarts it (and fails the store after RESTARTS in RESTART_WINDOW)."""
+
+
+class Unit:
+    """Writes that commit together, the future of whoever waits (or None), or a chain reset (no writes)."""
+
+    __slots__ = ("writes", "future", "reset")
+
+    def __init__(self, writes: tuple[Write, ...], future: asyncio.Future | None, reset: str | None = None):
+        self.writes, self.future, self.reset = writes, future, reset
+
+    def chains(self) -> Iterable[str]:
+        return {w.chain for w in self.writes if w.chain is not None}
+
+    def result(self) -> int | None:
+        counted = [w.result for w in self.writes if w.counted]
+        return counted[-1] if counted else None
+
+
+class GroupCommit:
+    """The queue, the supervised writer task, chains, the barrier and the health probe."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._broken_chains: set[str] = set()
+        self._held: list[Unit] = []  # the batch being committed
+        self._stopping = False
+        self._probe: asyncio.Future | None = None
+        self._probe_ok_at: float | None = None  # time.monotonic() of the last probe that committed
+        self.failed: str | None = None  # why writes are refused; None while the store works
+        self.commit_listeners: list[Callable[[float, int], None]] = []  # (seconds, writes): metrics, say
+        self.on_fatal: Callable[[str], None] | None = None  # the writer cannot recover: the process should end
+
+    # -- what a backend provides ---------------------------------------------------------------------
+
+    async def _commit(self, units: list[Unit]) -> None:
+        """Every write of `units` in one transaction (setting each counted write's result)."""
+        raise NotImplementedError
+
+    async def _maintain(self) -> None:
+        """Work the backend asked for with request_maintenance(), run between two batches."""
+
+    def request_maintenance(self) -> None:
+        self._queue.put_nowait(_MAINTAIN)
+
+    # -- the write path ---------------------------------------------------------------------------------
+
+    def submit(self, *writes: Write) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.failed is not None:
+            future.set_exception(StoreFailed(self.failed))
+        else:
+            self._queue.put_nowait(Unit(writes, future))
+        return future
+
+    def enqueue(self, *writes: Write) -> None:
+        if self.failed is None:
+            self._queue.put_nowait(Unit(writes, None))
+
+    def barrier(self) -> asyncio.Future:
+        return self.submit()
+
+    def reset_chain(self, chain: str) -> None:
+        self._queue.put_nowait(Unit((), None, chain))
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def _start_writer(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _stop_writer(self) -> None:
+        """Drain the queue: every write accepted before this is committed (or failed)."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+
+    async def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Raise StoreFailed unless a real write (the health_probe row) goes through the queue and commits
+        within `timeout`. Concurrent callers share one probe write, and one that succeeded less than
+        PROBE_REUSE ago answers for it: an unauthenticated /health flood costs at most one write a second."""
+        if self.failed is not None:
+            raise StoreFailed(self.failed)
+        if self._task is None or self._task.done():
+            raise StoreFailed("the writer is not running")
+        if self._probe_ok_at is not None and time.monotonic() - self._probe_ok_at < PROBE_REUSE:
+            return
+        if self._probe is None or self._probe.done():
+            self._probe = self.submit(Write("health_probe", (time.time(),)))
+            self._probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if late
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), timeout)
+        except asyncio.TimeoutError:
+            raise StoreFailed(f"a write did not commit within {timeout:g}s") from None
+        self._probe_ok_at = time.monotonic()
+
+    def _fail(self, reason: str, fatal: bool, detail: str = "") -> None:
+        """Refuse every later write; `fatal`: the writer cannot run, so ask the process to end. The reason
+        is what /health shows; the detail goes to the log only."""
+        if self.failed is not None:
+            return
+        self.failed = reason
+        log.critical("the database no longer accepts writes: %s%s", reason, detail)
+        if fatal and self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    async def _write_loop(self) -> None:
+        """The writer, supervised. A failure of the loop itself (not of one unit: those fail their own
+        future) is logged with its traceback, fails the units it held, and the loop starts again;
+        RESTARTS failures within RESTART_WINDOW fail the store (on_fatal). A failed store keeps the loop
+        running, failing each write without touching the database, so every future resolves and close()
+        still drains."""
+        failures: list[float] = []
+        while True:
+            try:
+                await self._write_batches()
+                return
+            except Exception as exc:
+                held, self._held = self._held, []
+                log.exception("the writer failed holding %d writes; failing them and restarting",
+                              sum(len(u.writes) for u in held))
+                self._fail_held(held, exc)
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < RESTART_WINDOW] + [now]
+                if len(failures) >= RESTARTS:
+                    self._fail(f"the writer failed {len(failures)} times in {RESTART_WINDOW:g}s "
+                               f"(last: {type(exc).__name__}: {exc})", fatal=True)
+                if self._stopping or len(failures) > RESTARTS:  # closing, or failing even without the database
+                    self._fail_queued()
+                    return
+                await asyncio.sleep(0.05 * len(failures))
+
+    async def _write_batches(self) -> None:
+        queue = self._queue
+        while not self._stopping:
+            batch, size = [await queue.get()], 0
+            while not queue.empty() and size < BATCH_MAX:
+                batch.append(queue.get_nowait())
+                size += len(batch[-1].writes) if isinstance(batch[-1], Unit) else 0
+            self._stopping = None in batch
+            # Units queued after the stop marker were accepted too: take them before closing.
+            while self._stopping and not queue.empty():
+                batch.append(queue.get_nowait())
+            maintain = _MAINTAIN in batch
+            self._held = [u for u in batch if isinstance(u, Unit)]
+            del batch  # do not hold the last batch's rows while waiting for the next
+            await self._commit_batch(self._held)
+            self._held = []
+            if maintain and self.failed is None:
+                await self._maintain()
+
+    def _fail_held(self, held: list[Unit], exc: Exception) -> None:
+        """After a loop failure: fail what it held and break their chains (no gaps)."""
+        error = StoreFailed(f"the writer failed before this write was acknowledged: {type(exc).__name__}")
+        for unit in held:
+            if unit.future is not None and not unit.future.done():
+                unit.future.set_exception(error)
+            self._broken_chains.update(unit.chains())
+
+    def _fail_queued(self) -> None:
+        error = StoreFailed(self.failed or "the writer failed while the store was closing")
+        while not self._queue.empty():
+            unit = self._queue.get_nowait()
+            if isinstance(unit, Unit) and unit.future is not None and not unit.future.done():
+                unit.future.set_exception(error)
+
+    async def _commit_batch(self, batch: list[Unit]) -> None:
+        if not batch:
+            return
+        if self.failed is not None:
+            self._settle(batch, {}, StoreFailed(self.failed))
+            return
+        started = time.perf_counter()
+        writes = sum(len(u.writes) for u in batch)
+        try:
+            if not writes:
+                failed = self._each(batch, None)
+            elif self._broken_chains:
+                failed = await self._commit_each(batch)
+            else:
+                try:
+                    await self._commit(batch)
+                    failed = {}
+                except Refused as exc:
+                    log.error("batch of %d writes failed: %s", writes, exc.error)
+                    failed = self._each(batch, exc.error)
+                except (Lost, WriterBroken):
+                    raise
+                except Exception as exc:  # whatever a row raises: a constraint, UnicodeEncodeError, OverflowError
+                    log.warning("batch of %d writes failed (%s: %s); retrying one unit at a time", writes,
+                                type(exc).__name__, exc)
+                    failed = await self._commit_each(batch)
+        except Lost as lost:  # not fatal: while this process lives, the data may still be copied out
+            self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged)"
+                       f"{lost.detail}")
+            self._settle(batch, {}, StoreFailed(self.failed))
+            return
+        self._settle(batch, failed, None)
+        for listener in self.commit_listeners:
+            listener(time.perf_counter() - started, writes)
+
+    def _each(self, batch: list[Unit], error: Exception | None) -> dict[int, Exception]:
+        """Resets and chain checks in order, without writing: every unit with writes fails with `error`
+        (None: only units of broken chains fail; this is a batch of resets and barriers)."""
+        failed = {}
+        for unit in batch:
+            if unit.reset is not None:
+                self._broken_chains.discard(unit.reset)
+            elif unit.writes and (error is not None or self._broken(unit)):
+                failed[id(unit)] = error or ChainBroken(f"an earlier write of {self._broken(unit)} failed")
+                self._broken_chains.update(unit.chains())
+        return failed
+
+    def _broken(self, unit: Unit) -> str | None:
+        for chain in unit.chains():
+            if chain in self._broken_chains:
+                return chain
+        return None
+
+    async def _commit_each(self, batch: list[Unit]) -> dict[int, Exception]:
+        """Each unit in its own transaction; one that fails fails only itself and breaks its chains."""
+        failed = {}
+        for unit in batch:
+            if unit.reset is not None:
+                self._broken_chains.discard(unit.reset)
+                continue
+            if not unit.writes:
+                continue
+            broken = self._broken(unit)
+            if broken is not None:
+                failed[id(unit)] = ChainBroken(f"an earlier write of {broken} failed")
+                continue
+            try:
+                await self._commit([unit])
+            except (Lost, WriterBroken):
+                raise
+            except Exception as exc:
+                error = exc.error if isinstance(exc, Refused) else exc
+                log.error("write failed: %s: %s (%s)", type(error).__name__, error,
+                          ", ".join(w.kind for w in unit.writes))
+                failed[id(unit)] = error
+                self._broken_chains.update(unit.chains())
+        return failed
+
+    @staticmethod
+    def _settle(batch: list[Unit], failed: dict[int, Exception], everything: Exception | None) -> None:
+        for unit in batch:
+            if unit.future is not None and not unit.future.done():
+                error = everything or failed.get(id(unit))
+                if error is not None:
+                    unit.future.set_exception(error)
+                else:
+                    unit.future.set_result(unit.result())
+
+
+def grouped(units: list[Unit]) -> list[tuple[str, list[Write]]]:
+    """The batch's writes in order, consecutive writes of one kind together (one executemany each);
+    a counted write stands alone (its row count is its result)."""
+    groups: list[tuple[str, list[Write]]] = []
+    for unit in units:
+        for write in unit.writes:
+            if groups and groups[-1][0] == write.kind and not write.counted and not groups[-1][1][0].counted:
+                groups[-1][1].append(write)
+            else:
+                groups.append((write.kind, [write]))
+    return groups
