@@ -144,13 +144,19 @@ def _missing_file(url: str) -> bool:
     return not is_postgres(url) and not os.path.exists(path_of(url))
 
 
-def _open_store(url: str):
+async def _open_store(url: str):
+    """The store for a CLI command, or None after saying in one line why it cannot be opened."""
     from .storage import store_for
+    from .storage.base import MigrationError, StoreOpenError
     if _missing_file(url):
         print(f"no database at {url} (start the server once, or run: python -m mcprt migrate --db {url})",
               file=sys.stderr)
         return None
-    return store_for(url).open()
+    try:
+        return await store_for(url).open()
+    except (StoreOpenError, MigrationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_migrate(args) -> int:
@@ -220,10 +226,9 @@ def cmd_events(args) -> int:
         print(json.dumps(row, ensure_ascii=False) if args.json else _event_line(row), flush=True)
 
     async def run() -> int:
-        opening = _open_store(args.db)
-        if opening is None:
+        store = await _open_store(args.db)
+        if store is None:
             return 1
-        store = await opening
         filters = {"kind": args.kind, "type": args.type, "severity": args.severity, "session_id": args.session,
                    "user_id": args.user, "document_id": args.document}
         try:
@@ -250,10 +255,9 @@ def cmd_events(args) -> int:
 
 def cmd_sessions(args) -> int:
     async def run() -> int:
-        opening = _open_store(args.db)
-        if opening is None:
+        store = await _open_store(args.db)
+        if store is None:
             return 1
-        store = await opening
         try:
             records = await store.list_sessions(user_id=args.user, state=args.state, limit=args.limit)
         finally:

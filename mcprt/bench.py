@@ -125,6 +125,12 @@ ROWS = {
              for key, title, unit in (("heartbeat", "heartbeat round trips, 1 conn", "rt/s"),
                                       ("edits_1", "edits acked, 1 conn, 1 in flight", "edit/s"),
                                       ("edits_window", "edits acked, 1 conn, {window} in flight", "edit/s"))],
+    "postgres": [Row("pg_edits", "PostgreSQL: edits acked, {window} in flight (bare: SQLite)", "edit/s",
+                     lambda r: r["rate"], ">=70% SQLite", lambda v, x: x >= 0.7),
+                 Row("pg_edits_1", "PostgreSQL: edits acked, 1 in flight (bare: SQLite)", "edit/s",
+                     lambda r: r["rate_1"], "(report)", None, samples="latency_1"),
+                 Row("pg_session_create", "PostgreSQL: session create (bare: SQLite)", "ms",
+                     lambda r: _ms(r["session_latency"]), "(report)", None, samples="session_latency")],
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
     "doc_sizes": _size_rows(),
@@ -254,11 +260,15 @@ def sanitize_group(params: dict) -> dict:
 
 LOCAL_GROUPS = {"sanitize": sanitize_group}  # measured in this process, no servers
 # Groups whose two sides are not the bare baseline and the real server: side -> (server kind, event loop).
-SIDES = {"loop": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt", "uvloop")}}
+SIDES = {"loop": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt", "uvloop")},
+         "postgres": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt-postgres", "asyncio")}}
 # Measured on the real server alone: the baseline side is made from the real server's own results.
 ONE_SERVER_GROUPS = {"doc_sizes": C.against_smallest}
 GROUP_NOTES = {"loop": ["loop: the real server on uvloop beside the real server on asyncio (the client stays on "
                          "asyncio)"],
+               "postgres": ["postgres: the real server on a PostgreSQL database (a throwaway local cluster, fsync "
+                            "and synchronous_commit on, as deployed) beside the real server on SQLite (WAL, "
+                            "synchronous=NORMAL), same client, same run"],
                "doc_sizes": ["doc_sizes: one connection alone on a text document, 200-byte replacements in its middle "
                              "(ref: reference mode, content in each ack and broadcast; lean: subprotocol "
                              f"{C.LEAN}); bytes: messages as received, UTF-8; bare: the same measure on a 1 KB "
@@ -278,8 +288,15 @@ def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]
         "session_memory": lambda t, rep: C.session_memory(t, p["sessions"]),
         "loop": lambda t, rep: C.loop_rates(t, p["heartbeat_seconds"], p["edit_seconds"], p["window"],
                                             f"bench-loop-{rep}"),
+        "postgres": lambda t, rep: _edits_and_sessions(t, p, rep),
         "doc_sizes": lambda t, rep: C.document_sizes(t, p["size_seconds"], p["size_broadcasts"], f"bench-size-{rep}"),
     }
+
+
+async def _edits_and_sessions(target: C.Target, p: dict, rep: int) -> dict:
+    edits = await C.edit_rates(target, p["edit_seconds"], p["window"], f"bench-store-{rep}")
+    sessions = await C.session_latency(target, p["requests"])
+    return {**edits, "session_latency": sessions["latency"]}
 
 
 GROUP_OF = {row.name: group for group, rows in ROWS.items() for row in rows}
@@ -303,14 +320,18 @@ class ServerProcess:
     """`python -m mcprt.bench_servers KIND` in its own process (the real server on `loop`, or the bare
     baseline); stopped with SIGTERM."""
 
-    def __init__(self, kind: str, workdir: str, loop: str = "asyncio"):
+    def __init__(self, kind: str, workdir: str, loop: str = "asyncio", postgres=None):
         self.kind, self.workdir, self.loop = kind, workdir, loop
+        self.postgres = postgres  # a pgcluster.Cluster, for kind mcprt-postgres
         self.log_path = os.path.join(workdir, f"{kind}-{loop}.log")
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> C.Target:
-        args = [sys.executable, "-m", "mcprt.bench_servers", "real" if self.kind == "mcprt" else "bare"]
-        if self.kind == "mcprt":
+        real = self.kind in ("mcprt", "mcprt-postgres")
+        args = [sys.executable, "-m", "mcprt.bench_servers", "real" if real else "bare"]
+        if self.kind == "mcprt-postgres":
+            args += [await asyncio.to_thread(self.postgres.database), self.loop]
+        elif real:
             args += [os.path.join(self.workdir, f"bench-{time.monotonic_ns()}.db"), self.loop]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         with open(self.log_path, "ab") as log:
@@ -343,9 +364,10 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
         return LOCAL_GROUPS[group](params)
     kinds = ("mcprt",) if group in ONE_SERVER_GROUPS else ("bare", "mcprt")
     servers = {}
+    postgres = await asyncio.to_thread(_postgres) if group == "postgres" else None
     for kind in kinds:
         server_kind, loop = SIDES.get(group, {}).get(kind, (kind, "asyncio"))
-        servers[kind] = ServerProcess(server_kind, workdir, loop)
+        servers[kind] = ServerProcess(server_kind, workdir, loop, postgres)
     results: dict[str, list[dict]] = {kind: [] for kind in kinds}
     errors: list[str] = []
     try:
@@ -358,10 +380,21 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
         errors = [e for t in targets.values() for e in t.errors]
     finally:
         await asyncio.gather(*(s.stop() for s in servers.values()))
+        if postgres is not None:
+            await asyncio.to_thread(postgres.stop)
     logged = [line for s in servers.values() for line in s.problems()]
     real = _merge(results["mcprt"])
     bare = ONE_SERVER_GROUPS[group](real) if group in ONE_SERVER_GROUPS else _merge(results["bare"])
     return {"bare": bare, "mcprt": real, "errors": errors, "logged": logged, "notes": GROUP_NOTES.get(group, [])}
+
+
+def _postgres():
+    """A throwaway PostgreSQL cluster for the postgres group (RuntimeError without the server binaries)."""
+    from . import pgcluster
+    bindir = pgcluster.bin_dir()
+    if bindir is None:
+        raise RuntimeError("the postgres group needs PostgreSQL's server binaries (Debian: apt install postgresql)")
+    return pgcluster.Cluster(bindir, fsync=True).start()
 
 
 def _merge(runs: list[dict]) -> dict:

@@ -157,7 +157,7 @@ class Harness:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """One throwaway PostgreSQL server for the whole run (see pgcluster.py)."""
-    import pgcluster
+    from mcprt import pgcluster
     bindir = pgcluster.bin_dir()
     if bindir is None:
         reason = "PostgreSQL is not installed (no initdb/postgres found)"

@@ -99,3 +99,22 @@ class RefusingWrites:
 def refuse_op(document_id: str, revision: int | None = None):
     """A RefusingWrites predicate: the op rows of one document (at one revision)."""
     return lambda w: w.kind == "insert_op" and w.values[0] == document_id and revision in (None, w.values[1])
+
+
+async def snapshot_revisions(store, document_id: str) -> list[int]:
+    """The revisions a document has snapshots at, oldest first, read through the store."""
+    found, at = [], None
+    while (snapshot := await store.latest_snapshot(document_id, at)) is not None:
+        found.insert(0, snapshot.revision)
+        at = snapshot.revision - 1
+    return found
+
+
+async def stored_events(db: str, **filters) -> list:
+    """Events a database holds (newest first), read through the store as another process would."""
+    from mcprt.storage import store_for
+    store = await store_for(db).open()
+    try:
+        return await store.events(limit=10_000, **filters)
+    finally:
+        await store.close()

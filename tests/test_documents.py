@@ -7,14 +7,20 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import time
 
 import pytest
 
 from mcprt.ot import TextOperation
 from otclient import OTClient
-from support import editor_of, free_port, spawn_server
+from support import RefusingWrites, editor_of, free_port, refuse_op, snapshot_revisions, spawn_server
+
+
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
 
 pytestmark = pytest.mark.asyncio
 
@@ -192,9 +198,7 @@ async def test_history_versions_snapshots_and_restore(start, tmp_path):
     for i in range(25):
         await edit(ws, {"change_delta": {"position": i, "insert": chr(ord("a") + i)}})
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        snaps = [r[0] for r in conn.execute("SELECT revision FROM snapshots WHERE document_id='hist' ORDER BY 1")]
-    assert snaps == [0, 10, 20]
+    assert await snapshot_revisions(app.deps.store, "hist") == [0, 10, 20]
     assert (await app.fetch("GET", "/api/documents/hist?revision=15", admin=True)).json["content"] == "abcdefghijklmno"
     assert (await app.fetch("GET", "/api/documents/hist?revision=0", admin=True)).json["content"] == ""
     assert (await app.fetch("GET", "/api/documents/hist?revision=99", admin=True)).status == 404
@@ -343,8 +347,8 @@ async def test_concurrent_inserts_only_every_marker_survives_intact(app):
 
 
 @pytest.mark.timeout(120)
-async def test_every_acknowledged_edit_survives_kill_9(tmp_path):
-    db, port = str(tmp_path / "k.db"), free_port()
+async def test_every_acknowledged_edit_survives_kill_9(database):
+    db, port = database, free_port()
     proc = spawn_server(db, port, "--log-level", "warning")
     acked: list[int] = []
     try:
@@ -452,9 +456,7 @@ async def test_a_failed_write_sends_everyone_back_to_what_is_durable(start, tmp_
     for i, letter in enumerate("ab"):
         await edit(alice, {"change_delta": {"position": i, "insert": letter}})
         await bob.recv_type("realtime_edit")
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:  # the database refuses revision 3, as a full disk would
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ops WHEN NEW.document_id = 'fragile' AND NEW.revision = 3"
-                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    refusing = RefusingWrites(app.deps.store, refuse_op("fragile", 3)).__enter__()  # as a full disk would
     sent = [await alice.send_msg("realtime_edit", {"change_delta": {"position": 2 + i, "insert": letter}})
             for i, letter in enumerate("xyz")]  # pipelined: 4 and 5 are queued behind the failing 3
     code, got = await alice.closed()
@@ -465,16 +467,14 @@ async def test_a_failed_write_sends_everyone_back_to_what_is_durable(start, tmp_
     code, got = await bob.closed()
     assert code == 4500 and not [m for m in got if m["type"] == "realtime_edit"]
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        assert [r[0] for r in conn.execute("SELECT revision FROM ops WHERE document_id='fragile' ORDER BY 1")] == [1, 2]
-        conn.execute("DROP TRIGGER refuse")
+    assert [o.revision for o in await app.deps.store.ops("fragile", 0)] == [1, 2]
+    refusing.__exit__()
     again = await app.ws_connect(alice.session["session_id"], "fragile")
     assert again.state["payload"]["revision"] == 2 and again.state["payload"]["content"] == "ab"
     ack = await edit(again, {"change_delta": {"position": 2, "insert": "c"}, "base_revision": 2})
     assert ack["payload"]["revision"] == 3
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        assert [r[0] for r in conn.execute("SELECT revision FROM ops WHERE document_id='fragile' ORDER BY 1")] == [1, 2, 3]
+    assert [o.revision for o in await app.deps.store.ops("fragile", 0)] == [1, 2, 3]
     reset = (await app.fetch("GET", "/api/events?type=document_reset", admin=True)).json["events"]
     assert len(reset) == 1 and reset[0]["severity"] == "high" and reset[0]["document_id"] == "fragile"
     assert not (await app.fetch("GET", "/api/events?kind=security&session_id=" + alice.session["session_id"],
@@ -485,10 +485,8 @@ async def test_a_restore_that_cannot_be_stored_resets_the_document_too(start, tm
     app = await start()
     alice = await app.editor("alice", document_id="fragile")
     await edit(alice, {"change_delta": {"position": 0, "insert": "keep"}})
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ops WHEN NEW.document_id = 'fragile' AND NEW.revision = 2"
-                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    reply = await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
+    with RefusingWrites(app.deps.store, refuse_op("fragile", 2)):
+        reply = await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
     assert reply.status == 500 and reply.json["error"]["code"] == "SERVER_ERROR"
     code, got = await alice.closed()
     assert code == 4500 and not [m for m in got if m["type"] == "realtime_edit"]

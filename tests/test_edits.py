@@ -10,6 +10,13 @@ import pytest
 
 from mcprt.ot import TextOperation
 
+
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
+
 pytestmark = pytest.mark.asyncio
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 
 from mcprt.protocol import ErrorCode
+from support import RefusingWrites, refuse_op
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,9 +62,8 @@ async def _conflict(app):
 
 async def _server_error(app):
     await app.fetch("POST", "/api/documents", {"document_id": "fragile"}, admin=True)
-    with sqlite3.connect(app.deps.settings.db) as conn:  # the database refuses the write, as a full disk would
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON ops BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    return await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
+    with RefusingWrites(app.deps.store, refuse_op("fragile")):  # the database refuses the write, as a full disk would
+        return await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
 
 
 PATHS = {

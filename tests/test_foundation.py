@@ -20,7 +20,7 @@ from mcprt.app import masked_uri
 from mcprt.storage.base import EventRecord, MigrationError, event_written
 from mcprt.storage.migrations import discover_migrations
 from mcprt.storage.sqlite import SqliteStore as Store
-from support import ROOT, free_port, get_once_serving
+from support import ROOT, free_port, get_once_serving, stored_events
 
 
 
@@ -154,11 +154,11 @@ async def test_clean_shutdown_writes_every_queued_event(tmp_path, start):
     for i in range(500):
         harness.deps.audit.event("system", "test_event", "info", {"i": i})
     await harness.server.stop()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE type='test_event'").fetchone()[0] == 500
-        assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
-        (details,) = conn.execute("SELECT details FROM events WHERE type='server_started'").fetchone()
-    assert json.loads(details)["loop"] == "asyncio"
+    db = harness.server.settings.db
+    assert len(await stored_events(db, type="test_event")) == 500
+    assert len(await stored_events(db, type="server_stopped")) == 1
+    started, = await stored_events(db, type="server_started")
+    assert started.details["loop"] == "asyncio"
 
 
 def test_masked_uri_keeps_only_a_prefix_of_session_ids():
@@ -216,8 +216,7 @@ def test_serve_subprocess_answers_masks_ids_and_stops_cleanly(tmp_path):
     assert proc.returncode == 0, output
     assert f"/api/sessions/{sid[:8]}" in output  # requests are logged...
     assert sid not in output                     # ...but never a whole session id
-    with sqlite3.connect(tmp_path / "s.db") as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE type='server_stopped'").fetchone()[0] == 1
+    assert len(asyncio.run(stored_events(str(tmp_path / "s.db"), type="server_stopped"))) == 1
 
 
 @pytest.mark.parametrize("path", ["/", "/static/index.html", "/static/demo.js"])
@@ -291,9 +290,8 @@ async def test_serve_runs_on_uvloop_when_asked(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    with sqlite3.connect(db) as conn:
-        (details,) = conn.execute("SELECT details FROM events WHERE type='server_started'").fetchone()
-    assert json.loads(details)["loop"] == "uvloop"
+    started, = await stored_events(db, type="server_started")
+    assert started.details["loop"] == "uvloop"
 
 
 def test_an_unknown_loop_is_refused_with_status_2(tmp_path):

@@ -10,7 +10,6 @@ import os
 import re
 import resource
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -160,8 +159,8 @@ async def grow(ws, size: int, chunk: int = 9000) -> None:
 
 async def connection_row(app, tmp_path, user_id: str) -> tuple:
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        return conn.execute("SELECT close_code, close_reason FROM connections WHERE user_id = ?", (user_id,)).fetchone()
+    row, = await app.deps.store.connections(user_id=user_id)
+    return row.close_code, row.close_reason
 
 
 # -- 1. output buffers ------------------------------------------------------------------------------------

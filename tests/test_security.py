@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import sys
 
 import pytest
 
 from mcprt.__main__ import main
 from xss_corpus import XSS_VECTORS
-from support import ROOT
+from support import ROOT, snapshot_revisions
+
+
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
 
 pytestmark = pytest.mark.asyncio
 
@@ -45,13 +51,12 @@ async def test_xss_corpus_is_neutralized_in_broadcast_storage_and_state_and_reco
     late = await app.editor("late")
     assert_neutral(late.state["payload"]["content"])
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        stored = [r[0] for r in conn.execute("SELECT op FROM ops")]
-        snapshots = [r[0] for r in conn.execute("SELECT content FROM snapshots")]
-    for op in stored:
-        assert_neutral("".join(p for p in json.loads(op) if isinstance(p, str)))
-    for content in snapshots:
-        assert_neutral(content)
+    store = app.deps.store
+    for document_id in {attacker.state["payload"]["document_id"]}:
+        for op in await store.ops(document_id, 0):
+            assert_neutral("".join(p for p in op.op if isinstance(p, str)))
+        for revision in await snapshot_revisions(store, document_id):
+            assert_neutral((await store.latest_snapshot(document_id, revision)).content)
     events = await app.events(type="xss_attempt", limit=1000)
     assert len(events) >= len(XSS_VECTORS) * 0.8
     assert all(e["severity"] == "high" and e["details"]["removed"] and e["user_id"] == "mallory" for e in events)
@@ -153,7 +158,7 @@ async def test_retention_prunes_old_events_and_records_it(start, clock):
 async def test_events_cli_table_json_and_filters(start, tmp_path, capsys):
     app = await start()
     await _seed_events(app)
-    db = str(tmp_path / "mcprt.db")
+    db = app.server.settings.db
     loop = asyncio.get_running_loop()
     code = await loop.run_in_executor(None, main, ["events", "--db", db, "--kind", "security", "--since", "1h"])
     assert code == 0
@@ -170,7 +175,7 @@ async def test_events_cli_table_json_and_filters(start, tmp_path, capsys):
 async def test_events_cli_follow_prints_new_events_while_the_server_runs(start, tmp_path):
     app = await start()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcprt", "events", "--db", str(tmp_path / "mcprt.db"), "--follow", "--json",
+        sys.executable, "-m", "mcprt", "events", "--db", app.server.settings.db, "--follow", "--json",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     try:
         await asyncio.sleep(1.0)

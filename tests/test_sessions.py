@@ -11,6 +11,12 @@ from mcprt.sessions import ACTIVE, EXPIRED, INVALIDATED, PENDING, STATES, TRANSI
 from conftest import ADMIN
 
 
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
+
 @pytest.mark.asyncio
 async def test_create_returns_the_reference_fields_and_a_websocket_url_from_the_host(start):
     app = await start(allowed_hosts=("editor.example",))
@@ -233,7 +239,7 @@ async def test_admin_list_filters_and_paginates(app):
     assert bad.status == 400
 
 
-def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
+def test_sessions_cli_lists_from_the_database(database, capsys):
     import asyncio
 
     from mcprt.__main__ import main
@@ -241,16 +247,16 @@ def test_sessions_cli_lists_from_the_database(tmp_path, capsys):
     from mcprt.storage import store_for
 
     async def seed():
-        store = await store_for(str(tmp_path / "c.db")).open()
+        store = await store_for(database).open()
         service = SessionService(store, __import__("time").time, 3600, 600)
         await service.create("zed", None, True, Client())
         await service.create("yan", None, False, Client())
         await store.close()
     asyncio.run(seed())
-    assert main(["sessions", "--db", str(tmp_path / "c.db")]) == 0
+    assert main(["sessions", "--db", database]) == 0
     out = capsys.readouterr().out
     assert "zed" in out and "yan" in out and "2 session(s)" in out
-    assert main(["sessions", "--db", str(tmp_path / "c.db"), "--state", "Pending", "--json"]) == 0
+    assert main(["sessions", "--db", database, "--state", "Pending", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and '"yan"' in lines[0]
 

@@ -327,3 +327,38 @@ async def test_the_probe_is_a_real_write_and_a_failed_store_refuses_at_once(stor
     with pytest.raises(StoreFailed, match="a test failure"):
         await store.submit(event("refused"))
     assert time.monotonic() - started < 0.5
+
+
+# -- the CLI ------------------------------------------------------------------------------------------
+
+def test_migrate_lists_and_applies_on_either_backend(url):
+    import subprocess
+    import sys
+
+    from support import ROOT
+    dialect = "postgres" if url.startswith("postgresql://") else "sqlite"
+    names = [f"{m.version:04d}_{m.name}" for m in discover_migrations(dialect=dialect)]
+    done = subprocess.run([sys.executable, "-m", "mcprt", "migrate", "--db", url], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{url}: schema at version {len(names)}"
+    listed = subprocess.run([sys.executable, "-m", "mcprt", "migrate", "--list", "--db", url], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == names and all(" applied " in line for line in lines)
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_and_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    from support import ROOT, free_port
+    url = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/nothing"
+    for command in (["serve", "--port", "0"], ["migrate"], ["events"], ["sessions"]):
+        proc = subprocess.run([sys.executable, "-m", "mcprt", *command, "--db", url], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        output = proc.stderr.strip().splitlines()
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (command, proc.stderr)
+        assert "cannot open database postgresql://nobody:***@127.0.0.1" in output[-1], (command, output)
+        assert "secret" not in proc.stderr + proc.stdout

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 import websockets
+
+
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
 
 pytestmark = pytest.mark.asyncio
 
@@ -282,9 +288,8 @@ async def test_connects_and_disconnects_are_recorded_with_duration_and_counts(ap
     assert came["type"] == "connected" and gone["type"] == "disconnected"
     assert gone["details"]["messages_in"] == 3 and gone["details"]["messages_out"] >= 4
     assert gone["details"]["duration_seconds"] >= 0 and gone["details"]["reason"] == "client_disconnect"
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        row = conn.execute("SELECT messages_in, close_reason, client_type FROM connections").fetchone()
-    assert row == (3, "client_disconnect", "unknown")
+    row, = await app.deps.store.connections()
+    assert (row.messages_in, row.close_reason, row.client_type) == (3, "client_disconnect", "unknown")
 
 
 async def test_client_type_is_recorded_and_unknown_values_are_not_refused(app, tmp_path):
@@ -292,9 +297,7 @@ async def test_client_type_is_recorded_and_unknown_values_are_not_refused(app, t
     await app.ws_connect(s1["session_id"], headers={"X-Client-Type": "mobile"})
     await app.ws_connect(s2["session_id"], query="client_type=toaster")
     await app.settle()
-    with sqlite3.connect(tmp_path / "mcprt.db") as conn:
-        types = sorted(r[0] for r in conn.execute("SELECT client_type FROM connections"))
-    assert types == ["mobile", "unknown"]
+    assert sorted(c.client_type for c in await app.deps.store.connections()) == ["mobile", "unknown"]
 
 
 REFERENCE_CLIENT = Path(__file__).resolve().parent / "reference_client.js"

@@ -114,6 +114,11 @@ class ConnectionRecord:
     client_addr: str | None
     user_agent: str | None
     opened_at: float
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    messages_in: int = 0
+    messages_out: int = 0
 
 
 EVENT_WHERE = ("session_id", "user_id", "document_id", "connection_id", "client_addr", "user_agent")
@@ -287,7 +292,13 @@ class EventReads(Protocol):
         """Delete the oldest events beyond the newest `max_rows`; the last id deleted, or None."""
 
 
-class Store(Writes, SessionReads, DocumentReads, EventReads, Protocol):
+class ConnectionReads(Protocol):
+    async def connections(self, *, session_id: str | None = None, user_id: str | None = None,
+                          document_id: str | None = None, limit: int = 100) -> list[ConnectionRecord]:
+        """The connection log, newest first."""
+
+
+class Store(Writes, SessionReads, DocumentReads, EventReads, ConnectionReads, Protocol):
     """Everything the domain needs from storage."""
 
     url: str

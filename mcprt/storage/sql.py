@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from .base import EVENT_FILTERS, KINDS, DocumentRecord, EventRecord, OpRecord, SessionRecord, SnapshotRecord, Write
+from .base import EVENT_FILTERS, KINDS, ConnectionRecord, DocumentRecord, EventRecord, OpRecord, SessionRecord, SnapshotRecord, Write
 from .batch import GroupCommit
 
 EVENT_PRUNE_CHUNK = 2000   # events one pruning write deletes: ~45 ms of the SQLite writer measured
@@ -46,6 +46,8 @@ _SESSION = "session_id, peer_id, user_id, client_info, state, created_at, expire
            " end_reason, last_seen, id"
 _EVENT = "time, kind, type, severity, details, session_id, user_id, document_id, connection_id, client_addr," \
          " user_agent, id"
+_CONNECTION = "connection_id, session_id, user_id, peer_id, document_id, client_type, client_addr, user_agent," \
+              " opened_at, closed_at, close_code, close_reason, messages_in, messages_out"
 _OP = "document_id, revision, op, user_id, peer_id, message_id, time, correction"
 
 
@@ -165,6 +167,20 @@ class SqlStore(GroupCommit):
     async def last_revision(self, document_id: str) -> int:
         rows = await self._fetch("SELECT max(revision) FROM ops WHERE document_id = ?", (document_id,))
         return (rows and rows[0][0]) or 0
+
+    # -- connections -----------------------------------------------------------------------------------
+
+    async def connections(self, *, session_id: str | None = None, user_id: str | None = None,
+                          document_id: str | None = None, limit: int = 100) -> list[ConnectionRecord]:
+        where, params = [], []
+        for column, value in (("session_id", session_id), ("user_id", user_id), ("document_id", document_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_CONNECTION} FROM connections" + (" WHERE " + " AND ".join(where) if where else "")
+        t = self._maybe_time
+        return [ConnectionRecord(*r[:8], t(r[8]), t(r[9]), *r[10:])
+                for r in await self._fetch(f"{sql} ORDER BY opened_at DESC LIMIT ?", (*params, limit))]
 
     # -- events ----------------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb and postgres as a direct child on a free loopback
-port, in a temporary folder; a fresh database per test, copied from a migrated template.
+"""A throwaway PostgreSQL cluster for the tests and the benchmarks: initdb and postgres as a direct child
+on a free loopback port, in a temporary folder; a fresh database per use, copied from a migrated template.
 
 initdb and postgres refuse to run as root: as root they run as the `postgres` user through setpriv,
 which execs, so the pid held is the server's. Debian keeps the binaries off PATH, in a folder per major
 version. Without them the tests that need PostgreSQL skip, unless MCPRT_REQUIRE_POSTGRES=1 (CI), where
-that is a failure.
+that is a failure; the benchmarks say so in their table.
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 
-from support import free_port
-
 REQUIRED = os.environ.get("MCPRT_REQUIRE_POSTGRES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bin_dir() -> str | None:
@@ -42,11 +47,12 @@ def bin_dir() -> str | None:
 class Cluster:
     """One running server; `database()` hands out a fresh migrated database's URL."""
 
-    def __init__(self, bindir: str):
+    def __init__(self, bindir: str, fsync: bool = False):
         self.bindir = bindir
         self.folder = tempfile.mkdtemp(prefix="mcprt-pg-")
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.fsync = fsync  # the tests: off; the benchmarks: on, as a deployment runs
         self._names = itertools.count(1)
         self._as = self._user_prefix()
 
@@ -67,7 +73,8 @@ class Cluster:
         with open(os.path.join(self.folder, "server.log"), "w") as server_log:
             self.proc = subprocess.Popen(
                 [*self._as, os.path.join(self.bindir, "postgres"), "-D", data, "-k", self.folder, "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if self.fsync else 'off'}",
+                 "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
                  "-c", "max_connections=300"],
                 stdout=subprocess.DEVNULL, stderr=server_log)
         asyncio.run(self._ready())
