@@ -134,8 +134,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def test_two_editors_sync_both_ways(start, browser):
-    harness = await start()
+async def test_two_editors_sync_both_ways(start, browser, both_databases):
+    harness = await start(db=both_databases)  # the demo on either store
     demo = await Demo.open(browser, harness)
     await demo.type_at_end(1, "Hello from alice.")
     await converged(harness, [demo])  # bob appends to alice's whole sentence, not to part of it
@@ -322,8 +322,8 @@ async def test_session_lifecycle_from_the_editor_card(start, browser):
     demo.assert_clean()
 
 
-async def test_panels_screenshot_and_no_console_errors(start, browser, tmp_path):
-    harness = await start()
+async def test_panels_screenshot_and_no_console_errors(start, browser, tmp_path, both_databases):
+    harness = await start(db=both_databases)
     demo = await Demo.open(browser, harness)
     await demo.type_at_end(1, "Meeting notes")
     await demo.page.keyboard.press("Enter")

@@ -9,6 +9,12 @@ from support import free_port
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.fixture
+def database(both_databases) -> str:
+    """Every server in this module runs on SQLite and on PostgreSQL."""
+    return both_databases
+
+
 async def test_metrics_need_the_admin_token(app):
     reply = await app.fetch("GET", "/metrics")
     assert reply.status == 401

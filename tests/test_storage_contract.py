@@ -362,3 +362,56 @@ def test_a_store_that_cannot_be_reached_is_one_line_and_status_2(tmp_path):
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (command, proc.stderr)
         assert "cannot open database postgresql://nobody:***@127.0.0.1" in output[-1], (command, output)
         assert "secret" not in proc.stderr + proc.stdout
+
+
+# -- following the event log -----------------------------------------------------------------------------
+
+def test_the_tail_shows_each_event_once_and_waits_for_a_missing_id_before_moving_past_it():
+    from mcprt.audit import TAIL_GAP_WAIT, EventTail
+
+    class At:
+        def __init__(self):
+            self.now = 100.0
+
+        def __call__(self):
+            return self.now
+    clock = At()
+
+    def rows(*ids):
+        return [EventRecord(T0, "test", f"e{i}", id=i) for i in ids]
+    tail = EventTail(10, clock)
+    assert [e.id for e in tail.take(rows(11, 12, 14))] == [11, 12, 14]
+    assert tail.after == 12  # 13 is missing: it may still commit
+    assert [e.id for e in tail.take(rows(14, 15))] == [15]  # 14 is not shown twice
+    assert [e.id for e in tail.take(rows(13, 14, 15))] == [13]  # 13 committed late: shown
+    assert tail.after == 15
+    tail.take(rows(17))
+    clock.now += TAIL_GAP_WAIT + 0.1
+    assert tail.take([]) == [] and tail.after == 17  # 16 never came: given up on
+
+
+@pytest.mark.asyncio
+async def test_events_committed_out_of_id_order_reach_a_follower(pg_cluster):
+    """Two writers on one PostgreSQL: the row holding the lower id commits last, and is still followed."""
+    import asyncpg
+
+    from mcprt.audit import EventTail
+    url = pg_cluster.database()
+    store = await store_for(url).open()
+    slow, fast = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        insert = "INSERT INTO events (time, kind, type) VALUES (now(), 'test', $1) RETURNING id"
+        tail = EventTail(0)
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        low = await slow.fetchval(insert, "slow")   # takes its id first...
+        high = await fast.fetchval(insert, "fast")  # ...and commits second
+        assert low < high
+        assert [e.type for e in tail.take(await store.events(after_id=tail.after))] == ["fast"]
+        await slow_tx.commit()
+        assert [e.type for e in tail.take(await store.events(after_id=tail.after))] == ["slow"]
+        assert tail.take(await store.events(after_id=tail.after)) == [] and tail.after == high
+    finally:
+        await slow.close()
+        await fast.close()
+        await store.close()

@@ -20,7 +20,7 @@ from mcprt.storage.base import EventRecord, StoreFailed, StoreOpenError, Write, 
 from mcprt.storage.batch import PROBE_REUSE
 from mcprt.storage.sql import EVENT_PRUNE_CHUNK
 from mcprt.storage.sqlite import SqliteStore as Store
-from mcprt.wal import read_wal
+from mcprt.storage.wal import read_wal
 from support import ROOT, editor_of, free_port, spawn_server
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import aiosqlite
 
 from ..clock import iso, parse_iso
-from ..wal import inspect_wal
+from .wal import inspect_wal
 from .base import StoreOpenError
 from .batch import Lost, Refused, Unit, WriterBroken, grouped
 from .migrations import MIGRATIONS_DIR, Migration, discover_migrations, unknown_versions
