@@ -24,6 +24,12 @@ import time
 REQUIRED = os.environ.get("MCPRT_REQUIRE_POSTGRES") == "1"
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGINT when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1: PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,11 +63,13 @@ class Cluster:
         self._as = self._user_prefix()
 
     def _user_prefix(self) -> list[str]:
+        """As root: run as `postgres`, and stop (SIGINT: a fast shutdown) if the process that started it dies
+        without stopping it (a test run killed, say) instead of staying behind."""
         if os.geteuid() != 0:
             return []
         user = pwd.getpwnam("postgres")
         os.chown(self.folder, user.pw_uid, user.pw_gid)
-        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--pdeathsig=INT"]
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -76,7 +84,7 @@ class Cluster:
                  "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if self.fsync else 'off'}",
                  "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
                  "-c", "max_connections=300"],
-                stdout=subprocess.DEVNULL, stderr=server_log)
+                stdout=subprocess.DEVNULL, stderr=server_log, preexec_fn=None if self._as else _stop_with_parent)
         asyncio.run(self._ready())
         asyncio.run(self._template())
         return self
