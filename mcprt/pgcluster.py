@@ -75,19 +75,37 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> "Cluster":
-        data = os.path.join(self.folder, "data")
-        subprocess.run([*self._as, os.path.join(self.bindir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
-                        "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], check=True, capture_output=True, timeout=120)
-        with open(os.path.join(self.folder, "server.log"), "w") as server_log:
+        subprocess.run([*self._as, os.path.join(self.bindir, "initdb"), "-D", self._data, "-U", "postgres", "-A",
+                        "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], check=True, capture_output=True,
+                       timeout=120)
+        self.launch()
+        _run(self._template())
+        return self
+
+    @property
+    def _data(self) -> str:
+        return os.path.join(self.folder, "data")
+
+    def launch(self) -> None:
+        """Start the server on the cluster's data (again, after halt())."""
+        with open(os.path.join(self.folder, "server.log"), "a") as server_log:
             self.proc = subprocess.Popen(
-                [*self._as, os.path.join(self.bindir, "postgres"), "-D", data, "-k", self.folder, "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if self.fsync else 'off'}",
-                 "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
+                [*self._as, os.path.join(self.bindir, "postgres"), "-D", self._data, "-k", self.folder,
+                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
                  "-c", "max_connections=300"],
                 stdout=subprocess.DEVNULL, stderr=server_log, preexec_fn=None if self._as else _stop_with_parent)
-        asyncio.run(self._ready())
-        asyncio.run(self._template())
-        return self
+        _run(self._ready())
+
+    def halt(self) -> None:
+        """Stop the server (a fast shutdown: open connections are cut), keeping its data."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     async def _ready(self) -> None:
         import asyncpg
@@ -135,13 +153,7 @@ class Cluster:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.halt()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

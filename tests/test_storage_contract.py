@@ -415,3 +415,36 @@ async def test_events_committed_out_of_id_order_reach_a_follower(pg_cluster):
         await slow.close()
         await fast.close()
         await store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_postgresql_outage_fails_the_edits_of_its_moment_and_the_server_heals_after_it(pg_cluster, start):
+    """Its own server (this test stops it): while it is away, /health is 503 and an edit answers
+    SERVER_ERROR; once it is back, the next writes connect again and nothing acknowledged is lost."""
+    from mcprt import pgcluster
+    cluster = await asyncio.to_thread(lambda: pgcluster.Cluster(pg_cluster.bindir).start())
+    try:
+        app = await start(db=await asyncio.to_thread(cluster.database))
+        alice = await app.editor("alice", document_id="outage")
+        await alice.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "kept"}})
+        assert (await alice.recv_type("edit_ack"))["payload"]["revision"] == 1
+        await asyncio.to_thread(cluster.halt)
+        await asyncio.sleep(1.1)  # past the last good probe's reuse
+        health = await app.fetch("GET", "/health")
+        assert health.status == 503, health.json
+        sent = await alice.send_msg("realtime_edit", {"change_delta": {"position": 4, "insert": "lost"}})
+        error = await alice.recv_type("error", timeout=20)
+        assert error["id"] == sent and error["payload"]["code"] == "SERVER_ERROR"
+        await asyncio.to_thread(cluster.launch)
+        deadline = time.monotonic() + 30
+        while (health := await app.fetch("GET", "/health")).status != 200:
+            assert time.monotonic() < deadline, health.json
+            await asyncio.sleep(0.3)
+        assert app.deps.store.failed is None and not app.server.fatal.is_set()
+        again = await app.editor("alice", document_id="outage")
+        assert again.state["payload"]["revision"] == 1 and again.state["payload"]["content"] == "kept"
+        await again.send_msg("realtime_edit", {"change_delta": {"position": 4, "insert": "!"}, "base_revision": 1})
+        assert (await again.recv_type("edit_ack"))["payload"]["revision"] == 2
+    finally:
+        await asyncio.to_thread(cluster.stop)
