@@ -13,6 +13,7 @@ import time
 
 from . import __version__
 from .clock import iso, parse_iso
+from .identity import check_auth
 from .config import add_settings_arguments, parse_duration, settings_from_namespace
 
 COMMANDS = ("serve", "migrate", "events", "sessions", "bench")
@@ -77,6 +78,7 @@ def cmd_serve(args) -> int:
     setup_logging(settings.log_level)
     try:
         factory = loop_factory(settings.loop)
+        check_auth(settings)
     except ValueError as exc:
         log.error("%s", exc)
         return 2

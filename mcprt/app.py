@@ -19,6 +19,7 @@ from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
 from .sessions import mask
+from .identity import check_auth
 from .storage import store_for
 from .storage.base import Store
 from .handlers import rest, ws
@@ -131,6 +132,7 @@ class Server:
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
         allocator.keep_large_blocks()
+        check_auth(self.settings)  # before the store opens: a setting that cannot work is refused first
         store = await store_for(self.settings.db, check_wal=True).open()
         store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)

@@ -41,6 +41,18 @@ class Settings:
     allowed_hosts: tuple = field(default=(), metadata={
         "help": "comma-separated Host names the server answers (name, name:port, .domain, or *); loopback names "
                 "always; unset: the --host address, or any host when listening on every address", "type": _origins})
+    auth: str = field(default="open", metadata={
+        "help": "who may create a session for which user: open (anyone, any user_id) or jwt (a verified JWT's "
+                "user, or the admin token for any user)"})
+    jwt_jwks_url: str | None = field(default=None, metadata={"help": "--auth jwt: the identity provider's JWKS URL"})
+    jwt_issuer: str | None = field(default=None, metadata={
+        "help": "--auth jwt: the expected iss; without --jwt-jwks-url, its OIDC discovery document names the keys"})
+    jwt_audience: str | None = field(default=None, metadata={"help": "--auth jwt: the expected aud"})
+    jwt_secret: str | None = field(default=None, metadata={
+        "help": "--auth jwt: an HS256 key for tokens the deployment's own backend signs (prefer MCPRT_JWT_SECRET)"})
+    jwt_leeway: float = field(default=60.0, metadata={
+        "help": "--auth jwt: clock skew allowed on exp, nbf and iat", "type": parse_duration})
+    jwt_user_claim: str = field(default="sub", metadata={"help": "--auth jwt: the claim that is the user_id"})
     admin_token: str | None = field(default=None, metadata={
         "help": "bearer token for operator endpoints; unset, they answer 401"})
     session_ttl: float = field(default=86400.0, metadata={

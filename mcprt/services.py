@@ -12,6 +12,7 @@ from .config import Settings
 from .documents import DocumentService
 from .edits import EditService
 from .hub import Hub
+from .identity import Verifier, verifier_for
 from .limits import Limits
 from .metrics import Metrics
 from .protocol import Registry
@@ -36,6 +37,7 @@ class Services:
     limits: Limits
     edits: EditService
     tasks: Tasks
+    verifier: Verifier | None = None  # --auth jwt
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:
@@ -52,4 +54,4 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
                         Cleaner(settings.sanitizer, settings.sanitize_budget))
     metrics.watch(audit, hub)
     return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
-                    tasks)
+                    tasks, verifier_for(settings, clock))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .clock import iso
+from .identity import Identity
 from .protocol import AppError, ErrorCode
 from .storage.base import EventRecord, SessionRecord, Store, event_written, session_moved, session_written
 
@@ -77,16 +78,21 @@ class SessionService:
         # Called with (session, reason) when a session ends; the socket side closes its connections.
         self.on_end: list[Callable[[Session, str], None]] = []
 
-    async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client) -> Session:
-        """A new session, Active unless activate is False; durable before it is returned."""
+    async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client,
+                     identity: Identity | None = None) -> Session:
+        """A new session, Active unless activate is False; durable before it is returned. With a verified
+        token's identity it ends no later than the token does (plus the verifier's leeway)."""
         now = self.clock()
         ttl = self.session_ttl if activate else self.pending_ttl
+        expires = now + ttl if identity is None else min(now + ttl, identity.expires_by)
         session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
                           client_info=client_info, state=ACTIVE if activate else PENDING,
-                          created_at=now, expires_at=now + ttl, activated_at=now if activate else None)
+                          created_at=now, expires_at=expires, activated_at=now if activate else None)
+        details = {"state": session.state, "auth": "open" if identity is None else "jwt"}
+        if identity is not None:
+            details.update(issuer=identity.issuer, subject=identity.subject, token_expires=iso(identity.expires))
         # The row and its event commit together.
-        await self.store.submit(session_written(session),
-                                self._event(session, "session_created", client, {"state": session.state}))
+        await self.store.submit(session_written(session), self._event(session, "session_created", client, details))
         self._cache[session.session_id] = session
         return session
 

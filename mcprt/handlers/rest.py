@@ -9,10 +9,11 @@ from .. import __version__
 from ..clock import iso_seconds, parse_iso
 from ..documents import check_document_id, creator
 from ..protocol import AppError, ErrorCode
-from ..audit import event_json
+from ..audit import TOKEN_SEVERITY, event_json
+from ..identity import Identity, TokenRefused
 from ..sessions import STATES, session_json
 from ..storage.base import StoreFailed
-from .base import OPERATOR, ApiHandler
+from .base import OPERATOR, ApiHandler, bearer_token
 
 SERVICE_NAME = "mcprt-realtime-editing"
 
@@ -84,11 +85,40 @@ class SessionsHandler(ApiHandler):
             self.security("session_rate_limited", None, {"limit_per_minute": exc.details["limit_per_minute"]})
             self.set_header("Retry-After", str(exc.details["retry_after"]))
             raise
-        session = await self.deps.sessions.create(body["user_id"], body.get("client_info"),
-                                             body.get("activate", True), client)
+        user_id, identity = await self.who(body)
+        session = await self.deps.sessions.create(user_id, body.get("client_info"), body.get("activate", True), client,
+                                                  identity)
         reply = session_json(session)
         reply["websocket_url"] = self.websocket_url(session.session_id)
         self.write_json(reply, 201)
+
+    async def who(self, body: dict) -> tuple[str, Identity | None]:
+        """The user a new session is for, and the verified token that says so. `--auth open`: the body's
+        user_id. `--auth jwt`: the user of a verified JWT (a body user_id that differs is impersonation),
+        or, with the admin token, the body's user_id (an application backend minting a session)."""
+        claimed = body.get("user_id")
+        verifier = self.deps.verifier
+        if verifier is None or self.is_admin():
+            if claimed is None:
+                raise AppError(ErrorCode.INVALID_MESSAGE, "'user_id' is a required property (at /)",
+                               {"pointer": "/", "schema_rule": "required"})
+            return claimed, None
+        token = bearer_token(self.request)
+        if token is None:
+            self.security("unauthorized", "medium", {"endpoint": self.request.path, "why": "no token"})
+            raise AppError(ErrorCode.UNAUTHORIZED, "this server creates sessions for verified users: send "
+                           "Authorization: Bearer <JWT from the identity provider> (or the admin token)")
+        try:
+            identity = await verifier.verify(token)
+        except TokenRefused as exc:
+            self.security("token_refused", TOKEN_SEVERITY.get(exc.reason), {"reason": exc.reason, "why": str(exc)})
+            raise AppError(ErrorCode.UNAUTHORIZED, f"token refused: {exc}", {"reason": exc.reason}) from None
+        if claimed is not None and claimed != identity.user_id:
+            self.security("impersonation", None, {"claimed_user_id": claimed, "token_user_id": identity.user_id,
+                                                  "issuer": identity.issuer, "endpoint": self.request.path})
+            raise AppError(ErrorCode.UNAUTHORIZED, "user_id differs from the token's user",
+                           {"pointer": "/user_id", "token_user_id": identity.user_id})
+        return identity.user_id, identity
 
     def websocket_url(self, session_id: str) -> str:
         """ws:// or wss:// on the Host the client used (never the bind address)."""
