@@ -94,6 +94,10 @@ class Hub:
             if peer.document is document:
                 peer.end(code, reason)
 
+    def session_peers(self, session_id: str) -> list[Peer]:
+        """Every connection of a session, on any document."""
+        return list(self.by_session.get(session_id, {}).values())
+
     def close_session(self, session_id: str, code: int, reason: str, text: str) -> int:
         """Send `text` to every connection of a session, then close them; returns how many."""
         peers = list(self.by_session.get(session_id, {}).values())

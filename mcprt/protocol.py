@@ -24,7 +24,8 @@ HEARTBEAT = "heartbeat"
 REALTIME_EDIT = "realtime_edit"
 CURSOR_UPDATE = "cursor_update"
 SYNC_REQUEST = "sync_request"
-INBOUND_TYPES = (HEARTBEAT, REALTIME_EDIT, CURSOR_UPDATE, SYNC_REQUEST)
+AUTH_REFRESH = "auth_refresh"
+INBOUND_TYPES = (HEARTBEAT, REALTIME_EDIT, CURSOR_UPDATE, SYNC_REQUEST, AUTH_REFRESH)
 
 # Server -> client message types.
 HEARTBEAT_ACK = "heartbeat_ack"
@@ -35,8 +36,9 @@ PRESENCE = "presence"
 SESSION_CONNECTED = "session_connected"
 SESSION_DISCONNECTED = "session_disconnected"
 ERROR = "error"
+AUTH_REFRESHED = "auth_refreshed"
 OUTBOUND_TYPES = (HEARTBEAT_ACK, DOCUMENT_STATE, REALTIME_EDIT, EDIT_ACK, SYNC_RESPONSE, PRESENCE,
-                  SESSION_CONNECTED, SESSION_DISCONNECTED, ERROR)
+                  SESSION_CONNECTED, SESSION_DISCONNECTED, ERROR, AUTH_REFRESHED)
 
 # REST request bodies, each with a schema `schemas/<name>.json`.
 REST_BODIES = ("session_create", "document_create", "document_restore")

@@ -120,6 +120,20 @@ class SessionService:
         """Active or Pending -> Invalidated; listeners close its sockets."""
         return await self._transition(session_id, "invalidate", client, reason)
 
+    async def extend(self, session_id: str, identity: Identity, client: Client) -> Session:
+        """An Active session's deadline moved by a fresh token (never earlier than it was, never later
+        than the token allows): a compare-and-set on its Active row, recorded as session_refreshed."""
+        session = await self.authenticate(session_id)
+        expires = max(session.expires_at, min(self.clock() + self.session_ttl, identity.expires_by))
+        moved = replace(session, expires_at=expires)
+        self._cache[session_id] = moved
+        if not await self.store.submit(session_moved(moved, ACTIVE)):  # ended meanwhile by someone else
+            self._cache.pop(session_id, None)
+            raise _illegal(await self._load(session_id), "refresh")
+        self.store.enqueue(self._event(moved, "session_refreshed", client, {
+            "expires_at": iso(expires), "issuer": identity.issuer, "subject": identity.subject}))
+        return moved
+
     async def sweep(self) -> list[Session]:
         """Mark every session past its deadline Expired (rows stay) and tell listeners."""
         now = self.clock()

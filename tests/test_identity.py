@@ -265,3 +265,57 @@ async def test_auth_settings_that_cannot_work_are_one_line_and_status_2(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "a.db").exists()  # refused before anything opened
+
+
+async def test_cors_answers_listed_origins_only(start):
+    app = await start(allowed_origins=("https://app.example",))
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    reply = await app.fetch("OPTIONS", "/api/sessions", headers=preflight)
+    assert reply.status == 204
+    assert reply.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Authorization" in reply.headers["Access-Control-Allow-Headers"]
+    assert "POST" in reply.headers["Access-Control-Allow-Methods"]
+    created = await app.fetch("POST", "/api/sessions", {"user_id": "web"}, headers={"Origin": "https://app.example"})
+    assert created.status == 201 and created.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Origin" in created.headers["Vary"]
+    refused = await app.fetch("OPTIONS", "/api/sessions", headers={**preflight, "Origin": "https://evil.example"})
+    assert refused.status == 403 and "Access-Control-Allow-Origin" not in refused.headers
+    other = await app.fetch("POST", "/api/sessions", {"user_id": "web"}, headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers  # the browser keeps the reply from that page
+
+
+async def test_auth_refresh_extends_the_session_and_a_refused_one_leaves_its_deadline(jwt_app, provider, clock):
+    now = int(clock.now)
+    created = await create(jwt_app, provider.token(now=clock.now, exp=now + 600))
+    sid = created.json["session_id"]
+    ws = await jwt_app.ws_connect(sid)
+    other = await jwt_app.ws_connect(sid, "another-document")  # a second socket of the same session
+    await ws.send_msg("auth_refresh", {"token": provider.token(now=clock.now, exp=now + 3600)}, "r1")
+    refreshed = await ws.recv_type("auth_refreshed")
+    from mcprt.clock import parse_iso
+    assert refreshed["id"] == "r1" and parse_iso(refreshed["payload"]["expires_at"]) == now + 3600 + 60
+    assert (await jwt_app.deps.store.get_session(sid)).expires_at == now + 3600 + 60
+    await ws.send_msg("auth_refresh", {"token": provider.token(now=clock.now, sub="mallory")}, "r2")
+    error = await ws.recv_type("error")
+    assert error["id"] == "r2" and error["payload"]["code"] == "UNAUTHORIZED"
+    await ws.send_msg("auth_refresh", {"token": provider.token(now=clock.now - 7200, exp=now - 3600)}, "r3")
+    error = await ws.recv_type("error")
+    assert error["id"] == "r3" and error["payload"]["details"]["reason"] == "expired"
+    await jwt_app.settle()
+    assert len(await jwt_app.events(type="session_refreshed")) == 1
+    assert (await jwt_app.events(type="token_refused"))[0]["details"]["via"] == "auth_refresh"
+    assert (await jwt_app.events(type="impersonation"))[0]["details"]["claimed_user_id"] == "mallory"
+    clock.advance(3600 + 61)  # past the refreshed deadline: both sockets end with 4011
+    await other.send_msg("heartbeat", {})
+    code, _ = await other.closed()
+    assert code == 4011
+    code, _ = await ws.closed()
+    assert code == 4011
+
+
+async def test_auth_refresh_in_open_mode_is_an_invalid_message(app):
+    ws = await app.editor()
+    await ws.send_msg("auth_refresh", {"token": "x.y.z"}, "r")
+    error = await ws.recv_type("error")
+    assert error["id"] == "r" and error["payload"]["code"] == "INVALID_MESSAGE"

@@ -92,8 +92,34 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Vary", "Origin")
+        if hasattr(self, "deps"):  # not yet while the handler is built: prepare() calls it again
+            self._cors()
+
+    def _cors(self) -> None:
+        """CORS for the origins --allowed-origins lists (on errors too, so their page can read them)."""
+        origin = self.request.headers.get("Origin")
+        if origin and self._cross_origin_allowed(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+
+    def _cross_origin_allowed(self, origin: str) -> bool:
+        return origin.rstrip("/") in self.deps.settings.allowed_origins
+
+    def options(self, *args) -> None:
+        """A CORS preflight: 204 with what may be sent, for a listed origin; 403 and no CORS header otherwise."""
+        origin = self.request.headers.get("Origin")
+        if not origin or not self._cross_origin_allowed(origin):
+            raise AppError(ErrorCode.UNAUTHORIZED, "this origin may not call the API (see --allowed-origins)",
+                           {"origin": (origin or "")[:200]}, status=403)
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Session-ID, X-Client-Type")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def prepare(self) -> None:
+        self._cors()
         limit = self.deps.settings.max_body_bytes
         if len(self.request.body) > limit:
             raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"request body over {limit} bytes",

@@ -21,6 +21,8 @@ from ..documents import Author, check_document_id, creator
 from ..limits import SYNC_BURST, SYNC_RATE, Notices
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
+from ..audit import TOKEN_SEVERITY
+from ..identity import TokenRefused
 from ..storage.base import ConnectionRecord, connection_closed, connection_opened
 from . import wire
 from .base import client_of, session_ids_given
@@ -72,6 +74,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.sync_notices = Notices()  # events about refused sync requests, coalesced
         self.sync_bucket = deps.limits.sync_bucket()
         self._dispatch = {P.HEARTBEAT: self.on_heartbeat, P.REALTIME_EDIT: self.on_realtime_edit,
+                          P.AUTH_REFRESH: self.on_auth_refresh,
                           P.CURSOR_UPDATE: self.on_cursor_update, P.SYNC_REQUEST: self.on_sync_request}
 
     def get_websocket_protocol(self):
@@ -335,6 +338,33 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
     def on_heartbeat(self, message: dict) -> None:
         self.deps.sessions.touch(self.session_id)
         self.send(P.HEARTBEAT_ACK, {"server_time": self.now_iso()}, message["id"])
+
+    async def on_auth_refresh(self, message: dict) -> None:
+        """A fresh JWT extends this socket's session (--auth jwt); a refused one is recorded, answered, and
+        leaves the session to end at its deadline (its sockets close with 4011)."""
+        deps, id_ = self.deps, message["id"]
+        if deps.verifier is None:
+            raise AppError(ErrorCode.INVALID_MESSAGE, "auth_refresh needs --auth jwt: this server's sessions are "
+                           "not bound to tokens", {"pointer": "/type"})
+        try:
+            identity = await deps.verifier.verify(message["payload"]["token"])
+        except TokenRefused as exc:
+            deps.audit.security("token_refused", TOKEN_SEVERITY.get(exc.reason),
+                                {"reason": exc.reason, "why": str(exc), "via": P.AUTH_REFRESH}, **self.where())
+            self.send_error(AppError(ErrorCode.UNAUTHORIZED, f"token refused: {exc}; the session still ends at "
+                                     f"{iso(self.expires)}", {"reason": exc.reason, "expires_at": iso(self.expires)}),
+                            id_)
+            return
+        if identity.user_id != self.user_id:
+            deps.audit.security("impersonation", None, {"claimed_user_id": identity.user_id, "via": P.AUTH_REFRESH},
+                                **self.where())
+            self.send_error(AppError(ErrorCode.UNAUTHORIZED, "the token is for another user than this session's",
+                                     {"pointer": "/payload/token"}), id_)
+            return
+        session = await deps.sessions.extend(self.session_id, identity, self.client())
+        for peer in deps.hub.session_peers(self.session_id):
+            peer.expires = session.expires_at
+        self.send(P.AUTH_REFRESHED, {"expires_at": iso(session.expires_at)}, id_)
 
     def on_realtime_edit(self, message: dict):
         payload = message["payload"]
