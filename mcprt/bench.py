@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import tornado
+import tornado.httpserver
+import tornado.netutil
 import websockets
 
 from . import bench_client as C
@@ -131,6 +133,8 @@ ROWS = {
                      lambda r: r["rate_1"], "(report)", None, samples="latency_1"),
                  Row("pg_session_create", "PostgreSQL: session create (bare: SQLite)", "ms",
                      lambda r: _ms(r["session_latency"]), "(report)", None, samples="session_latency")],
+    "jwt": [Row("jwt_session_create", "session create with a JWT, RS256 (bare: open)", "ms",
+                lambda r: _ms(r["latency"]), "(report)", None)],
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
     "doc_sizes": _size_rows(),
@@ -261,7 +265,8 @@ def sanitize_group(params: dict) -> dict:
 LOCAL_GROUPS = {"sanitize": sanitize_group}  # measured in this process, no servers
 # Groups whose two sides are not the bare baseline and the real server: side -> (server kind, event loop).
 SIDES = {"loop": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt", "uvloop")},
-         "postgres": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt-postgres", "asyncio")}}
+         "postgres": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt-postgres", "asyncio")},
+         "jwt": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt-jwt", "asyncio")}}
 # Measured on the real server alone: the baseline side is made from the real server's own results.
 ONE_SERVER_GROUPS = {"doc_sizes": C.against_smallest}
 GROUP_NOTES = {"loop": ["loop: the real server on uvloop beside the real server on asyncio (the client stays on "
@@ -269,6 +274,8 @@ GROUP_NOTES = {"loop": ["loop: the real server on uvloop beside the real server 
                "postgres": ["postgres: the real server on a PostgreSQL database (a throwaway local cluster, fsync "
                             "and synchronous_commit on, as deployed) beside the real server on SQLite (WAL, "
                             "synchronous=NORMAL), same client, same run"],
+               "jwt": ["jwt: the real server under --auth jwt (a JWKS served by the bench process, one RS256 "
+                       "token, the keys cached after the first request) beside the real server in open mode"],
                "doc_sizes": ["doc_sizes: one connection alone on a text document, 200-byte replacements in its middle "
                              "(ref: reference mode, content in each ack and broadcast; lean: subprotocol "
                              f"{C.LEAN}); bytes: messages as received, UTF-8; bare: the same measure on a 1 KB "
@@ -289,8 +296,42 @@ def _group_runs(p: dict) -> dict[str, Callable[[C.Target, int], Awaitable[dict]]
         "loop": lambda t, rep: C.loop_rates(t, p["heartbeat_seconds"], p["edit_seconds"], p["window"],
                                             f"bench-loop-{rep}"),
         "postgres": lambda t, rep: _edits_and_sessions(t, p, rep),
+        "jwt": lambda t, rep: C.session_latency(t, p["requests"], token=_JWKS.token if t.kind == "mcprt-jwt" else None),
         "doc_sizes": lambda t, rep: C.document_sizes(t, p["size_seconds"], p["size_broadcasts"], f"bench-size-{rep}"),
     }
+
+
+class _Jwks:
+    """An identity provider for the jwt group: a JWKS on a loopback port of this process, and one token."""
+
+    def __init__(self):
+        self.server, self.url, self.token = None, None, None
+
+    def start(self) -> None:
+        import jwt
+        import tornado.web
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = {**jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key(), as_dict=True), "kid": "bench", "use": "sig"}
+
+        class Keys(tornado.web.RequestHandler):
+            def get(self):
+                self.set_header("Cache-Control", "max-age=3600")
+                self.write({"keys": [key]})
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self.server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/jwks", Keys)]))
+        self.server.add_sockets(sockets)
+        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/jwks"
+        self.token = jwt.encode({"sub": "bench", "aud": "mcprt-bench", "iat": int(time.time()),
+                                 "exp": int(time.time()) + 86400}, private, algorithm="RS256", headers={"kid": "bench"})
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+_JWKS = _Jwks()
 
 
 async def _edits_and_sessions(target: C.Target, p: dict, rep: int) -> dict:
@@ -327,12 +368,14 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> C.Target:
-        real = self.kind in ("mcprt", "mcprt-postgres")
+        real = self.kind in ("mcprt", "mcprt-postgres", "mcprt-jwt")
         args = [sys.executable, "-m", "mcprt.bench_servers", "real" if real else "bare"]
         if self.kind == "mcprt-postgres":
             args += [await asyncio.to_thread(self.postgres.database), self.loop]
         elif real:
             args += [os.path.join(self.workdir, f"bench-{time.monotonic_ns()}.db"), self.loop]
+        if self.kind == "mcprt-jwt":
+            args.append(json.dumps({"auth": "jwt", "jwt_jwks_url": _JWKS.url, "jwt_audience": "mcprt-bench"}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=log,
@@ -365,6 +408,8 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
     kinds = ("mcprt",) if group in ONE_SERVER_GROUPS else ("bare", "mcprt")
     servers = {}
     postgres = await asyncio.to_thread(_postgres) if group == "postgres" else None
+    if group == "jwt":
+        _JWKS.start()
     for kind in kinds:
         server_kind, loop = SIDES.get(group, {}).get(kind, (kind, "asyncio"))
         servers[kind] = ServerProcess(server_kind, workdir, loop, postgres)
@@ -382,6 +427,7 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
         await asyncio.gather(*(s.stop() for s in servers.values()))
         if postgres is not None:
             await asyncio.to_thread(postgres.stop)
+        _JWKS.stop()
     logged = [line for s in servers.values() for line in s.problems()]
     real = _merge(results["mcprt"])
     bare = ONE_SERVER_GROUPS[group](real) if group in ONE_SERVER_GROUPS else _merge(results["bare"])

@@ -178,13 +178,16 @@ def note_error(target: Target, text: str) -> None:
 # -- measurements ------------------------------------------------------------------
 
 
-async def session_latency(target: Target, count: int, warmup: int = 50) -> dict:
-    """Sequential POST /api/sessions on one keep-alive connection: per-request latency."""
+async def session_latency(target: Target, count: int, warmup: int = 50, token: str | None = None) -> dict:
+    """Sequential POST /api/sessions on one keep-alive connection (with a JWT: its user, not the body's):
+    per-request latency."""
     samples = []
+    headers = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
     async with HttpClient(target.port) as http:
         for i in range(warmup + count):
             started = now()
-            status, body = await http.post("/api/sessions", b'{"user_id":"bench-%d"}' % i)
+            status, body = await http.post("/api/sessions", b"{}" if token else b'{"user_id":"bench-%d"}' % i,
+                                           headers)
             if status != 201:
                 raise RuntimeError(f"POST /api/sessions answered {status}: {body[:300]!r}")
             if i >= warmup:

@@ -24,9 +24,9 @@ HELLO = json.dumps({"id": "hello", "type": "document_state", "payload": {"docume
 SESSION = json.dumps({"session_id": "bare", "peer_id": "bare", "user_id": "bench", "state": "Active"})
 
 
-def bench_settings(db: str) -> Settings:
+def bench_settings(db: str, **overrides) -> Settings:
     """The real server's settings for a bench run: loopback, any port, limits out of the way."""
-    return Settings(host="127.0.0.1", port=0, db=db, log_level="warning", **BENCH_LIMITS)
+    return Settings(host="127.0.0.1", port=0, db=db, log_level="warning", **{**BENCH_LIMITS, **overrides})
 
 
 class BareSession(tornado.web.RequestHandler):
@@ -96,14 +96,14 @@ def bare_app() -> tornado.web.Application:
     ])
 
 
-async def _run(kind: str, db: str | None) -> int:
+async def _run(kind: str, db: str | None, overrides: dict) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if kind == "real":
         from .app import Server
-        server = await Server(bench_settings(db)).start()
+        server = await Server(bench_settings(db, **overrides)).start()
         port, finish = server.port, server.stop
     else:
         http = tornado.httpserver.HTTPServer(bare_app())
@@ -120,13 +120,14 @@ async def _run(kind: str, db: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mcprt.bench_servers real DB [LOOP]` or `... bare`: serve until SIGTERM; prints `PORT n` once
-    listening."""
+    """`python -m mcprt.bench_servers real DB [LOOP [SETTINGS-JSON]]` or `... bare`: serve until SIGTERM;
+    prints `PORT n` once listening."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .__main__ import loop_factory
     with asyncio.Runner(loop_factory=loop_factory(argv[2] if len(argv) > 2 else "asyncio")) as runner:
-        return runner.run(_run(argv[0], argv[1] if len(argv) > 1 else None))
+        return runner.run(_run(argv[0], argv[1] if len(argv) > 1 else None,
+                               json.loads(argv[3]) if len(argv) > 3 else {}))
 
 
 if __name__ == "__main__":
