@@ -76,6 +76,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/api/documents/([^/]+)", rest.DocumentHandler, common),
         (r"/api/documents/([^/]+)/history", rest.HistoryHandler, common),
         (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, common),
+        (r"/api/documents/([^/]+)/members", rest.MembersHandler, common),
         (r"/api/events", rest.EventsHandler, common),
         (r"/ws", ws.EditorSocket, common),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
@@ -140,6 +141,8 @@ class Server:
         if self.settings.metrics_port is not None:
             self.metrics_port = self._listen(make_metrics_app(self.deps), "127.0.0.1", self.settings.metrics_port)
         self.deps.sessions.on_end.append(self._session_ended)
+        self.deps.access.on_change.append(
+            lambda document_id: self.deps.tasks.spawn(ws.refresh_roles(self.deps, document_id), "refresh roles"))
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.deps.audit.event("system", "server_started", "info",
                               {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer,

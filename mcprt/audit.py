@@ -31,7 +31,9 @@ SECURITY_TYPES = {
     "document_probe": "medium",
     "events_suppressed": "low",
     "slow_consumer": "low",
-    "token_refused": "medium",  # its severity follows the reason: TOKEN_SEVERITY
+    "token_refused": "medium",
+    "forbidden_edit": "low",  # a viewer's client that sends edits: refused, not abuse
+    "forbidden": "medium",  # its severity follows the reason: TOKEN_SEVERITY
 }
 # An expired or not-yet-valid token is a client's clock or a stale tab; a forged one is an attack.
 TOKEN_SEVERITY = {"expired": "low", "not_yet_valid": "low", "keys_unavailable": "low", "wrong_audience": "medium",

@@ -173,7 +173,8 @@ class DocumentService:
     def open_count(self) -> int:
         return len(self._open)
 
-    async def open(self, document_id: str, format_: str = "html", creator: tuple[str, ...] = ()) -> Document:
+    async def open(self, document_id: str, format_: str = "html", creator: tuple[str, ...] = (),
+                   owner=None) -> Document:
         """The live document, loaded from SQLite (created as `format_` by `creator`, within the quota, if
         new) on first use."""
         if document_id in self._open:
@@ -183,7 +184,7 @@ class DocumentService:
         future = asyncio.get_running_loop().create_future()
         self._loading[document_id] = future
         try:
-            document = await self._load(document_id) or await self._create(document_id, format_, creator)
+            document = await self._load(document_id) or await self._create(document_id, format_, creator, owner)
             self._open[document_id] = document
             future.set_result(document)
             return document
@@ -193,6 +194,10 @@ class DocumentService:
             raise
         finally:
             del self._loading[document_id]
+
+    def loaded(self, document_id: str) -> bool:
+        """The document is in memory (so it exists)."""
+        return document_id in self._open
 
     def release(self, document_id: str) -> None:
         """Free a document nobody is editing (it stays in SQLite)."""
@@ -210,20 +215,22 @@ class DocumentService:
         self.store.reset_chain(document_chain(document.document_id))
         return True
 
-    async def create(self, document_id: str, format_: str, creator: tuple[str, ...] = ()) -> Document:
+    async def create(self, document_id: str, format_: str, creator: tuple[str, ...] = (), owner=None) -> Document:
         """A new document, or CONFLICT if the id is taken (RATE_LIMITED past the quota)."""
         if document_id in self._open or await self.store.get_document(document_id):
             raise AppError(ErrorCode.CONFLICT, f"document {document_id!r} already exists",
                            {"document_id": document_id})
-        return await self._create(document_id, format_, creator)
+        return await self._create(document_id, format_, creator, owner)
 
-    async def _create(self, document_id: str, format_: str, creator: tuple[str, ...]) -> Document:
+    async def _create(self, document_id: str, format_: str, creator: tuple[str, ...], owner=None) -> Document:
+        """`owner`: a write that makes the creator the document's owner, committed with it (see Access)."""
         if self.quota.count is None:
             self.quota.count = await self.store.count_documents()
         self.quota.admit(creator, self.clock())
         self.quota.count += 1  # a concurrent create of the same id counts twice: the cap errs low
         now = self.clock()
-        await self.store.submit(document_written(document_id, format_, now), snapshot_written(document_id, 0, "", now))
+        await self.store.submit(document_written(document_id, format_, now), snapshot_written(document_id, 0, "", now),
+                                *((owner,) if owner is not None else ()))
         row = await self.store.get_document(document_id)
         if row.format != format_:  # created concurrently by someone else: theirs stands
             return await self._load(document_id)

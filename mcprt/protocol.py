@@ -37,11 +37,12 @@ SESSION_CONNECTED = "session_connected"
 SESSION_DISCONNECTED = "session_disconnected"
 ERROR = "error"
 AUTH_REFRESHED = "auth_refreshed"
+PERMISSIONS = "permissions"
 OUTBOUND_TYPES = (HEARTBEAT_ACK, DOCUMENT_STATE, REALTIME_EDIT, EDIT_ACK, SYNC_RESPONSE, PRESENCE,
-                  SESSION_CONNECTED, SESSION_DISCONNECTED, ERROR, AUTH_REFRESHED)
+                  SESSION_CONNECTED, SESSION_DISCONNECTED, ERROR, AUTH_REFRESHED, PERMISSIONS)
 
 # REST request bodies, each with a schema `schemas/<name>.json`.
-REST_BODIES = ("session_create", "document_create", "document_restore")
+REST_BODIES = ("session_create", "document_create", "document_restore", "member_set")
 
 
 class ErrorCode(str, enum.Enum):

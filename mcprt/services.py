@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .access import Access
 from .audit import Audit
 from .cleaner import Cleaner
 from .config import Settings
@@ -38,6 +39,7 @@ class Services:
     edits: EditService
     tasks: Tasks
     verifier: Verifier | None = None  # --auth jwt
+    access: Access | None = None
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:
@@ -54,4 +56,4 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
                         Cleaner(settings.sanitizer, settings.sanitize_budget))
     metrics.watch(audit, hub)
     return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
-                    tasks, verifier_for(settings, clock))
+                    tasks, verifier_for(settings, clock), Access(store, enforced=settings.auth == "jwt"))

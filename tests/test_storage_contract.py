@@ -448,3 +448,20 @@ async def test_a_postgresql_outage_fails_the_edits_of_its_moment_and_the_server_
         assert (await again.recv_type("edit_ack"))["payload"]["revision"] == 2
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+@pytest.mark.asyncio
+async def test_members_are_set_replaced_removed_and_a_document_is_claimed_once(store):
+    from mcprt.storage.base import member_removed, member_set, owner_claimed
+    await store.submit(document_written("d", "text", T0), owner_claimed("d", "user:first"))
+    await store.submit(owner_claimed("d", "user:second"))  # lost the race for the id: owns nothing
+    assert await store.members("d") == {"user:first": "owner"}
+    await store.submit(member_set("d", "user:b", "viewer"), member_set("d", "*", "viewer"))
+    await store.submit(member_set("d", "user:b", "editor"))
+    assert await store.members("d") == {"user:first": "owner", "user:b": "editor", "*": "viewer"}
+    assert await store.submit(member_removed("d", "*")) == 1
+    assert await store.submit(member_removed("d", "*")) == 0
+    assert await store.members("d") == {"user:first": "owner", "user:b": "editor"}
+    with pytest.raises(Exception):
+        await store.submit(member_set("d", "user:c", "admin"))  # not a role
+    assert await store.members("nothing") == {}

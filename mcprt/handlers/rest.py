@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from .. import __version__
 from ..clock import iso_seconds, parse_iso
-from ..documents import check_document_id, creator
+from ..documents import Author, check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..audit import TOKEN_SEVERITY, event_json
 from ..identity import Identity, TokenRefused
@@ -173,7 +173,8 @@ class DocumentsHandler(ApiHandler):
         body = self.json_body("document_create")
         keys = () if author is OPERATOR else creator(author, self.request.remote_ip)
         try:
-            document = await self.deps.documents.create(body["document_id"], body.get("format", "html"), keys)
+            owner = None if author is OPERATOR else self.deps.access.owner_write(body["document_id"], author.user_id)
+            document = await self.deps.documents.create(body["document_id"], body.get("format", "html"), keys, owner)
         except AppError as exc:
             if "quota" in exc.details:
                 self.security("document_quota", None, {**exc.details, "user_id": author.user_id})
@@ -193,6 +194,7 @@ class ProbedHandler(ApiHandler):
         """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
         author = await self.require_editor()
         check_document_id(document_id)
+        await self.deps.access.require(document_id, author.user_id, "viewer", author is OPERATOR)
         limit = self.deps.limits.probes.limit
         if author is not OPERATOR and self.deps.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
@@ -226,12 +228,50 @@ class RestoreHandler(ApiHandler):
         """Write the content of an old revision as a new revision; editors receive it as an edit."""
         author = await self.require_editor()
         check_document_id(document_id)
+        await self.deps.access.require(document_id, author.user_id, "editor", author is OPERATOR)
         revision = self.json_body("document_restore")["revision"]
         applied = await self.deps.edits.restore(document_id, revision, author)
         self.deps.audit.event("document", "document_restored", "info", {"from_revision": revision,
                          "revision": applied.revision}, document_id=document_id, user_id=author.user_id,
                          client_addr=self.request.remote_ip)
         self.write_json(applied.document.state())
+
+
+class MembersHandler(ApiHandler):
+    """Who may do what to a document (`--auth jwt`): its owner or an operator."""
+
+    async def _owner(self, document_id: str) -> Author:
+        author = await self.require_editor()
+        check_document_id(document_id)
+        if not self.deps.access.enforced:
+            raise AppError(ErrorCode.INVALID_MESSAGE, "members need --auth jwt: in open mode everyone is an "
+                           "editor of everything", {"pointer": "/"})
+        if await self.deps.documents.store.get_document(document_id) is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
+        await self.deps.access.require(document_id, author.user_id, "owner", author is OPERATOR)
+        return author
+
+    async def get(self, document_id: str) -> None:
+        await self._owner(document_id)
+        self.write_json({"document_id": document_id, "members": await self.deps.access.members(document_id)})
+
+    async def put(self, document_id: str) -> None:
+        """{member, role}: give a member a role."""
+        author = await self._owner(document_id)
+        body = self.json_body("member_set")
+        members = await self.deps.access.set(document_id, body["member"], body["role"])
+        self.deps.audit.event("document", "member_set", "info", {"member": body["member"], "role": body["role"]},
+                              document_id=document_id, user_id=author.user_id, client_addr=self.request.remote_ip)
+        self.write_json({"document_id": document_id, "members": members})
+
+    async def delete(self, document_id: str) -> None:
+        """?member=: take a member's role away."""
+        author = await self._owner(document_id)
+        member = self.get_query_argument("member", "")
+        members = await self.deps.access.set(document_id, member, None)
+        self.deps.audit.event("document", "member_removed", "info", {"member": member},
+                              document_id=document_id, user_id=author.user_id, client_addr=self.request.remote_ip)
+        self.write_json({"document_id": document_id, "members": members})
 
 
 class MetricsHandler(ApiHandler):

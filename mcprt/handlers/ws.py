@@ -39,6 +39,7 @@ CLOSE_TOO_MANY_CONNECTIONS = 4008
 CLOSE_COOLING_DOWN = 4029
 CLOSE_SESSION_INVALIDATED = 4010
 CLOSE_SESSION_EXPIRED = 4011
+CLOSE_ACCESS_REVOKED = 4013
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 
@@ -54,7 +55,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
     # dict of its own (1.6 KB, not 0.3). Ours live in slots.
     __slots__ = ("_dispatch", "bucket", "connection_id", "cursor", "deps", "document", "document_id", "end_reason",
                  "expires", "joined", "lean", "messages_in", "messages_out", "notices", "opened", "peer_id",
-                 "session", "session_id", "sync_bucket", "sync_notices", "user_id")
+                 "role", "session", "session_id", "sync_bucket", "sync_notices", "user_id")
 
     def initialize(self, deps) -> None:
         self.deps = deps
@@ -64,6 +65,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.session_id = self.user_id = self.peer_id = None
         self.document_id = None
         self.cursor: dict | None = None
+        self.role: str | None = None  # on the document: owner, editor or viewer (see access.py)
         self.expires = float("inf")  # the session's deadline (epoch seconds), checked on each message
         self.end_reason: str | None = None
         self.messages_in = self.messages_out = 0
@@ -147,7 +149,14 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         deps.limits.check_connection(deps.hub.session_connections(self.session_id), deps.hub.connection_count)
         self.bucket = deps.limits.bucket(self.session_id)
         self.document = await deps.documents.open(
-            self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip))
+            self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip),
+            owner=None if deps.documents.loaded(self.document_id) else deps.access.owner_write(self.document_id,
+                                                                                               self.user_id))
+        try:
+            self.role = await deps.access.require(self.document_id, self.user_id, "viewer")
+        except AppError as exc:
+            exc.details["close_code"] = CLOSE_ACCESS_REVOKED
+            raise
         await deps.documents.know(self.document, self.peer_id)
         self.join()
 
@@ -155,7 +164,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         deps = self.deps
         deps.hub.join(self)
         self.joined = True
-        state = {**self.document.state(), "participants": deps.hub.participants(self.document_id)}
+        state = {**self.document.state(), "participants": deps.hub.participants(self.document_id), "role": self.role}
         self.send(P.DOCUMENT_STATE, state)
         connected = P.build(P.SESSION_CONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
                             "connection_count": deps.hub.session_connections(self.session_id)}, self.now_iso())
@@ -367,6 +376,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.send(P.AUTH_REFRESHED, {"expires_at": iso(session.expires_at)}, id_)
 
     def on_realtime_edit(self, message: dict):
+        if self.role not in ("editor", "owner"):
+            return self.reject(AppError(ErrorCode.UNAUTHORIZED, f"a {self.role} may not edit this document",
+                                        {"pointer": "/type", "role": self.role}, status=403),
+                               None, message["id"], type_="forbidden_edit")
         payload = message["payload"]
         if "user_id" in payload and payload["user_id"] != self.user_id:
             raise_impersonation(self, payload["user_id"])
@@ -496,6 +509,21 @@ def _message_id(raw) -> str | None:
         if isinstance(id_, str) and 0 < len(id_) <= 128 and id_.isprintable():  # no surrogate, no control
             return id_
     return None
+
+
+async def refresh_roles(deps, document_id: str) -> None:
+    """After a change of a document's members: each live socket learns its role (`permissions`), and one
+    that may no longer read the document closes with 4013."""
+    for peer in deps.hub.members(document_id):
+        role = await deps.access.role(document_id, peer.user_id)
+        if role is None:
+            peer.send_error(AppError(ErrorCode.UNAUTHORIZED, "your access to this document was revoked",
+                                     {"document_id": document_id}))
+            peer.end_reason = "access_revoked"
+            peer.close(CLOSE_ACCESS_REVOKED, "access revoked")
+        elif role != peer.role:
+            peer.role = role
+            peer.send(P.PERMISSIONS, {"document_id": document_id, "role": role})
 
 
 def close_session_sockets(deps, session_id: str, reason: str) -> None:

@@ -158,6 +158,9 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "prune_events": (("before", "limit"), (0,)),
     "cap_events": (("through_id",), ()),
     "health_probe": (("at",), (0,)),
+    "set_member": (("document_id", "member", "role"), ()),
+    "claim_owner": (("document_id", "member", "unowned"), ()),
+    "remove_member": (("document_id", "member"), ()),
 }
 
 
@@ -208,6 +211,20 @@ def op_written(document_id: str, revision: int, op_json: str, user_id: str | Non
 def snapshot_written(document_id: str, revision: int, content: str, time: float) -> Write:
     """The full content at `revision` (replacing one stored there), in its document's chain."""
     return Write("insert_snapshot", (document_id, revision, content, time), chain=document_chain(document_id))
+
+
+def member_set(document_id: str, member: str, role: str) -> Write:
+    """A member's role on a document (replacing the one it had)."""
+    return Write("set_member", (document_id, member, role))
+
+
+def owner_claimed(document_id: str, member: str) -> Write:
+    """`member` becomes the owner of a document that has no members yet (its creator, racing nobody)."""
+    return Write("claim_owner", (document_id, member, document_id))
+
+
+def member_removed(document_id: str, member: str) -> Write:
+    return Write("remove_member", (document_id, member), counted=True)
 
 
 # -- the Protocols ---------------------------------------------------------------------------------------
@@ -278,6 +295,9 @@ class DocumentReads(Protocol):
     async def latest_snapshot(self, document_id: str, at_or_before: int | None = None) -> SnapshotRecord | None: ...
 
     async def last_revision(self, document_id: str) -> int: ...
+
+    async def members(self, document_id: str) -> dict[str, str]:
+        """member (user:<id>, group:<name>, *) -> role."""
 
 
 class EventReads(Protocol):

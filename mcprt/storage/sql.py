@@ -38,6 +38,10 @@ STATEMENTS: dict[str, str] = {
                                " DO UPDATE SET content = excluded.content, time = excluded.time"),
     "prune_events": "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?)",
     "cap_events": "DELETE FROM events WHERE id <= ?",
+    "set_member": _insert("members", "set_member", " ON CONFLICT (document_id, member) DO UPDATE SET role = excluded.role"),
+    "claim_owner": "INSERT INTO members (document_id, member, role) SELECT ?, ?, 'owner'"
+                   " WHERE NOT EXISTS (SELECT 1 FROM members WHERE document_id = ?)",
+    "remove_member": "DELETE FROM members WHERE document_id = ? AND member = ?",
     "health_probe": "INSERT INTO health_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
 }
 assert set(STATEMENTS) == set(KINDS), "every write intent has its statement"
@@ -163,6 +167,9 @@ class SqlStore(GroupCommit):
             "SELECT document_id, revision, content, time FROM snapshots WHERE document_id = ? AND revision <= ?"
             " ORDER BY revision DESC LIMIT 1", (document_id, at_or_before if at_or_before is not None else 2 ** 62))
         return SnapshotRecord(rows[0][0], rows[0][1], rows[0][2], self._time_out(rows[0][3])) if rows else None
+
+    async def members(self, document_id: str) -> dict[str, str]:
+        return dict(await self._fetch("SELECT member, role FROM members WHERE document_id = ?", (document_id,)))
 
     async def last_revision(self, document_id: str) -> int:
         rows = await self._fetch("SELECT max(revision) FROM ops WHERE document_id = ?", (document_id,))

@@ -1,0 +1,97 @@
+"""Per-document roles under `--auth jwt`: owner, editor, viewer, held as members (`user:<id>`, `*` for
+everyone); a user's own entry wins over `*`. `--auth open` keeps everyone an editor of everything.
+
+A document with no members at all (one from before roles, or made by an operator) is open to every
+verified user as an editor until someone gives it members. Changes reach live sockets at once: through
+`on_change` listeners (the socket side sends `permissions`, or closes with 4013 when reading is gone).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from .protocol import AppError, ErrorCode
+from .storage.base import Store, member_removed, member_set, owner_claimed
+
+ROLES = ("viewer", "editor", "owner")
+RANK = {role: rank for rank, role in enumerate(ROLES)}
+EVERYONE = "*"
+_MEMBER = re.compile(r"^(\*|user:[^\x00-\x1f\x7f]{1,128})$")
+
+
+def user_member(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def role_of(members: dict[str, str], user_id: str) -> str | None:
+    """The role `members` give a user: their own entry, else everyone's, else none."""
+    if not members:
+        return "editor"
+    return members.get(user_member(user_id), members.get(EVERYONE))
+
+
+def at_least(role: str | None, needed: str) -> bool:
+    return role is not None and RANK[role] >= RANK[needed]
+
+
+class Access:
+    """Members per document, cached (the store holds them), and the checks every entry point makes."""
+
+    def __init__(self, store: Store, enforced: bool):
+        self.store, self.enforced = store, enforced
+        self._members: dict[str, dict[str, str]] = {}
+        self.on_change: list[Callable[[str], None]] = []  # document id: its live sockets look again
+
+    async def members(self, document_id: str) -> dict[str, str]:
+        found = self._members.get(document_id)
+        if found is None:
+            found = self._members[document_id] = await self.store.members(document_id)
+        return found
+
+    async def role(self, document_id: str, user_id: str, operator: bool = False) -> str | None:
+        if not self.enforced:
+            return "editor"
+        if operator:
+            return "owner"
+        return role_of(await self.members(document_id), user_id)
+
+    async def require(self, document_id: str, user_id: str, needed: str, operator: bool = False) -> str:
+        """The caller's role, or UNAUTHORIZED (403) naming the role needed. Without read access the
+        document is NOT_FOUND: its existence is not told to someone who may not read it."""
+        role = await self.role(document_id, user_id, operator)
+        if role is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
+        if not at_least(role, needed):
+            raise AppError(ErrorCode.UNAUTHORIZED, f"this needs the {needed} role on {document_id!r}; you are "
+                           f"a {role}", {"document_id": document_id, "role": role, "needed": needed}, status=403)
+        return role
+
+    def owner_write(self, document_id: str, user_id: str):
+        """The write that makes a document's creator its owner, committed with the document (a creator
+        that lost a race for the id owns nothing), or None."""
+        if not self.enforced:
+            return None
+        self._members.pop(document_id, None)  # read again once it committed
+        return owner_claimed(document_id, user_member(user_id))
+
+    async def set(self, document_id: str, member: str, role: str | None) -> dict[str, str]:
+        """Give `member` a role (None: remove it); the members after. The last owner stays."""
+        if not _MEMBER.match(member):
+            raise AppError(ErrorCode.INVALID_MESSAGE, "a member is user:<id> or *", {"pointer": "/member"})
+        if role is not None and role not in RANK:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"role must be one of {', '.join(ROLES)}", {"pointer": "/role"})
+        members = dict(await self.members(document_id))
+        if members.get(member) == "owner" and role != "owner" and list(members.values()).count("owner") == 1:
+            raise AppError(ErrorCode.CONFLICT, "a document keeps at least one owner; add another first",
+                           {"member": member})
+        if role is None:
+            await self.store.submit(member_removed(document_id, member))
+            members.pop(member, None)
+        else:
+            await self.store.submit(member_set(document_id, member, role))
+            members[member] = role
+        self._members[document_id] = members
+        for listener in list(self.on_change):
+            listener(document_id)
+        return members

@@ -1,0 +1,7 @@
+-- Who may do what to a document: a member is user:<id>, group:<name> or * (everyone), with a role.
+CREATE TABLE members (
+    document_id text NOT NULL REFERENCES documents (document_id),
+    member      text NOT NULL,
+    role        text NOT NULL CHECK (role IN ('owner', 'editor', 'viewer')),
+    PRIMARY KEY (document_id, member)
+);

@@ -1,0 +1,124 @@
+"""Per-document roles under --auth jwt, over the real server: owners, editors and viewers, enforced on every
+message and request, and changes reaching live sockets at once."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+import pytest_asyncio
+
+pytestmark = pytest.mark.asyncio
+SECRET = "a-deployment-secret-of-at-least-32-characters"
+
+
+@pytest_asyncio.fixture
+async def server(start, clock):
+    app = await start(clock=clock, auth="jwt", jwt_secret=SECRET)
+
+    async def user(name: str) -> dict:
+        token = jwt.encode({"sub": name, "exp": int(clock.now) + 3600}, SECRET, algorithm="HS256")
+        reply = await app.fetch("POST", "/api/sessions", {}, headers={"Authorization": f"Bearer {token}"})
+        assert reply.status == 201, reply.json
+        return reply.json
+    app.user = user
+    return app
+
+
+def bearer(session: dict) -> dict:
+    return {"Authorization": f"Bearer {session['session_id']}"}
+
+
+async def created(app, owner: dict, document_id: str = "plan") -> None:
+    reply = await app.fetch("POST", "/api/documents", {"document_id": document_id, "format": "text"},
+                            headers=bearer(owner))
+    assert reply.status == 201, reply.json
+
+
+async def set_role(app, by: dict | None, member: str, role: str, document_id: str = "plan"):
+    return await app.fetch("PUT", f"/api/documents/{document_id}/members", {"member": member, "role": role},
+                           headers=bearer(by) if by else None, admin=by is None)
+
+
+async def test_the_creator_owns_a_document_and_gives_others_roles(server):
+    alice, bob = await server.user("alice"), await server.user("bob")
+    await created(server, alice)
+    members = await server.fetch("GET", "/api/documents/plan/members", headers=bearer(alice))
+    assert members.json["members"] == {"user:alice": "owner"}
+    assert (await server.fetch("GET", "/api/documents/plan/members", headers=bearer(bob))).status == 404
+    reply = await set_role(server, alice, "user:bob", "viewer")
+    assert reply.status == 200 and reply.json["members"] == {"user:alice": "owner", "user:bob": "viewer"}
+    assert (await set_role(server, bob, "user:bob", "owner")).status == 403  # a viewer cannot promote itself
+    assert (await server.fetch("DELETE", "/api/documents/plan/members?member=user:alice",
+                               headers=bearer(alice))).status == 409  # the last owner stays
+    await server.settle()
+    assert [e["details"] for e in await server.events(type="member_set")] == [{"member": "user:bob", "role": "viewer"}]
+
+
+async def test_a_viewer_reads_and_follows_but_its_edits_are_refused(server):
+    alice, bob = await server.user("alice"), await server.user("bob")
+    await created(server, alice)
+    await set_role(server, alice, "user:bob", "viewer")
+    writer = await server.ws_connect(alice["session_id"], "plan")
+    assert writer.state["payload"]["role"] == "owner"
+    viewer = await server.ws_connect(bob["session_id"], "plan")
+    assert viewer.state["payload"]["role"] == "viewer"
+    await writer.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "hi"}})
+    await writer.recv_type("edit_ack")
+    assert (await viewer.recv_type("realtime_edit"))["payload"]["revision"] == 1  # it follows
+    sent = await viewer.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "x"}})
+    error = await viewer.recv_type("error")
+    assert error["id"] == sent and error["payload"]["code"] == "UNAUTHORIZED"
+    assert error["payload"]["details"]["pointer"] == "/type"
+    await viewer.send_msg("heartbeat", {})
+    await viewer.recv_type("heartbeat_ack")  # the socket goes on
+    document = await server.fetch("GET", "/api/documents/plan", headers=bearer(bob))
+    assert document.status == 200 and document.json["content"] == "hi"  # reading is allowed, the edit left nothing
+    restore = await server.fetch("POST", "/api/documents/plan/restore", {"revision": 0}, headers=bearer(bob))
+    assert restore.status == 403 and restore.json["error"]["details"]["needed"] == "editor"
+    await server.settle()
+    event, = await server.events(type="forbidden_edit")
+    assert event["user_id"] == "bob" and event["severity"] == "low"
+
+
+async def test_without_a_role_a_document_is_not_found_and_its_socket_is_refused(server):
+    alice, carol = await server.user("alice"), await server.user("carol")
+    await created(server, alice)
+    reply = await server.fetch("GET", "/api/documents/plan", headers=bearer(carol))
+    assert reply.status == 404  # not even its existence is told
+    assert (await server.fetch("GET", "/api/documents/plan/history", headers=bearer(carol))).status == 404
+    ws = await server.ws_connect(carol["session_id"], "plan", state=False)
+    code, _ = await ws.closed()
+    assert code == 4013
+    await set_role(server, alice, "*", "viewer")  # everyone may read
+    assert (await server.fetch("GET", "/api/documents/plan", headers=bearer(carol))).status == 200
+
+
+async def test_a_change_of_role_reaches_a_live_socket_at_once(server):
+    alice, bob = await server.user("alice"), await server.user("bob")
+    await created(server, alice)
+    await set_role(server, alice, "user:bob", "viewer")
+    ws = await server.ws_connect(bob["session_id"], "plan")
+    await set_role(server, alice, "user:bob", "editor")
+    permissions = await ws.recv_type("permissions")
+    assert permissions["payload"] == {"document_id": "plan", "role": "editor"}
+    await ws.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "ok"}})
+    assert (await ws.recv_type("edit_ack"))["payload"]["revision"] == 1
+    reply = await server.fetch("DELETE", "/api/documents/plan/members?member=user:bob", headers=bearer(alice))
+    assert reply.status == 200 and "user:bob" not in reply.json["members"]
+    code, got = await ws.closed()
+    assert code == 4013 and any(m["type"] == "error" for m in got)
+
+
+async def test_joining_a_new_document_makes_its_creator_the_owner_and_operators_manage_any(server):
+    dave = await server.user("dave")
+    ws = await server.ws_connect(dave["session_id"], "fresh")
+    assert ws.state["payload"]["role"] == "owner"
+    reply = await set_role(server, None, "user:erin", "editor", "fresh")  # the admin token
+    assert reply.status == 200 and reply.json["members"] == {"user:dave": "owner", "user:erin": "editor"}
+
+
+async def test_open_mode_keeps_everyone_an_editor(app):
+    ws = await app.editor(document_id="anything")
+    assert ws.state["payload"]["role"] == "editor"
+    reply = await app.fetch("GET", "/api/documents/anything/members", admin=True)
+    assert reply.status == 400 and "--auth jwt" in reply.json["error"]["message"]
