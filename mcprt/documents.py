@@ -46,6 +46,7 @@ class Document:
     edits: dict[str, dict[str, int]] = field(default_factory=dict)
     known: set = field(default_factory=set)
     queue: object = None  # an asyncio.Future while an edit is being cleaned: later edits wait behind it
+    fresh: bool = False  # just created by this process, its document_created event not yet recorded
 
     @property
     def content(self) -> str:
@@ -234,7 +235,7 @@ class DocumentService:
         row = await self.store.get_document(document_id)
         if row.format != format_:  # created concurrently by someone else: theirs stands
             return await self._load(document_id)
-        return Document(document_id, format_, Text.of(""), 0)
+        return Document(document_id, format_, Text.of(""), 0, fresh=True)
 
     async def _load(self, document_id: str) -> Document | None:
         row = await self.store.get_document(document_id)

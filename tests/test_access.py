@@ -122,3 +122,17 @@ async def test_open_mode_keeps_everyone_an_editor(app):
     assert ws.state["payload"]["role"] == "editor"
     reply = await app.fetch("GET", "/api/documents/anything/members", admin=True)
     assert reply.status == 400 and "--auth jwt" in reply.json["error"]["message"]
+
+
+async def test_every_way_a_document_comes_to_exist_records_its_creation_and_owner(server):
+    alice, bob = await server.user("alice"), await server.user("bob")
+    await created(server, alice, "by-rest")
+    first = await server.ws_connect(bob["session_id"], "by-join")
+    second = await server.ws_connect(bob["session_id"], "by-join")  # joining what exists records nothing
+    assert first.state["payload"]["role"] == second.state["payload"]["role"] == "owner"
+    await server.settle()
+    events = {e["document_id"]: e for e in await server.events(type="document_created")}
+    assert set(events) == {"by-rest", "by-join"}
+    assert events["by-rest"]["details"] == {"format": "text", "owner": "alice", "via": "rest"}
+    assert events["by-join"]["details"]["owner"] == "bob" and events["by-join"]["details"]["via"] == "join"
+    assert events["by-join"]["user_id"] == "bob"

@@ -180,9 +180,11 @@ class DocumentsHandler(ApiHandler):
                 self.security("document_quota", None, {**exc.details, "user_id": author.user_id})
             raise
         self.deps.documents.release(document.document_id)
-        self.deps.audit.event("document", "document_created", "info", {"format": document.format},
-                         document_id=document.document_id, user_id=author.user_id,
-                         client_addr=self.request.remote_ip)
+        document.fresh = False
+        owner = author.user_id if self.deps.access.enforced and author is not OPERATOR else None
+        self.deps.audit.event("document", "document_created", "info", {"format": document.format, "owner": owner,
+                              "via": "rest"}, document_id=document.document_id, user_id=author.user_id,
+                              client_addr=self.request.remote_ip)
         self.write_json(document.state(), 201)
 
 

@@ -152,6 +152,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip),
             owner=None if deps.documents.loaded(self.document_id) else deps.access.owner_write(self.document_id,
                                                                                                self.user_id))
+        if self.document.fresh:  # this join made it: the creation is recorded, with its owner
+            self.document.fresh = False
+            deps.audit.event("document", "document_created", "info", {
+                "format": self.document.format, "owner": self.user_id if deps.access.enforced else None,
+                "via": "join"}, **self.where())
         try:
             self.role = await deps.access.require(self.document_id, self.user_id, "viewer")
         except AppError as exc:
