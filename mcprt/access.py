@@ -1,5 +1,6 @@
-"""Per-document roles under `--auth jwt`: owner, editor, viewer, held as members (`user:<id>`, `*` for
-everyone); a user's own entry wins over `*`. `--auth open` keeps everyone an editor of everything.
+"""Per-document roles under `--auth jwt`: owner, editor, viewer, held as members (`user:<id>`,
+`group:<name>` from the token's groups claim, `*` for everyone); a user's own entry wins over its groups'
+(the highest of them), which win over `*`. `--auth open` keeps everyone an editor of everything.
 
 A document with no members at all (one from before roles, or made by an operator) is open to every
 verified user as an editor until someone gives it members. Changes reach live sockets at once: through
@@ -17,18 +18,25 @@ from .storage.base import Store, member_removed, member_set, owner_claimed
 ROLES = ("viewer", "editor", "owner")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 EVERYONE = "*"
-_MEMBER = re.compile(r"^(\*|user:[^\x00-\x1f\x7f]{1,128})$")
+_MEMBER = re.compile(r"^(\*|(user|group):[^\x00-\x1f\x7f]{1,128})$")
 
 
 def user_member(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def role_of(members: dict[str, str], user_id: str) -> str | None:
-    """The role `members` give a user: their own entry, else everyone's, else none."""
+def role_of(members: dict[str, str], user_id: str, groups: tuple[str, ...] = ()) -> str | None:
+    """The role `members` give a user: their own entry, else the highest of their groups', else
+    everyone's, else none."""
     if not members:
         return "editor"
-    return members.get(user_member(user_id), members.get(EVERYONE))
+    own = members.get(user_member(user_id))
+    if own is not None:
+        return own
+    grouped = [members[f"group:{g}"] for g in groups if f"group:{g}" in members]
+    if grouped:
+        return max(grouped, key=RANK.__getitem__)
+    return members.get(EVERYONE)
 
 
 def at_least(role: str | None, needed: str) -> bool:
@@ -49,17 +57,19 @@ class Access:
             found = self._members[document_id] = await self.store.members(document_id)
         return found
 
-    async def role(self, document_id: str, user_id: str, operator: bool = False) -> str | None:
+    async def role(self, document_id: str, user_id: str, operator: bool = False,
+                   groups: tuple[str, ...] = ()) -> str | None:
         if not self.enforced:
             return "editor"
         if operator:
             return "owner"
-        return role_of(await self.members(document_id), user_id)
+        return role_of(await self.members(document_id), user_id, groups)
 
-    async def require(self, document_id: str, user_id: str, needed: str, operator: bool = False) -> str:
+    async def require(self, document_id: str, user_id: str, needed: str, operator: bool = False,
+                      groups: tuple[str, ...] = ()) -> str:
         """The caller's role, or UNAUTHORIZED (403) naming the role needed. Without read access the
         document is NOT_FOUND: its existence is not told to someone who may not read it."""
-        role = await self.role(document_id, user_id, operator)
+        role = await self.role(document_id, user_id, operator, groups)
         if role is None:
             raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
         if not at_least(role, needed):
@@ -78,7 +88,7 @@ class Access:
     async def set(self, document_id: str, member: str, role: str | None) -> dict[str, str]:
         """Give `member` a role (None: remove it); the members after. The last owner stays."""
         if not _MEMBER.match(member):
-            raise AppError(ErrorCode.INVALID_MESSAGE, "a member is user:<id> or *", {"pointer": "/member"})
+            raise AppError(ErrorCode.INVALID_MESSAGE, "a member is user:<id>, group:<name> or *", {"pointer": "/member"})
         if role is not None and role not in RANK:
             raise AppError(ErrorCode.INVALID_MESSAGE, f"role must be one of {', '.join(ROLES)}", {"pointer": "/role"})
         members = dict(await self.members(document_id))

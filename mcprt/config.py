@@ -53,6 +53,8 @@ class Settings:
     jwt_leeway: float = field(default=60.0, metadata={
         "help": "--auth jwt: clock skew allowed on exp, nbf and iat", "type": parse_duration})
     jwt_user_claim: str = field(default="sub", metadata={"help": "--auth jwt: the claim that is the user_id"})
+    jwt_groups_claim: str | None = field(default=None, metadata={
+        "help": "--auth jwt: the claim listing the user's groups (members group:<name>), e.g. groups"})
     admin_token: str | None = field(default=None, metadata={
         "help": "bearer token for operator endpoints; unset, they answer 401"})
     session_ttl: float = field(default=86400.0, metadata={

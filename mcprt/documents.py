@@ -79,6 +79,7 @@ class Author:
     user_id: str
     peer_id: str
     session_id: str | None = None
+    groups: tuple = ()  # the session's groups (--jwt-groups-claim), for per-document roles
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Identity:
     expires: float       # the token's exp
     expires_by: float    # exp plus the leeway: no session from this token lasts longer
     claims: dict
+    groups: tuple[str, ...] = ()  # from the groups claim, when one is configured
 
 
 class KeySet:
@@ -135,7 +136,8 @@ class Verifier:
 
     def __init__(self, *, jwks_url: str | None = None, issuer: str | None = None, audience: str | None = None,
                  secret: str | None = None, leeway: float = 60.0, user_claim: str = "sub",
-                 clock: Callable[[], float] = time.time):
+                 groups_claim: str | None = None, clock: Callable[[], float] = time.time):
+        self.groups_claim = groups_claim
         self.issuer, self.audience, self.secret = issuer, audience, secret
         self.leeway, self.user_claim, self.clock = leeway, user_claim, clock
         self.keys = KeySet(jwks_url, issuer, clock) if (jwks_url or issuer) else None
@@ -161,7 +163,16 @@ class Verifier:
         if not isinstance(user, str) or not user or len(user) > 256:
             raise TokenRefused("missing_claim", f"the token has no usable {self.user_claim!r} claim")
         return Identity(user, claims.get("iss"), claims.get("sub"), float(claims["exp"]),
-                        float(claims["exp"]) + self.leeway, claims)
+                        float(claims["exp"]) + self.leeway, claims, self._groups(claims))
+
+    def _groups(self, claims: dict) -> tuple[str, ...]:
+        """The groups claim as names (a list of strings, or one string); at most 64, each 1-128 characters."""
+        value = claims.get(self.groups_claim) if self.groups_claim else None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return ()
+        return tuple(sorted({g for g in value if isinstance(g, str) and 0 < len(g) <= 128 and g.isprintable()}))[:64]
 
 
 def _decode(token: str, key, alg: str, audience: str | None, issuer: str | None, leeway: float,
@@ -191,7 +202,7 @@ def verifier_for(settings, clock: Callable[[], float]) -> Verifier | None:
         return None
     return Verifier(jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
                     secret=settings.jwt_secret, leeway=settings.jwt_leeway, user_claim=settings.jwt_user_claim,
-                    clock=clock)
+                    groups_claim=settings.jwt_groups_claim, clock=clock)
 
 
 def check_auth(settings) -> None:

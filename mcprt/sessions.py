@@ -87,10 +87,12 @@ class SessionService:
         expires = now + ttl if identity is None else min(now + ttl, identity.expires_by)
         session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
                           client_info=client_info, state=ACTIVE if activate else PENDING,
-                          created_at=now, expires_at=expires, activated_at=now if activate else None)
+                          created_at=now, expires_at=expires, activated_at=now if activate else None,
+                          groups=identity.groups if identity is not None else ())
         details = {"state": session.state, "auth": "open" if identity is None else "jwt"}
         if identity is not None:
-            details.update(issuer=identity.issuer, subject=identity.subject, token_expires=iso(identity.expires))
+            details.update(issuer=identity.issuer, subject=identity.subject, token_expires=iso(identity.expires),
+                           groups=list(identity.groups))
         # The row and its event commit together.
         await self.store.submit(session_written(session), self._event(session, "session_created", client, details))
         self._cache[session.session_id] = session

@@ -136,3 +136,26 @@ async def test_every_way_a_document_comes_to_exist_records_its_creation_and_owne
     assert events["by-rest"]["details"] == {"format": "text", "owner": "alice", "via": "rest"}
     assert events["by-join"]["details"]["owner"] == "bob" and events["by-join"]["details"]["via"] == "join"
     assert events["by-join"]["user_id"] == "bob"
+
+
+async def test_a_group_from_the_token_gives_its_members_a_role_and_a_user_entry_wins(start, clock):
+    app = await start(clock=clock, auth="jwt", jwt_secret=SECRET, jwt_groups_claim="groups")
+
+    async def user(name: str, groups) -> dict:
+        token = jwt.encode({"sub": name, "exp": int(clock.now) + 3600, "groups": groups}, SECRET, algorithm="HS256")
+        reply = await app.fetch("POST", "/api/sessions", {}, headers={"Authorization": f"Bearer {token}"})
+        assert reply.status == 201, reply.json
+        return reply.json
+    alice, bob, carol = await user("alice", []), await user("bob", ["team", "readers"]), await user("carol", "readers")
+    await created(app, alice)
+    await set_role(app, alice, "group:team", "editor")
+    await set_role(app, alice, "group:readers", "viewer")
+    assert (await app.ws_connect(bob["session_id"], "plan")).state["payload"]["role"] == "editor"  # the higher group
+    assert (await app.ws_connect(carol["session_id"], "plan")).state["payload"]["role"] == "viewer"
+    await set_role(app, alice, "user:bob", "viewer")  # the user's own entry wins over its groups
+    bob_again = await app.ws_connect(bob["session_id"], "plan")
+    assert bob_again.state["payload"]["role"] == "viewer"
+    await app.settle()
+    created_event = [e for e in await app.events(type="session_created") if e["user_id"] == "bob"][0]
+    assert created_event["details"]["groups"] == ["readers", "team"]
+    assert (await app.deps.store.get_session(bob["session_id"])).groups == ("readers", "team")

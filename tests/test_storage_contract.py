@@ -465,3 +465,12 @@ async def test_members_are_set_replaced_removed_and_a_document_is_claimed_once(s
     with pytest.raises(Exception):
         await store.submit(member_set("d", "user:c", "admin"))  # not a role
     assert await store.members("nothing") == {}
+
+
+@pytest.mark.asyncio
+async def test_a_sessions_groups_round_trip(store):
+    from dataclasses import replace
+    record = replace(session(1), groups=("readers", "team"))
+    await store.submit(session_written(record), session_written(session(2)))
+    assert (await store.get_session(record.session_id)).groups == ("readers", "team")
+    assert (await store.get_session(session(2).session_id)).groups == ()

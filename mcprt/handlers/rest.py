@@ -196,7 +196,7 @@ class ProbedHandler(ApiHandler):
         """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
         author = await self.require_editor()
         check_document_id(document_id)
-        await self.deps.access.require(document_id, author.user_id, "viewer", author is OPERATOR)
+        await self.deps.access.require(document_id, author.user_id, "viewer", author is OPERATOR, author.groups)
         limit = self.deps.limits.probes.limit
         if author is not OPERATOR and self.deps.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
@@ -230,7 +230,7 @@ class RestoreHandler(ApiHandler):
         """Write the content of an old revision as a new revision; editors receive it as an edit."""
         author = await self.require_editor()
         check_document_id(document_id)
-        await self.deps.access.require(document_id, author.user_id, "editor", author is OPERATOR)
+        await self.deps.access.require(document_id, author.user_id, "editor", author is OPERATOR, author.groups)
         revision = self.json_body("document_restore")["revision"]
         applied = await self.deps.edits.restore(document_id, revision, author)
         self.deps.audit.event("document", "document_restored", "info", {"from_revision": revision,
@@ -250,7 +250,7 @@ class MembersHandler(ApiHandler):
                            "editor of everything", {"pointer": "/"})
         if await self.deps.documents.store.get_document(document_id) is None:
             raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
-        await self.deps.access.require(document_id, author.user_id, "owner", author is OPERATOR)
+        await self.deps.access.require(document_id, author.user_id, "owner", author is OPERATOR, author.groups)
         return author
 
     async def get(self, document_id: str) -> None:

@@ -158,7 +158,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                 "format": self.document.format, "owner": self.user_id if deps.access.enforced else None,
                 "via": "join"}, **self.where())
         try:
-            self.role = await deps.access.require(self.document_id, self.user_id, "viewer")
+            self.role = await deps.access.require(self.document_id, self.user_id, "viewer", groups=session.groups)
         except AppError as exc:
             exc.details["close_code"] = CLOSE_ACCESS_REVOKED
             raise
@@ -520,7 +520,7 @@ async def refresh_roles(deps, document_id: str) -> None:
     """After a change of a document's members: each live socket learns its role (`permissions`), and one
     that may no longer read the document closes with 4013."""
     for peer in deps.hub.members(document_id):
-        role = await deps.access.role(document_id, peer.user_id)
+        role = await deps.access.role(document_id, peer.user_id, groups=peer.session.groups)
         if role is None:
             peer.send_error(AppError(ErrorCode.UNAUTHORIZED, "your access to this document was revoked",
                                      {"document_id": document_id}))

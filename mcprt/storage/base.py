@@ -57,6 +57,7 @@ class SessionRecord:
     end_reason: str | None = None
     last_seen: float | None = None
     id: int | None = None  # assigned by the store: the keyset cursor of a listing
+    groups: tuple[str, ...] = ()  # from the token that made the session (--jwt-groups-claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,7 @@ class Write:
 # kind -> (its columns in order, the positions among them that are times). The backends hold the statements.
 KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "insert_session": (("session_id", "peer_id", "user_id", "client_info", "state", "created_at", "activated_at",
-                        "expires_at", "ended_at", "end_reason", "last_seen"), (5, 6, 7, 8, 10)),
+                        "expires_at", "ended_at", "end_reason", "last_seen", "member_groups"), (5, 6, 7, 8, 10)),
     "update_session": (("state", "activated_at", "expires_at", "ended_at", "end_reason", "last_seen",
                         "session_id", "expected_state"), (1, 2, 3, 5)),
     "insert_event": (("time", "kind", "type", "severity", "session_id", "user_id", "document_id",
@@ -168,7 +169,8 @@ def session_written(record: SessionRecord) -> Write:
     """A new session row."""
     r = record
     return Write("insert_session", (r.session_id, r.peer_id, r.user_id, r.client_info, r.state, r.created_at,
-                                    r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen))
+                                    r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen,
+                                    json.dumps(list(r.groups)) if r.groups else None))
 
 
 def session_moved(record: SessionRecord, expected_state: str) -> Write:

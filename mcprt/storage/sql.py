@@ -47,7 +47,7 @@ STATEMENTS: dict[str, str] = {
 assert set(STATEMENTS) == set(KINDS), "every write intent has its statement"
 
 _SESSION = "session_id, peer_id, user_id, client_info, state, created_at, expires_at, activated_at, ended_at," \
-           " end_reason, last_seen, id"
+           " end_reason, last_seen, id, member_groups"
 _EVENT = "time, kind, type, severity, details, session_id, user_id, document_id, connection_id, client_addr," \
          " user_agent, id"
 _CONNECTION = "connection_id, session_id, user_id, peer_id, document_id, client_type, client_addr, user_agent," \
@@ -89,7 +89,7 @@ class SqlStore(GroupCommit):
     def _session(self, row: tuple) -> SessionRecord:
         t = self._maybe_time
         return SessionRecord(row[0], row[1], row[2], row[3], row[4], t(row[5]), t(row[6]), t(row[7]), t(row[8]),
-                             row[9], t(row[10]), row[11])
+                             row[9], t(row[10]), row[11], tuple(json.loads(row[12])) if row[12] else ())
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rows = await self._fetch(f"SELECT {_SESSION} FROM sessions WHERE session_id = ?", (session_id,))
