@@ -31,14 +31,9 @@ SECURITY_TYPES = {
     "document_probe": "medium",
     "events_suppressed": "low",
     "slow_consumer": "low",
-    "token_refused": "medium",
+    "token_refused": "medium",  # its severity follows the reason: TokenRefused.severity
     "forbidden_edit": "low",  # a viewer's client that sends edits: refused, not abuse
-    "forbidden": "medium",  # its severity follows the reason: TOKEN_SEVERITY
 }
-# An expired or not-yet-valid token is a client's clock or a stale tab; a forged one is an attack.
-TOKEN_SEVERITY = {"expired": "low", "not_yet_valid": "low", "keys_unavailable": "low", "wrong_audience": "medium",
-                  "wrong_issuer": "medium", "missing_claim": "medium", "unknown_key": "medium", "malformed": "medium",
-                  "algorithm": "high", "bad_signature": "high"}
 
 # What one event may store: an attacker controls most of these fields, and the log is on disk.
 FIELD_LIMITS = {"session_id": 64, "user_id": 128, "document_id": 128, "connection_id": 32,

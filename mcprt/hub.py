@@ -100,7 +100,7 @@ class Hub:
 
     def close_session(self, session_id: str, code: int, reason: str, text: str) -> int:
         """Send `text` to every connection of a session, then close them; returns how many."""
-        peers = list(self.by_session.get(session_id, {}).values())
+        peers = self.session_peers(session_id)
         data = text.encode("utf-8", "replace")
         for peer in peers:
             peer.send_utf8(data)

@@ -33,15 +33,22 @@ _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
 class TokenRefused(Exception):
-    """A token that does not prove an identity; `reason` is one of REASONS (recorded with the event)."""
+    """A token that does not prove an identity; `reason` is a key of SEVERITY (recorded with the event)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
 
+    @property
+    def severity(self) -> str:
+        """Of its security event: an expired or not-yet-valid token is a client's clock or a stale tab, a
+        forged one an attack."""
+        return SEVERITY[self.reason]
 
-REASONS = ("malformed", "algorithm", "unknown_key", "bad_signature", "expired", "not_yet_valid",
-           "wrong_audience", "wrong_issuer", "missing_claim", "keys_unavailable")
+
+SEVERITY = {"expired": "low", "not_yet_valid": "low", "keys_unavailable": "low", "wrong_audience": "medium",
+            "wrong_issuer": "medium", "missing_claim": "medium", "unknown_key": "medium", "malformed": "medium",
+            "algorithm": "high", "bad_signature": "high"}  # reason -> severity; the reasons a refusal gives
 
 
 @dataclass(frozen=True)

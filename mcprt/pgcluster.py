@@ -31,6 +31,7 @@ def _stop_with_parent() -> None:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -38,8 +38,8 @@ class Services:
     limits: Limits
     edits: EditService
     tasks: Tasks
+    access: Access
     verifier: Verifier | None = None  # --auth jwt
-    access: Access | None = None
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:
@@ -56,4 +56,4 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
                         Cleaner(settings.sanitizer, settings.sanitize_budget))
     metrics.watch(audit, hub)
     return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
-                    tasks, verifier_for(settings, clock), Access(store, enforced=settings.auth == "jwt"))
+                    tasks, Access(store, enforced=settings.auth == "jwt"), verifier_for(settings, clock))

@@ -4,24 +4,18 @@ and the timestamp test messages carry."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from mcprt.pgcluster import free_port  # noqa: F401 (a loopback port nobody listens on; the tests import it here)
+
 ROOT = Path(__file__).resolve().parent.parent
 STAMP = "2025-11-07T10:00:00Z"
 # A server process for tests that kill or restart it: limits out of the way of a burst.
 UNLIMITED = {"MCPRT_RATE_LIMIT": "100000", "MCPRT_RATE_BURST": "100000"}
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_once_serving(proc: subprocess.Popen, port: int, path: str = "/health", seconds: float = 20) -> str:

@@ -9,7 +9,7 @@ from .. import __version__
 from ..clock import iso_seconds, parse_iso
 from ..documents import Author, check_document_id, creator
 from ..protocol import AppError, ErrorCode
-from ..audit import TOKEN_SEVERITY, event_json
+from ..audit import event_json
 from ..identity import Identity, TokenRefused
 from ..sessions import STATES, session_json
 from ..storage.base import StoreFailed
@@ -111,7 +111,7 @@ class SessionsHandler(ApiHandler):
         try:
             identity = await verifier.verify(token)
         except TokenRefused as exc:
-            self.security("token_refused", TOKEN_SEVERITY.get(exc.reason), {"reason": exc.reason, "why": str(exc)})
+            self.security("token_refused", exc.severity, {"reason": exc.reason, "why": str(exc)})
             raise AppError(ErrorCode.UNAUTHORIZED, f"token refused: {exc}", {"reason": exc.reason}) from None
         if claimed is not None and claimed != identity.user_id:
             self.security("impersonation", None, {"claimed_user_id": claimed, "token_user_id": identity.user_id,
@@ -173,14 +173,13 @@ class DocumentsHandler(ApiHandler):
         body = self.json_body("document_create")
         keys = () if author is OPERATOR else creator(author, self.request.remote_ip)
         try:
-            owner = None if author is OPERATOR else self.deps.access.owner_write(body["document_id"], author.user_id)
-            document = await self.deps.documents.create(body["document_id"], body.get("format", "html"), keys, owner)
+            claim = None if author is OPERATOR else self.deps.access.owner_write(body["document_id"], author.user_id)
+            document = await self.deps.documents.create(body["document_id"], body.get("format", "html"), keys, claim)
         except AppError as exc:
             if "quota" in exc.details:
                 self.security("document_quota", None, {**exc.details, "user_id": author.user_id})
             raise
         self.deps.documents.release(document.document_id)
-        document.fresh = False
         owner = author.user_id if self.deps.access.enforced and author is not OPERATOR else None
         self.deps.audit.event("document", "document_created", "info", {"format": document.format, "owner": owner,
                               "via": "rest"}, document_id=document.document_id, user_id=author.user_id,

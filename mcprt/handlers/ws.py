@@ -21,7 +21,6 @@ from ..documents import Author, check_document_id, creator
 from ..limits import SYNC_BURST, SYNC_RATE, Notices
 from ..protocol import AppError, ErrorCode
 from ..sessions import Client, mask
-from ..audit import TOKEN_SEVERITY
 from ..identity import TokenRefused
 from ..storage.base import ConnectionRecord, connection_closed, connection_opened
 from . import wire
@@ -363,7 +362,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         try:
             identity = await deps.verifier.verify(message["payload"]["token"])
         except TokenRefused as exc:
-            deps.audit.security("token_refused", TOKEN_SEVERITY.get(exc.reason),
+            deps.audit.security("token_refused", exc.severity,
                                 {"reason": exc.reason, "why": str(exc), "via": P.AUTH_REFRESH}, **self.where())
             self.send_error(AppError(ErrorCode.UNAUTHORIZED, f"token refused: {exc}; the session still ends at "
                                      f"{iso(self.expires)}", {"reason": exc.reason, "expires_at": iso(self.expires)}),

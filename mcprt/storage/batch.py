@@ -225,23 +225,21 @@ class GroupCommit:
         started = time.perf_counter()
         writes = sum(len(u.writes) for u in batch)
         try:
-            if not writes:
-                failed = self._each(batch, None)
-            elif self._broken_chains:
-                failed = await self._commit_each(batch)
+            if not writes or self._broken_chains:  # resets and barriers alone, or chains to respect
+                failed = await self._one_by_one(batch)
             else:
                 try:
                     await self._commit(batch)
                     failed = {}
                 except Refused as exc:
                     log.error("batch of %d writes failed: %s", writes, exc.error)
-                    failed = self._each(batch, exc.error)
+                    failed = await self._one_by_one(batch, exc.error)
                 except (Lost, WriterBroken):
                     raise
                 except Exception as exc:  # whatever a row raises: a constraint, UnicodeEncodeError, OverflowError
                     log.warning("batch of %d writes failed (%s: %s); retrying one unit at a time", writes,
                                 type(exc).__name__, exc)
-                    failed = await self._commit_each(batch)
+                    failed = await self._one_by_one(batch)
         except Lost as lost:  # not fatal: while this process lives, the data may still be copied out
             self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged)"
                        f"{lost.detail}")
@@ -251,26 +249,15 @@ class GroupCommit:
         for listener in self.commit_listeners:
             listener(time.perf_counter() - started, writes)
 
-    def _each(self, batch: list[Unit], error: Exception | None) -> dict[int, Exception]:
-        """Resets and chain checks in order, without writing: every unit with writes fails with `error`
-        (None: only units of broken chains fail; this is a batch of resets and barriers)."""
-        failed = {}
-        for unit in batch:
-            if unit.reset is not None:
-                self._broken_chains.discard(unit.reset)
-            elif unit.writes and (error is not None or self._broken(unit)):
-                failed[id(unit)] = error or ChainBroken(f"an earlier write of {self._broken(unit)} failed")
-                self._broken_chains.update(unit.chains())
-        return failed
-
     def _broken(self, unit: Unit) -> str | None:
         for chain in unit.chains():
             if chain in self._broken_chains:
                 return chain
         return None
 
-    async def _commit_each(self, batch: list[Unit]) -> dict[int, Exception]:
-        """Each unit in its own transaction; one that fails fails only itself and breaks its chains."""
+    async def _one_by_one(self, batch: list[Unit], refused: Exception | None = None) -> dict[int, Exception]:
+        """Each unit in its own transaction, resets and chains applied in order; one that fails fails only
+        itself and breaks its chains. With `refused` no unit is tried: each fails with it."""
         failed = {}
         for unit in batch:
             if unit.reset is not None:
@@ -283,13 +270,16 @@ class GroupCommit:
                 failed[id(unit)] = ChainBroken(f"an earlier write of {broken} failed")
                 continue
             try:
+                if refused is not None:
+                    raise refused
                 await self._commit([unit])
             except (Lost, WriterBroken):
                 raise
             except Exception as exc:
                 error = exc.error if isinstance(exc, Refused) else exc
-                log.error("write failed: %s: %s (%s)", type(error).__name__, error,
-                          ", ".join(w.kind for w in unit.writes))
+                if refused is None:
+                        log.error("write failed: %s: %s (%s)", type(error).__name__, error,
+                              ", ".join(w.kind for w in unit.writes))
                 failed[id(unit)] = error
                 self._broken_chains.update(unit.chains())
         return failed
