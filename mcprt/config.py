@@ -55,6 +55,9 @@ class Settings:
     jwt_user_claim: str = field(default="sub", metadata={"help": "--auth jwt: the claim that is the user_id"})
     jwt_groups_claim: str | None = field(default=None, metadata={
         "help": "--auth jwt: the claim listing the user's groups (members group:<name>), e.g. groups"})
+    jwt_roles_claim: str | None = field(default=None, metadata={
+        "help": "--auth jwt: the claim granting roles directly, an object of document id, prefix* or * to "
+                "owner|editor|viewer; set, a document without members is closed to tokens it does not name"})
     admin_token: str | None = field(default=None, metadata={
         "help": "bearer token for operator endpoints; unset, they answer 401"})
     session_ttl: float = field(default=86400.0, metadata={

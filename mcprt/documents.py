@@ -80,6 +80,7 @@ class Author:
     peer_id: str
     session_id: str | None = None
     groups: tuple = ()  # the session's groups (--jwt-groups-claim), for per-document roles
+    grants: tuple | None = None  # the session's token grants (--jwt-roles-claim)
 
 
 @dataclass(frozen=True)

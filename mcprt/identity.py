@@ -21,6 +21,8 @@ from typing import Callable
 import jwt
 from tornado.httpclient import AsyncHTTPClient
 
+from .access import ROLES
+
 log = logging.getLogger("mcprt.identity")
 
 ASYMMETRIC = ("RS256", "ES256")
@@ -61,6 +63,7 @@ class Identity:
     expires_by: float    # exp plus the leeway: no session from this token lasts longer
     claims: dict
     groups: tuple[str, ...] = ()  # from the groups claim, when one is configured
+    grants: tuple[tuple[str, str], ...] | None = None  # from the roles claim; None when none is configured
 
 
 class KeySet:
@@ -143,8 +146,9 @@ class Verifier:
 
     def __init__(self, *, jwks_url: str | None = None, issuer: str | None = None, audience: str | None = None,
                  secret: str | None = None, leeway: float = 60.0, user_claim: str = "sub",
-                 groups_claim: str | None = None, clock: Callable[[], float] = time.time):
-        self.groups_claim = groups_claim
+                 groups_claim: str | None = None, roles_claim: str | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.groups_claim, self.roles_claim = groups_claim, roles_claim
         self.issuer, self.audience, self.secret = issuer, audience, secret
         self.leeway, self.user_claim, self.clock = leeway, user_claim, clock
         self.keys = KeySet(jwks_url, issuer, clock) if (jwks_url or issuer) else None
@@ -170,7 +174,7 @@ class Verifier:
         if not isinstance(user, str) or not user or len(user) > 256:
             raise TokenRefused("missing_claim", f"the token has no usable {self.user_claim!r} claim")
         return Identity(user, claims.get("iss"), claims.get("sub"), float(claims["exp"]),
-                        float(claims["exp"]) + self.leeway, claims, self._groups(claims))
+                        float(claims["exp"]) + self.leeway, claims, self._groups(claims), self._grants(claims))
 
     def _groups(self, claims: dict) -> tuple[str, ...]:
         """The groups claim as names (a list of strings, or one string); at most 64, each 1-128 characters."""
@@ -180,6 +184,20 @@ class Verifier:
         if not isinstance(value, list):
             return ()
         return tuple(sorted({g for g in value if isinstance(g, str) and 0 < len(g) <= 128 and g.isprintable()}))[:64]
+
+    def _grants(self, claims: dict) -> tuple[tuple[str, str], ...] | None:
+        """The roles claim as (pattern, role) pairs: a document id, an id prefix ending in `*`, or `*`, to
+        owner, editor or viewer; at most 256, anything else in it ignored. A configured claim the token
+        lacks grants nothing (not None: the identity provider keeps access, and said nothing here)."""
+        if not self.roles_claim:
+            return None
+        value = claims.get(self.roles_claim)
+        if not isinstance(value, dict):
+            return ()
+        return tuple(sorted((k, v) for k, v in value.items() if v in ROLES and _PATTERN.match(k)))[:256]
+
+
+_PATTERN = re.compile(r"^(\*|[A-Za-z0-9._-]{1,128}\*?)$")
 
 
 def _decode(token: str, key, alg: str, audience: str | None, issuer: str | None, leeway: float,
@@ -209,7 +227,7 @@ def verifier_for(settings, clock: Callable[[], float]) -> Verifier | None:
         return None
     return Verifier(jwks_url=settings.jwt_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
                     secret=settings.jwt_secret, leeway=settings.jwt_leeway, user_claim=settings.jwt_user_claim,
-                    groups_claim=settings.jwt_groups_claim, clock=clock)
+                    groups_claim=settings.jwt_groups_claim, roles_claim=settings.jwt_roles_claim, clock=clock)
 
 
 def check_auth(settings) -> None:

@@ -56,4 +56,5 @@ def build_services(settings: Settings, store: Store, clock: Callable[[], float])
                         Cleaner(settings.sanitizer, settings.sanitize_budget))
     metrics.watch(audit, hub)
     return Services(settings, store, clock, Registry(), audit, sessions, hub, documents, metrics, limits, edits,
-                    tasks, Access(store, enforced=settings.auth == "jwt"), verifier_for(settings, clock))
+                    tasks, Access(store, enforced=settings.auth == "jwt",
+                           token_roles=bool(settings.jwt_roles_claim)), verifier_for(settings, clock))

@@ -88,11 +88,14 @@ class SessionService:
         session = Session(session_id=str(uuid.uuid4()), peer_id=uuid.uuid4().hex[:12], user_id=user_id,
                           client_info=client_info, state=ACTIVE if activate else PENDING,
                           created_at=now, expires_at=expires, activated_at=now if activate else None,
-                          groups=identity.groups if identity is not None else ())
+                          groups=identity.groups if identity is not None else (),
+                          grants=identity.grants if identity is not None else None)
         details = {"state": session.state, "auth": "open" if identity is None else "jwt"}
         if identity is not None:
             details.update(issuer=identity.issuer, subject=identity.subject, token_expires=iso(identity.expires),
                            groups=list(identity.groups))
+            if identity.grants is not None:
+                details["grants"] = dict(identity.grants)
         # The row and its event commit together.
         await self.store.submit(session_written(session), self._event(session, "session_created", client, details))
         self._cache[session.session_id] = session
@@ -124,16 +127,19 @@ class SessionService:
 
     async def extend(self, session_id: str, identity: Identity, client: Client) -> Session:
         """An Active session's deadline moved by a fresh token (never earlier than it was, never later
-        than the token allows): a compare-and-set on its Active row, recorded as session_refreshed."""
+        than the token allows), its groups and grants those of the fresh token: a compare-and-set on its
+        Active row, recorded as session_refreshed."""
         session = await self.authenticate(session_id)
         expires = max(session.expires_at, min(self.clock() + self.session_ttl, identity.expires_by))
-        moved = replace(session, expires_at=expires)
+        moved = replace(session, expires_at=expires, groups=identity.groups, grants=identity.grants)
         self._cache[session_id] = moved
         if not await self.store.submit(session_moved(moved, ACTIVE)):  # ended meanwhile by someone else
             self._cache.pop(session_id, None)
             raise _illegal(await self._load(session_id), "refresh")
         self.store.enqueue(self._event(moved, "session_refreshed", client, {
-            "expires_at": iso(expires), "issuer": identity.issuer, "subject": identity.subject}))
+            "expires_at": iso(expires), "issuer": identity.issuer, "subject": identity.subject,
+            **({"groups": list(moved.groups)} if moved.groups != session.groups else {}),
+            **({"grants": dict(moved.grants or ())} if moved.grants != session.grants else {})}))
         return moved
 
     async def sweep(self) -> list[Session]:

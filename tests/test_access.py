@@ -11,6 +11,12 @@ pytestmark = pytest.mark.asyncio
 SECRET = "a-deployment-secret-of-at-least-32-characters"
 
 
+@pytest.fixture
+def database(both_databases) -> str:
+    """Roles live in the store: every test runs on SQLite and on PostgreSQL."""
+    return both_databases
+
+
 @pytest_asyncio.fixture
 async def server(start, clock):
     app = await start(clock=clock, auth="jwt", jwt_secret=SECRET)
@@ -159,3 +165,106 @@ async def test_a_group_from_the_token_gives_its_members_a_role_and_a_user_entry_
     created_event = [e for e in await app.events(type="session_created") if e["user_id"] == "bob"][0]
     assert created_event["details"]["groups"] == ["readers", "team"]
     assert (await app.deps.store.get_session(bob["session_id"])).groups == ("readers", "team")
+
+
+@pytest_asyncio.fixture
+async def idp_server(start, clock):
+    """--jwt-roles-claim: the identity provider grants roles in the token."""
+    app = await start(clock=clock, auth="jwt", jwt_secret=SECRET, jwt_roles_claim="mcprt_roles")
+
+    def token(name: str, roles=None) -> str:
+        claims = {"sub": name, "exp": int(clock.now) + 3600}
+        if roles is not None:
+            claims["mcprt_roles"] = roles
+        return jwt.encode(claims, SECRET, algorithm="HS256")
+
+    async def user(name: str, roles=None) -> dict:
+        reply = await app.fetch("POST", "/api/sessions", {}, headers={"Authorization": f"Bearer {token(name, roles)}"})
+        assert reply.status == 201, reply.json
+        return reply.json
+    app.token, app.user = token, user
+    return app
+
+
+async def test_roles_in_the_token_grant_by_id_and_prefix_and_add_to_members(idp_server):
+    server = idp_server
+    for document_id in ("reports-q1", "reports-q2", "plan", "secret"):
+        assert (await server.fetch("POST", "/api/documents", {"document_id": document_id, "format": "text"},
+                                   admin=True)).status == 201  # made by an operator: no members
+    bob = await server.user("bob", {"reports-*": "viewer", "reports-q2": "editor", "plan": "owner",
+                                    "bad id!": "owner", "secret": "admin"})  # the last two are ignored
+    roles = {}
+    for document_id in ("reports-q1", "reports-q2", "plan"):
+        ws = await server.ws_connect(bob["session_id"], document_id)
+        roles[document_id] = ws.state["payload"]["role"]
+    assert roles == {"reports-q1": "viewer", "reports-q2": "editor", "plan": "owner"}  # the exact id wins
+    # A document nobody named is closed when roles come from tokens, even without members.
+    assert (await server.fetch("GET", "/api/documents/secret", headers=bearer(bob))).status == 404
+    assert (await server.fetch("PUT", "/api/documents/plan/members", {"member": "user:carol", "role": "viewer"},
+                               headers=bearer(bob))).status == 200  # the granted owner manages members
+    carol = await server.user("carol", {"plan": "editor"})
+    assert (await server.ws_connect(carol["session_id"], "plan")).state["payload"]["role"] == "editor"  # the higher
+    nobody = await server.user("dave")  # no roles claim at all: nothing granted
+    assert (await server.fetch("GET", "/api/documents/reports-q1", headers=bearer(nobody))).status == 404
+    stored = await server.deps.store.get_session(bob["session_id"])
+    assert dict(stored.grants) == {"plan": "owner", "reports-*": "viewer", "reports-q2": "editor"}
+    await server.settle()
+    created_event = [e for e in await server.events(type="session_created") if e["user_id"] == "bob"][0]
+    assert created_event["details"]["grants"] == {"plan": "owner", "reports-*": "viewer", "reports-q2": "editor"}
+
+
+async def test_auth_refresh_takes_the_fresh_tokens_grants_at_once(idp_server):
+    server = idp_server
+    await server.fetch("POST", "/api/documents", {"document_id": "plan", "format": "text"}, admin=True)
+    bob = await server.user("bob", {"plan": "viewer"})
+    ws = await server.ws_connect(bob["session_id"], "plan")
+    assert ws.state["payload"]["role"] == "viewer"
+    await ws.send_msg("auth_refresh", {"token": server.token("bob", {"plan": "editor"})}, "r1")
+    await ws.recv_type("auth_refreshed")
+    assert (await ws.recv_type("permissions"))["payload"] == {"document_id": "plan", "role": "editor"}
+    await ws.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "ok"}})
+    assert (await ws.recv_type("edit_ack"))["payload"]["revision"] == 1
+    assert dict((await server.deps.store.get_session(bob["session_id"])).grants) == {"plan": "editor"}
+    await ws.send_msg("auth_refresh", {"token": server.token("bob", {})}, "r2")  # the grant is gone
+    await ws.recv_type("auth_refreshed")
+    code, _ = await ws.closed()
+    assert code == 4013
+
+
+async def test_the_document_listing_shows_what_the_caller_may_read_with_its_role(server):
+    alice, bob, carol = await server.user("alice"), await server.user("bob"), await server.user("carol")
+    for document_id in ("a-doc", "b-doc", "c-doc"):
+        await created(server, alice, document_id)
+    await server.fetch("POST", "/api/documents", {"document_id": "d-open", "format": "text"}, admin=True)
+    await set_role(server, alice, "user:bob", "viewer", "b-doc")
+    await set_role(server, alice, "*", "viewer", "c-doc")
+
+    async def listing(who, query: str = "") -> dict:
+        reply = await server.fetch("GET", f"/api/documents{query}", headers=bearer(who) if who else None,
+                                   admin=who is None)
+        assert reply.status == 200, reply.json
+        return reply.json
+    assert {d["document_id"]: d["role"] for d in (await listing(alice))["documents"]} == {
+        "a-doc": "owner", "b-doc": "owner", "c-doc": "owner", "d-open": "editor"}  # d-open: no members
+    assert {d["document_id"]: d["role"] for d in (await listing(bob))["documents"]} == {
+        "b-doc": "viewer", "c-doc": "viewer", "d-open": "editor"}
+    assert [d["document_id"] for d in (await listing(carol))["documents"]] == ["c-doc", "d-open"]
+    assert len((await listing(None))["documents"]) == 4  # an operator sees every document
+    first = await listing(alice, "?limit=2")
+    assert [d["document_id"] for d in first["documents"]] == ["a-doc", "b-doc"] and first["next_after"] == "b-doc"
+    second = await listing(alice, f"?limit=2&after={first['next_after']}")
+    assert [d["document_id"] for d in second["documents"]] == ["c-doc", "d-open"]
+    assert (await server.fetch("GET", "/api/documents")).status == 401  # no session, no listing
+
+
+async def test_the_listing_follows_token_grants_by_prefix(idp_server):
+    server = idp_server
+    for document_id in ("team_a-1", "team_a-2", "teamXa-3", "other"):  # `_` is no wildcard
+        await server.fetch("POST", "/api/documents", {"document_id": document_id, "format": "text"}, admin=True)
+    bob = await server.user("bob", {"team_a-*": "viewer", "other": "editor"})
+    reply = await server.fetch("GET", "/api/documents", headers=bearer(bob))
+    assert {d["document_id"]: d["role"] for d in reply.json["documents"]} == {
+        "other": "editor", "team_a-1": "viewer", "team_a-2": "viewer"}
+    everyone = await server.user("eve", {"*": "viewer"})
+    reply = await server.fetch("GET", "/api/documents", headers=bearer(everyone))
+    assert len(reply.json["documents"]) == 4

@@ -165,7 +165,7 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise AppError(ErrorCode.RATE_LIMITED, "too many failed attempts from this address; retry later",
                                {"retry_after": self.deps.audit.window}) from None
             raise AppError(exc.code, exc.message, {**exc.details, "session_id": mask(session_id)}, status=401) from None
-        return Author(user_id=session.user_id, peer_id=session.peer_id, groups=session.groups)
+        return Author(user_id=session.user_id, peer_id=session.peer_id, groups=session.groups, grants=session.grants)
 
     def require_admin(self) -> None:
         """Operators only: the admin token from the settings, compared in constant time."""

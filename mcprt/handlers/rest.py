@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from .. import __version__
-from ..clock import iso_seconds, parse_iso
+from ..clock import iso, iso_seconds, parse_iso
 from ..documents import Author, check_document_id, creator
 from ..protocol import AppError, ErrorCode
 from ..audit import event_json
@@ -167,6 +167,23 @@ class EventsHandler(ApiHandler):
 
 
 class DocumentsHandler(ApiHandler):
+    async def get(self) -> None:
+        """The documents the caller may read, by id, each with the caller's role; ?after=<id> pages on."""
+        author = await self.require_editor()
+        limit = int_arg(self, "limit", 100, 1, 1000)
+        after = self.get_query_argument("after", None) or None
+        if after is not None:
+            check_document_id(after)
+        operator = author is OPERATOR
+        rows = await self.deps.store.list_documents(limit=limit, after=after,
+                                                    readable=self.deps.access.readable(author, operator))
+        documents = [{"document_id": r.document_id, "format": r.format, "created_at": iso(r.created_at),
+                      "role": await self.deps.access.role(r.document_id, author, operator)} for r in rows]
+        body = {"documents": documents, "next_after": rows[-1].document_id if len(rows) == limit else None}
+        if body["next_after"] is not None:
+            body["next"] = f"{self.request.path}?{urlencode({'limit': limit, 'after': body['next_after']})}"
+        self.write_json(body)
+
     async def post(self) -> None:
         """Create a document (format html unless told text)."""
         author = await self.require_editor()
@@ -195,7 +212,7 @@ class ProbedHandler(ApiHandler):
         """`call(document_id, *args)` for an editor, counting a NOT_FOUND against the session."""
         author = await self.require_editor()
         check_document_id(document_id)
-        await self.deps.access.require(document_id, author.user_id, "viewer", author is OPERATOR, author.groups)
+        await self.deps.access.require(document_id, author, "viewer", author is OPERATOR)
         limit = self.deps.limits.probes.limit
         if author is not OPERATOR and self.deps.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
@@ -229,7 +246,7 @@ class RestoreHandler(ApiHandler):
         """Write the content of an old revision as a new revision; editors receive it as an edit."""
         author = await self.require_editor()
         check_document_id(document_id)
-        await self.deps.access.require(document_id, author.user_id, "editor", author is OPERATOR, author.groups)
+        await self.deps.access.require(document_id, author, "editor", author is OPERATOR)
         revision = self.json_body("document_restore")["revision"]
         applied = await self.deps.edits.restore(document_id, revision, author)
         self.deps.audit.event("document", "document_restored", "info", {"from_revision": revision,
@@ -249,7 +266,7 @@ class MembersHandler(ApiHandler):
                            "editor of everything", {"pointer": "/"})
         if await self.deps.documents.store.get_document(document_id) is None:
             raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
-        await self.deps.access.require(document_id, author.user_id, "owner", author is OPERATOR, author.groups)
+        await self.deps.access.require(document_id, author, "owner", author is OPERATOR)
         return author
 
     async def get(self, document_id: str) -> None:

@@ -157,7 +157,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                 "format": self.document.format, "owner": self.user_id if deps.access.enforced else None,
                 "via": "join"}, **self.where())
         try:
-            self.role = await deps.access.require(self.document_id, self.user_id, "viewer", groups=session.groups)
+            self.role = await deps.access.require(self.document_id, session, "viewer")
         except AppError as exc:
             exc.details["close_code"] = CLOSE_ACCESS_REVOKED
             raise
@@ -375,9 +375,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                                      {"pointer": "/payload/token"}), id_)
             return
         session = await deps.sessions.extend(self.session_id, identity, self.client())
-        for peer in deps.hub.session_peers(self.session_id):
-            peer.expires = session.expires_at
         self.send(P.AUTH_REFRESHED, {"expires_at": iso(session.expires_at)}, id_)
+        for peer in deps.hub.session_peers(self.session_id):  # the fresh token's groups and grants apply now
+            peer.session, peer.expires = session, session.expires_at
+            await recheck_role(deps, peer)
 
     def on_realtime_edit(self, message: dict):
         if self.role not in ("editor", "owner"):
@@ -519,15 +520,20 @@ async def refresh_roles(deps, document_id: str) -> None:
     """After a change of a document's members: each live socket learns its role (`permissions`), and one
     that may no longer read the document closes with 4013."""
     for peer in deps.hub.members(document_id):
-        role = await deps.access.role(document_id, peer.user_id, groups=peer.session.groups)
-        if role is None:
-            peer.send_error(AppError(ErrorCode.UNAUTHORIZED, "your access to this document was revoked",
-                                     {"document_id": document_id}))
-            peer.end_reason = "access_revoked"
-            peer.close(CLOSE_ACCESS_REVOKED, "access revoked")
-        elif role != peer.role:
-            peer.role = role
-            peer.send(P.PERMISSIONS, {"document_id": document_id, "role": role})
+        await recheck_role(deps, peer)
+
+
+async def recheck_role(deps, peer) -> None:
+    """A live socket's role looked up again: `permissions` when it changed, close 4013 when it is gone."""
+    role = await deps.access.role(peer.document_id, peer.session)
+    if role is None:
+        peer.send_error(AppError(ErrorCode.UNAUTHORIZED, "your access to this document was revoked",
+                                 {"document_id": peer.document_id}))
+        peer.end_reason = "access_revoked"
+        peer.close(CLOSE_ACCESS_REVOKED, "access revoked")
+    elif role != peer.role:
+        peer.role = role
+        peer.send(P.PERMISSIONS, {"document_id": peer.document_id, "role": role})
 
 
 def close_session_sockets(deps, session_id: str, reason: str) -> None:

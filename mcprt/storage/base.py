@@ -41,6 +41,16 @@ def document_chain(document_id: str) -> str:
     return f"document:{document_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """What lets a caller read a document, as a listing filters it: a member entry among `members`, an
+    id among `ids`, an id starting with one of `prefixes`, or (`unset`) no members at all."""
+    members: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    unset: bool = False
+
+
 # -- records -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,8 @@ class SessionRecord:
     last_seen: float | None = None
     id: int | None = None  # assigned by the store: the keyset cursor of a listing
     groups: tuple[str, ...] = ()  # from the token that made the session (--jwt-groups-claim)
+    # (pattern, role) pairs the token granted (--jwt-roles-claim); None: no roles claim is in use
+    grants: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +156,10 @@ class Write:
 # kind -> (its columns in order, the positions among them that are times). The backends hold the statements.
 KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "insert_session": (("session_id", "peer_id", "user_id", "client_info", "state", "created_at", "activated_at",
-                        "expires_at", "ended_at", "end_reason", "last_seen", "member_groups"), (5, 6, 7, 8, 10)),
+                        "expires_at", "ended_at", "end_reason", "last_seen", "member_groups", "token_roles"),
+                       (5, 6, 7, 8, 10)),
     "update_session": (("state", "activated_at", "expires_at", "ended_at", "end_reason", "last_seen",
-                        "session_id", "expected_state"), (1, 2, 3, 5)),
+                        "member_groups", "token_roles", "session_id", "expected_state"), (1, 2, 3, 5)),
     "insert_event": (("time", "kind", "type", "severity", "session_id", "user_id", "document_id",
                       "connection_id", "client_addr", "user_agent", "details"), (0,)),
     "insert_connection": (("connection_id", "session_id", "user_id", "peer_id", "document_id", "client_type",
@@ -170,7 +183,13 @@ def session_written(record: SessionRecord) -> Write:
     r = record
     return Write("insert_session", (r.session_id, r.peer_id, r.user_id, r.client_info, r.state, r.created_at,
                                     r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen,
-                                    json.dumps(list(r.groups)) if r.groups else None))
+                                    *_claims(r)))
+
+
+def _claims(r: SessionRecord) -> tuple[str | None, str | None]:
+    """A session's groups and grants as stored: JSON, or NULL for none."""
+    return (json.dumps(list(r.groups)) if r.groups else None,
+            None if r.grants is None else json.dumps(dict(r.grants), ensure_ascii=False))
 
 
 def session_moved(record: SessionRecord, expected_state: str) -> Write:
@@ -178,7 +197,7 @@ def session_moved(record: SessionRecord, expected_state: str) -> Write:
     the result is 1 when the row changed, 0 when it had moved on)."""
     r = record
     return Write("update_session", (r.state, r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen,
-                                    r.session_id, expected_state), counted=True)
+                                    *_claims(r), r.session_id, expected_state), counted=True)
 
 
 def event_written(event: EventRecord) -> Write:
@@ -280,6 +299,10 @@ class DocumentReads(Protocol):
     async def get_document(self, document_id: str) -> DocumentRecord | None: ...
 
     async def count_documents(self) -> int: ...
+
+    async def list_documents(self, *, limit: int = 100, after: str | None = None,
+                             readable: "Readable | None" = None) -> list[DocumentRecord]:
+        """By id, from after the id `after`; with `readable`, only the documents it lets the caller read."""
 
     async def ops(self, document_id: str, after: int, upto: int | None = None,
                   limit: int | None = None) -> list[OpRecord]:

@@ -11,7 +11,8 @@ import asyncio
 import json
 from typing import Any
 
-from .base import EVENT_FILTERS, KINDS, ConnectionRecord, DocumentRecord, EventRecord, OpRecord, SessionRecord, SnapshotRecord, Write
+from .base import (EVENT_FILTERS, KINDS, ConnectionRecord, DocumentRecord, EventRecord, OpRecord, Readable,
+                   SessionRecord, SnapshotRecord, Write)
 from .batch import GroupCommit
 
 EVENT_PRUNE_CHUNK = 2000   # events one pruning write deletes: ~45 ms of the SQLite writer measured
@@ -27,7 +28,7 @@ def _insert(table: str, kind: str, tail: str = "") -> str:
 STATEMENTS: dict[str, str] = {
     "insert_session": _insert("sessions", "insert_session"),
     "update_session": "UPDATE sessions SET state = ?, activated_at = ?, expires_at = ?, ended_at = ?, end_reason = ?,"
-                      " last_seen = ? WHERE session_id = ? AND state = ?",
+                      " last_seen = ?, member_groups = ?, token_roles = ? WHERE session_id = ? AND state = ?",
     "insert_event": _insert("events", "insert_event"),
     "insert_connection": _insert("connections", "insert_connection"),
     "close_connection": "UPDATE connections SET closed_at = ?, close_code = ?, close_reason = ?, messages_in = ?,"
@@ -47,7 +48,7 @@ STATEMENTS: dict[str, str] = {
 assert set(STATEMENTS) == set(KINDS), "every write intent has its statement"
 
 _SESSION = "session_id, peer_id, user_id, client_info, state, created_at, expires_at, activated_at, ended_at," \
-           " end_reason, last_seen, id, member_groups"
+           " end_reason, last_seen, id, member_groups, token_roles"
 _EVENT = "time, kind, type, severity, details, session_id, user_id, document_id, connection_id, client_addr," \
          " user_agent, id"
 _CONNECTION = "connection_id, session_id, user_id, peer_id, document_id, client_type, client_addr, user_agent," \
@@ -89,7 +90,8 @@ class SqlStore(GroupCommit):
     def _session(self, row: tuple) -> SessionRecord:
         t = self._maybe_time
         return SessionRecord(row[0], row[1], row[2], row[3], row[4], t(row[5]), t(row[6]), t(row[7]), t(row[8]),
-                             row[9], t(row[10]), row[11], tuple(json.loads(row[12])) if row[12] else ())
+                             row[9], t(row[10]), row[11], tuple(json.loads(row[12])) if row[12] else (),
+                             None if row[13] is None else tuple(json.loads(row[13]).items()))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rows = await self._fetch(f"SELECT {_SESSION} FROM sessions WHERE session_id = ?", (session_id,))
@@ -124,6 +126,31 @@ class SqlStore(GroupCommit):
 
     async def count_documents(self) -> int:
         return (await self._fetch("SELECT count(*) FROM documents"))[0][0]
+
+    async def list_documents(self, *, limit: int = 100, after: str | None = None,
+                             readable: Readable | None = None) -> list[DocumentRecord]:
+        where, params = [], []
+        if after is not None:
+            where.append("document_id > ?")
+            params.append(after)
+        if readable is not None:
+            r, either = readable, []
+            if r.members:
+                either.append("EXISTS (SELECT 1 FROM members m WHERE m.document_id = documents.document_id AND"
+                              f" m.member IN ({', '.join('?' * len(r.members))}))")
+                params.extend(r.members)
+            if r.ids:
+                either.append(f"document_id IN ({', '.join('?' * len(r.ids))})")
+                params.extend(r.ids)
+            for prefix in r.prefixes:
+                either.append("substr(document_id, 1, ?) = ?")
+                params.extend((len(prefix), prefix))
+            if r.unset:
+                either.append("NOT EXISTS (SELECT 1 FROM members m WHERE m.document_id = documents.document_id)")
+            where.append("(" + " OR ".join(either or ["1 = 0"]) + ")")
+        sql = "SELECT document_id, format, created_at FROM documents" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._fetch(f"{sql} ORDER BY document_id LIMIT ?", (*params, limit))
+        return [DocumentRecord(r[0], r[1], self._time_out(r[2])) for r in rows]
 
     def _op(self, row: tuple) -> OpRecord:
         return OpRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], self._time_out(row[6]),
