@@ -238,7 +238,8 @@ class Editor {
       sessionInfo: q('.session-info'), toolbar: q('.toolbar'), linkBox: q('.link-box'), linkUrl: q('.link-url'),
       formatBadge: q('.format-badge'), wrap: q('.editor-wrap'), rich: q('.rich'), plain: q('.plain'),
       carets: q('.carets'), presence: q('.presence'), sync: q('.sync'), log: q('.log'), logCount: q('.log-count'),
-      showHeartbeats: q('.show-heartbeats'),
+      showHeartbeats: q('.show-heartbeats'), tokenField: q('.token-field'), token: q('.user-token'),
+      roleBadge: q('.role-badge'),
     };
     this.els.sideName.textContent = this.label;
     this.els.userName.value = userName;
@@ -259,6 +260,7 @@ class Editor {
     this.latency = null;
     this.peers = new Map();
     this.logEntries = 0;
+    this.role = 'editor';     // the document_state's role; a viewer's editor is read-only
 
     this.client = new OTClient({
       send: (op, base) => this.sendEdit(op, base),
@@ -301,7 +303,7 @@ class Editor {
     const { els } = this;
     els.sessionForm.addEventListener('submit', (event) => {
       event.preventDefault();
-      this.createSession(els.userName.value.trim(), els.activateNow.checked);
+      this.createSession(els.userName.value.trim(), els.activateNow.checked, els.token.value.trim());
     });
     els.activate.addEventListener('click', () => this.activate());
     els.invalidate.addEventListener('click', () => this.invalidate());
@@ -423,17 +425,23 @@ class Editor {
 
   // -------------------------------------------------------------- sessions
 
-  async createSession(userId, activate = true) {
-    if (!userId) return;
-    const reply = await api('POST', '/api/sessions', {
-      user_id: userId, client_info: `mcprt demo, ${this.label.toLowerCase()}`, activate,
-    });
+  /** A session for `userId`, or (under --auth jwt) for the user a token names. */
+  async createSession(userId, activate = true, token = '') {
+    if (!userId && !token) {
+      this.info(demo.auth === 'jwt' ? 'this server needs a JWT from its identity provider for a session'
+        : 'a session needs a user name');
+      return;
+    }
+    const body = { client_info: `mcprt demo, ${this.label.toLowerCase()}`, activate };
+    if (userId) body.user_id = userId;
+    const reply = await api('POST', '/api/sessions', body, token ? { Authorization: `Bearer ${token}` } : {});
     if (!reply.ok) {
       this.info(`could not create a session: ${errorText(reply)}`);
       return;
     }
     this.session = reply.json;
-    this.info(`new ${this.session.state.toLowerCase()} session for ${userId}`);
+    this.els.userName.value = this.session.user_id;
+    this.info(`new ${this.session.state.toLowerCase()} session for ${this.session.user_id}`);
     this.renderSession();
     if (this.session.state === 'Active') this.connect();
     else this.disconnect('no-session', 'waiting for activation');
@@ -692,6 +700,10 @@ class Editor {
                                              id: entry.message_id });
         }
       },
+      permissions: (p) => {
+        this.setRole(p.role);
+        this.info(`your role on ${p.document_id} is now ${p.role}`);
+      },
       heartbeat_ack: (p, m) => {
         const sent = this.heartbeats.get(m.id);
         if (sent === undefined) return;
@@ -736,6 +748,7 @@ class Editor {
     this.joined = true;
     this.reconnectAttempt = 0;
     this.setFormat(p.format);
+    this.setRole(p.role || 'editor');
     this.peers.clear();
     const mine = this.session && this.session.peer_id;
     for (const participant of p.participants || []) {
@@ -870,6 +883,10 @@ class Editor {
 
   onRichInput() {
     if (this.hold || this.format !== 'html') return;
+    if (this.readOnly) {  // never sent: a viewer's edit would only be refused
+      this.render(this.content, null, true);
+      return;
+    }
     const { rich } = this.els;
     // Browsers add style attributes while editing; the server would strip them and log it.
     for (const node of rich.querySelectorAll('[style]')) node.removeAttribute('style');
@@ -893,6 +910,10 @@ class Editor {
 
   onPlainInput() {
     if (this.format !== 'text') return;
+    if (this.readOnly) {
+      this.render(this.content, null);
+      return;
+    }
     const now = this.els.plain.value;
     if (now !== this.content) this.localEdit(diff(this.content, now));
   }
@@ -904,9 +925,31 @@ class Editor {
     const rich = this.format === 'html';
     this.els.rich.hidden = !rich;
     this.els.plain.hidden = rich;
-    for (const button of this.els.toolbar.querySelectorAll('button')) button.disabled = !rich;
-    if (!rich) this.els.linkBox.hidden = true;
     this.els.formatBadge.textContent = rich ? 'rich text' : 'plain text';
+    this.applyRole();
+  }
+
+  /** The role the server gave this socket: a viewer reads and follows, and cannot type. */
+  setRole(role) {
+    this.role = role;
+    this.applyRole();
+  }
+
+  get readOnly() {
+    return this.role === 'viewer';
+  }
+
+  applyRole() {
+    const { els } = this;
+    const rich = this.format === 'html';
+    els.rich.contentEditable = this.hold || this.readOnly ? 'false' : 'true';
+    els.plain.readOnly = this.readOnly;
+    for (const button of els.toolbar.querySelectorAll('button')) button.disabled = !rich || this.readOnly;
+    if (!rich || this.readOnly) els.linkBox.hidden = true;
+    els.roleBadge.hidden = this.role === 'editor';
+    els.roleBadge.textContent = this.readOnly ? 'view only' : this.role;
+    els.roleBadge.dataset.role = this.role;
+    this.card.classList.toggle('read-only', this.readOnly);
   }
 
   /** Show `content`, moving the caret over `op` (the change from `before`), never stealing focus. */
@@ -950,7 +993,7 @@ class Editor {
 
   releaseHold() {
     this.hold = false;
-    this.els.rich.contentEditable = 'true';
+    this.applyRole();
     this.render(this.content, null, true);
     const waiters = this.holdWaiters;
     this.holdWaiters = [];
@@ -1088,7 +1131,7 @@ class Editor {
       pending: this.client.pending, syncing: this.syncing, latency: this.latency,
       text: this.format === 'text' ? this.els.plain.value : this.els.rich.textContent,
       peers: [...this.peers.values()].map((p) => ({ user: p.user, cursor: p.cursor })),
-      corrections: this.client.corrections,
+      corrections: this.client.corrections, role: this.role,
     };
   }
 }
@@ -1136,6 +1179,7 @@ const params = new URLSearchParams(location.search);
 const editors = [];
 const demo = {
   editors,
+  auth: 'open',  // the server's --auth, from /health
   api,
   get ready() {
     return editors.length === 2 && editors.every((e) => e.joined && e.revision >= 0);
@@ -1180,9 +1224,10 @@ function setUpHealth() {
     const healthy = reply.ok && reply.json && reply.json.status === 'healthy';
     box.dataset.state = healthy ? 'ok' : 'bad';
     text.textContent = healthy ? `healthy · v${reply.json.version}` : `unhealthy (${reply.status || 'no reply'})`;
+    return reply;
   };
-  check();
   setInterval(check, 30000);
+  return check();
 }
 
 function setUpApiPanel() {
@@ -1297,7 +1342,15 @@ async function main() {
     section.append(card);
     editors.push(new Editor(i, card, users[i] || `user${i + 1}`));
   }
-  setUpHealth();
+  const health = await setUpHealth();
+  if (health.json && health.json.auth === 'jwt') {  // sessions come from the identity provider's tokens
+    demo.auth = 'jwt';
+    for (const editor of editors) {
+      editor.els.tokenField.hidden = false;
+      editor.els.userName.value = '';
+      editor.els.userName.placeholder = 'from the token';
+    }
+  }
   setUpApiPanel();
   setUpSecurityPanel();
   document.getElementById('doc-form').addEventListener('submit', (event) => {
@@ -1309,7 +1362,8 @@ async function main() {
   const docId = params.get('doc') || 'default';
   const format = params.get('format') === 'text' ? 'text' : 'html';
   document.getElementById('doc-format').value = format;
-  await Promise.all(editors.map((e) => e.createSession(e.els.userName.value.trim(), true)));
+  if (demo.auth === 'open') await Promise.all(editors.map((e) => e.createSession(e.els.userName.value.trim(), true)));
+  else for (const editor of editors) editor.info('this server runs --auth jwt: paste a JWT and press New session');
   await openDocument(docId, format);
 }
 

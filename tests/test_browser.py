@@ -379,3 +379,52 @@ async def test_a_30kb_paste_arrives_whole_in_the_other_editor(start, browser):
     await harness.settle()
     ops = (await harness.fetch("GET", "/api/documents/default/history?limit=1000", admin=True)).json["ops"]
     assert len(ops) >= 3  # sent as several edits under the 10 KB limit, each acknowledged
+
+
+async def test_a_viewers_editor_is_read_only_until_it_is_made_an_editor(start, browser):
+    """--auth jwt: sessions from tokens pasted in the cards; the owner types, the viewer follows and cannot."""
+    import jwt
+    secret = "a-deployment-secret-of-at-least-32-characters"
+    harness = await start(auth="jwt", jwt_secret=secret)
+
+    def token(user: str) -> str:
+        return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+    doc = unique("plan")
+    owner = await harness.fetch("POST", "/api/sessions", {}, headers={"Authorization": f"Bearer {token('alice')}"})
+    assert (await harness.fetch("POST", "/api/documents", {"document_id": doc},
+                                headers={"X-Session-ID": owner.json["session_id"]})).status == 201
+    assert (await harness.fetch("PUT", f"/api/documents/{doc}/members", {"member": "user:bob", "role": "viewer"},
+                                admin=True)).status == 200
+
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    demo = Demo(page)
+    OPENED.append(demo)
+    await page.goto(f"{harness.base}/?doc={doc}")
+    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.auth === 'jwt'")
+    for side, user in ((1, "alice"), (2, "bob")):
+        await demo.card(side).locator(".user-token").fill(token(user))
+        await demo.card(side).locator(".btn-create").click()
+    await page.wait_for_function("() => window.mcprtDemo.ready", timeout=10_000)
+    assert [s["role"] for s in await demo.states()] == ["owner", "viewer"]
+    assert [s["user"] for s in await demo.states()] == ["alice", "bob"]
+    assert await demo.rich(2).get_attribute("contenteditable") == "false"
+    assert await demo.card(2).locator(".role-badge").inner_text() == "view only"
+    assert await demo.card(2).locator('.toolbar button[data-cmd="bold"]').is_disabled()
+
+    await demo.type_at_end(1, "owner text")
+    await converged(harness, [demo], doc)
+    await demo.rich(2).click(force=True)
+    await page.keyboard.type("viewer text")
+    content = await converged(harness, [demo], doc)
+    assert "owner text" in content and "viewer text" not in content
+    assert "viewer text" not in await demo.rich(2).inner_text()
+
+    reply = await harness.fetch("PUT", f"/api/documents/{doc}/members", {"member": "user:bob", "role": "editor"},
+                                admin=True)
+    assert reply.status == 200
+    await page.wait_for_function("() => window.mcprtDemo.states[1].role === 'editor'")
+    assert await demo.rich(2).get_attribute("contenteditable") == "true"
+    await demo.type_at_end(2, " and bob")
+    content = await converged(harness, [demo], doc)
+    assert content.count("owner text") == 1 and "and bob" in content
+    demo.assert_clean()

@@ -33,7 +33,7 @@ class HealthHandler(ApiHandler):
         healthy = database == "ok"
         self.write_json({"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
                          "timestamp": iso_seconds(self.deps.clock()), "version": __version__,
-                         "checks": {"database": database}}, 200 if healthy else 503)
+                         "auth": self.deps.settings.auth, "checks": {"database": database}}, 200 if healthy else 503)
 
 
 def int_arg(handler: ApiHandler, name: str, default: int | None, low: int = 0, high: int = 10**12) -> int | None:
