@@ -13,6 +13,7 @@ import time
 
 from . import __version__
 from .clock import iso, parse_iso
+from .cluster import check_cluster
 from .identity import check_auth
 from .config import add_settings_arguments, parse_duration, settings_from_namespace
 
@@ -79,6 +80,7 @@ def cmd_serve(args) -> int:
     try:
         factory = loop_factory(settings.loop)
         check_auth(settings)
+        check_cluster(settings)
     except ValueError as exc:
         log.error("%s", exc)
         return 2

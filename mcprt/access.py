@@ -85,6 +85,10 @@ class Access:
             found = self._members[document_id] = await self.store.members(document_id)
         return found
 
+    def forget(self, document_id: str) -> None:
+        """Drop the cached members (another node changed them)."""
+        self._members.pop(document_id, None)
+
     async def role(self, document_id: str, who: Principal, operator: bool = False) -> str | None:
         if not self.enforced:
             return "editor"

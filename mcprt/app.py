@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 from typing import Callable
@@ -19,6 +20,7 @@ from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
 from .sessions import mask
+from .cluster import TEST_HOOKS, Cluster, SharedDocuments, SharedSessions, check_cluster
 from .identity import check_auth
 from .storage import store_for
 from .storage.base import Store
@@ -134,13 +136,22 @@ class Server:
         """Open and migrate the database, listen, and start sweeping."""
         allocator.keep_large_blocks()
         check_auth(self.settings)  # before the store opens: a setting that cannot work is refused first
-        store = await store_for(self.settings.db, check_wal=True).open()
+        check_cluster(self.settings)
+        store = store_for(self.settings.db, check_wal=True)
+        self._lock = store.lock_exclusive() if hasattr(store, "lock_exclusive") else None
+        try:
+            store = await store.open()
+        except BaseException:
+            self._unlock()
+            raise
         store.on_fatal = self._store_failed
         self.app = make_app(self.settings, store=store, clock=self.clock)
         self.port = self._listen(self.app, self.settings.host, self.settings.port)
         if self.settings.metrics_port is not None:
             self.metrics_port = self._listen(make_metrics_app(self.deps), "127.0.0.1", self.settings.metrics_port)
         self.deps.sessions.on_end.append(self._session_ended)
+        if self.settings.redis:
+            await self._join_cluster()
         self.deps.access.on_change.append(
             lambda document_id: self.deps.tasks.spawn(ws.refresh_roles(self.deps, document_id), "refresh roles"))
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -148,6 +159,26 @@ class Server:
                               {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer,
                                "loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]})
         return self
+
+    async def _join_cluster(self) -> None:
+        deps = self.deps
+        deps.cluster = await Cluster(self.settings.redis, self.settings.redis_prefix, self.settings.node_id).start()
+        SharedSessions(deps.cluster, deps.sessions, lambda session_id, reason: ws.close_session_sockets(
+            deps, session_id, reason))
+        deps.shared = SharedDocuments(deps.cluster, deps, self.settings.lease_ttl, os.environ.get(TEST_HOOKS, ""))
+        # Members changed here reach the sockets on every node; the others read them again.
+        deps.access.on_change.append(lambda document_id: deps.cluster.publish(
+            deps.cluster.control, {"t": "members", "d": document_id}))
+
+        def members_changed(body: dict) -> None:
+            deps.access.forget(body["d"])
+            deps.tasks.spawn(ws.refresh_roles(deps, body["d"]), "refresh roles")
+        deps.cluster.handlers["members"] = members_changed
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
 
     def _listen(self, app: tornado.web.Application, host: str, port: int) -> int:
         settings = self.settings
@@ -221,7 +252,12 @@ class Server:
         self.deps.edits.cleaner.close()
         self.deps.audit.event("system", "server_stopped", "info", {})
         await self.deps.documents.flush()
+        if self.deps.shared is not None:
+            await self.deps.shared.stop()
+        if self.deps.cluster is not None:
+            await self.deps.cluster.stop()
         await self.deps.store.close()
+        self._unlock()
         log.info("stopped; event log flushed")
 
 

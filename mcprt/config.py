@@ -35,6 +35,15 @@ class Settings:
     port: int = field(default=3000, metadata={"help": "port to listen on (0: any free port)"})
     db: str = field(default="mcprt.db", metadata={
         "help": "the store: a SQLite file (mcprt.db, sqlite:///path) or postgresql://user@host/db; migrated on start"})
+    redis: str | None = field(default=None, metadata={
+        "help": "cluster mode: redis://host:port/db shared by every node (needs a postgresql:// --db); unset: one process"})
+    redis_prefix: str = field(default="mcprt", metadata={
+        "help": "cluster mode: the prefix of every Redis key and channel (one Redis may serve several deployments)"})
+    node_id: str | None = field(default=None, metadata={
+        "help": "cluster mode: this node's name in leases, /health and /metrics (unset: host-pid-random)"})
+    lease_ttl: float = field(default=5.0, metadata={
+        "help": "cluster mode: how long a node owns a document without renewing (a dead owner's documents move "
+                "to another node after this)", "type": parse_duration})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     allowed_origins: tuple = field(default=(), metadata={
         "help": "comma-separated origins allowed to open WebSockets besides the server's own", "type": _origins})

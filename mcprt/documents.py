@@ -105,6 +105,7 @@ class Applied:
     removed: tuple[str, ...]       # dangerous things sanitizing removed
     content: str | None            # the document at this revision; None once no reader needs it (lean mode)
     length: int                    # of content
+    again: bool = False            # the original ack of an edit applied before (a resend), not a new revision
 
 
 def _utf8_length(content: str | Text) -> int:
@@ -197,6 +198,10 @@ class DocumentService:
             raise
         finally:
             del self._loading[document_id]
+
+    def get_open(self, document_id: str) -> Document | None:
+        """The in-memory copy, if the document is open here."""
+        return self._open.get(document_id)
 
     def loaded(self, document_id: str) -> bool:
         """The document is in memory (so it exists)."""
@@ -437,6 +442,34 @@ class DocumentService:
         durable = self._persist(document, full, author, message_id, correction)
         return Applied(document, document.revision, full, correction, tuple(removed),
                        str(content) if keep_content else None, len(content)), durable
+
+    def follow(self, document: Document, revision: int, op: TextOperation, peer_id: str | None,
+               message_id: str | None) -> None:
+        """Take revision `revision`, committed by the document's owner on another node, into this copy
+        (one that follows: it stores nothing)."""
+        if revision != document.revision + 1:
+            raise ValueError(f"revision {revision} does not follow {document.revision}")
+        document.content = document.text.apply(op) if document.format == "text" else op.apply(document.content)
+        document.revision = revision
+        document.history.append(op)
+        document.authors.append((peer_id, message_id))
+        if len(document.history) > self.history_window:
+            del document.history[: len(document.history) - self.history_window]
+            del document.authors[: len(document.authors) - self.history_window]
+        if message_id is not None and peer_id is not None:
+            document.edits.setdefault(peer_id, {})[message_id] = revision
+
+    async def catch_up(self, document: Document) -> list:
+        """The stored ops past this copy's revision (what an owner committed that this copy missed),
+        oldest first, as OpRecords."""
+        return await self.store.ops(document.document_id, document.revision)
+
+    async def take_over(self, document: Document) -> None:
+        """This copy becomes the one that commits: its snapshot bookkeeping read from the store."""
+        snapshot = await self.store.latest_snapshot(document.document_id)
+        document.snapshot_revision = snapshot.revision if snapshot else 0
+        document.op_bytes = sum(size for _, _, size in await self.store.op_values(
+            document.document_id, document.snapshot_revision))
 
     def apply(self, document: Document, op: TextOperation, base: int, author: Author,
               message_id: str | None) -> tuple[Applied, asyncio.Future]:

@@ -44,6 +44,7 @@ class _Job:
     where: Callable[[], dict]  # the who/where fields of an event, built only if one is recorded
     reply: Reply
     started: float
+    origin: tuple | None = None  # (node, connection id) of an edit forwarded by another node
 
 
 class EditService:
@@ -53,6 +54,9 @@ class EditService:
                  tasks: Tasks, cleaner: Cleaner):
         self.documents, self.hub, self.audit, self.clock, self.metrics = documents, hub, audit, clock, metrics
         self.tasks, self.cleaner = tasks, cleaner
+        # Cluster mode: told of every durable revision (applied, author, message, origin) and of every reset.
+        self.on_published: Callable | None = None
+        self.on_reset: list[Callable[[Document], None]] = []
 
     def needs_base(self, document: Document, payload: dict) -> bool:
         """True for a content-only edit made against an older revision: its base content must be read
@@ -64,14 +68,15 @@ class EditService:
         return await self.documents.base_content(document, payload["base_revision"])
 
     def submit(self, document: Document, message: dict, author: Author, sender: Peer | None,
-               where: Callable[[], dict], reply: Reply, base_content: str | None = None) -> None:
+               where: Callable[[], dict], reply: Reply, base_content: str | None = None,
+               origin: tuple | None = None) -> None:
         """Take an edit in arrival order: `reply.done` once it is durable (then it is published to everyone
         on the document but `sender`, as they were when it was applied) or could not be stored (then the
         document is reset); `reply.refused` if it is refused later, while queued behind markup being
         cleaned (refused at once, AppError is raised); `reply.abusive` when the sender's xss attempts
         cross the violation threshold. Plain typing is applied here and now; markup is cleaned in the
         Cleaner's worker, and the document's later edits wait behind it."""
-        job = _Job(message, author, sender, where, reply, time.perf_counter())
+        job = _Job(message, author, sender, where, reply, time.perf_counter(), origin)
         revision = self.documents.applied_as(document, author.peer_id, message["id"])
         if revision is not None:  # resent (a lost ack, a reconnect, a restart): answered, never applied twice
             self.tasks.spawn(self._again(document, revision, reply.done), "answer a resent edit")
@@ -154,6 +159,8 @@ class EditService:
                 return
             job.reply.done(applied)
             self.publish(applied, job.author, job.message, job.sender, peers)
+            if self.on_published is not None:
+                self.on_published(applied, job.author, job.message, job.origin)
             self.metrics.edit_latency.observe(time.perf_counter() - job.started)
 
         durable.add_done_callback(stored)
@@ -169,7 +176,7 @@ class EditService:
         correction = original["correction"]
         done(Applied(document, revision, TextOperation.from_json(original["op"]),
                      TextOperation.from_json(correction) if correction is not None else None, (), original["content"],
-                     len(original["content"])))
+                     len(original["content"]), again=True))
 
     def _noop(self, document: Document, done: Done) -> None:
         """An edit that changes nothing (a client's buffered op that cancelled out): acknowledged at the
@@ -232,3 +239,5 @@ class EditService:
         self.audit.event("document", "document_reset", "high", {"why": why[:300], "revision": document.revision},
                          document_id=document.document_id)
         self.hub.close_document(document, CLOSE_SERVER_ERROR, "server_error")
+        for listener in list(self.on_reset):
+            listener(document)

@@ -13,6 +13,7 @@ from .config import Settings
 from .documents import DocumentService
 from .edits import EditService
 from .hub import Hub
+from .cluster import Cluster, SharedDocuments
 from .identity import Verifier, verifier_for
 from .limits import Limits
 from .metrics import Metrics
@@ -40,6 +41,8 @@ class Services:
     tasks: Tasks
     access: Access
     verifier: Verifier | None = None  # --auth jwt
+    cluster: "Cluster | None" = None  # --redis: set by the Server once Redis answers
+    shared: "SharedDocuments | None" = None  # --redis: who owns which document, and following the owner
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:

@@ -77,6 +77,8 @@ class SessionService:
         self._cache: dict[str, Session] = {}
         # Called with (session, reason) when a session ends; the socket side closes its connections.
         self.on_end: list[Callable[[Session, str], None]] = []
+        # Called with (session, end reason or None) after every stored change (the cluster tells the others).
+        self.on_change: list[Callable[[Session, str | None], None]] = []
 
     async def create(self, user_id: str, client_info: str | None, activate: bool, client: Client,
                      identity: Identity | None = None) -> Session:
@@ -112,6 +114,9 @@ class SessionService:
     async def authenticate(self, session_id: str) -> Session:
         """An Active, unexpired session, or INVALID_SESSION saying why not."""
         session = await self.get(session_id)
+        if session.state == PENDING:  # activated elsewhere (another node, say) since it was cached?
+            self.forget(session_id)
+            session = await self.get(session_id)
         if session.state != ACTIVE:
             raise AppError(ErrorCode.INVALID_SESSION, f"session is {session.state}, not Active",
                            {"state": session.state, "session_id": mask(session_id)})
@@ -140,7 +145,16 @@ class SessionService:
             "expires_at": iso(expires), "issuer": identity.issuer, "subject": identity.subject,
             **({"groups": list(moved.groups)} if moved.groups != session.groups else {}),
             **({"grants": dict(moved.grants or ())} if moved.grants != session.grants else {})}))
+        self._tell(moved, None)
         return moved
+
+    def forget(self, session_id: str) -> None:
+        """Drop a cached session (another node changed it): the next use reads the store."""
+        self._cache.pop(session_id, None)
+
+    def _tell(self, session: Session, ended: str | None) -> None:
+        for listener in list(self.on_change):
+            listener(session, ended)
 
     async def sweep(self) -> list[Session]:
         """Mark every session past its deadline Expired (rows stay) and tell listeners."""
@@ -212,9 +226,11 @@ class SessionService:
                 return stored
             raise _illegal(stored, action)
         self.store.enqueue(self._event(moved, EVENT_FOR[to], client, {"from": session.state, "to": to, "reason": reason}))
-        if to in (EXPIRED, INVALIDATED):
+        ended = {EXPIRED: "session_expired", INVALIDATED: "session_invalidated"}.get(to)
+        if ended:
             for listener in list(self.on_end):
-                listener(moved, "session_expired" if to == EXPIRED else "session_invalidated")
+                listener(moved, ended)
+        self._tell(moved, ended)
         return moved
 
     def _event(self, session: Session, type_: str, client: Client, details: dict):

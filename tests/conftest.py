@@ -169,6 +169,21 @@ def pg_cluster():
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """One throwaway redis-server for the whole run (see redisserver.py); tests keep apart by key prefix."""
+    from mcprt import redisserver
+    path = redisserver.binary()
+    if path is None:
+        reason = "redis-server is not installed"
+        if redisserver.REQUIRED:
+            pytest.fail(f"MCPRT_REQUIRE_REDIS=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = redisserver.RedisServer(path).start()
+    yield server
+    server.stop()
+
+
 BACKENDS = ["sqlite", "postgres"]
 
 

@@ -30,10 +30,17 @@ class HealthHandler(ApiHandler):
             database = f"error: writes: {exc}"
         except Exception as exc:  # any failure means unhealthy, whatever its type
             database = f"error: {type(exc).__name__}: {exc}"
-        healthy = database == "ok"
-        self.write_json({"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
-                         "timestamp": iso_seconds(self.deps.clock()), "version": __version__,
-                         "auth": self.deps.settings.auth, "checks": {"database": database}}, 200 if healthy else 503)
+        checks = {"database": database}
+        cluster = self.deps.cluster
+        if cluster is not None:
+            checks["redis"] = await cluster.ping()
+        healthy = all(value == "ok" for value in checks.values())
+        body = {"status": "healthy" if healthy else "unhealthy", "service": SERVICE_NAME,
+                "timestamp": iso_seconds(self.deps.clock()), "version": __version__, "auth": self.deps.settings.auth,
+                "checks": checks}
+        if cluster is not None:
+            body["node"] = cluster.node_id
+        self.write_json(body, 200 if healthy else 503)
 
 
 def int_arg(handler: ApiHandler, name: str, default: int | None, low: int = 0, high: int = 10**12) -> int | None:

@@ -147,6 +147,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.expires = session.expires_at
         deps.limits.check_connection(deps.hub.session_connections(self.session_id), deps.hub.connection_count)
         self.bucket = deps.limits.bucket(self.session_id)
+        if deps.shared is not None:  # cluster mode: own the document, or follow the node that does
+            await deps.shared.attach(self.document_id)
         self.document = await deps.documents.open(
             self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip),
             owner=None if deps.documents.loaded(self.document_id) else deps.access.owner_write(self.document_id,
@@ -163,6 +165,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             raise
         await deps.documents.know(self.document, self.peer_id)
         self.join()
+        if deps.shared is not None:
+            deps.shared.opened(self.document)
 
     def join(self) -> None:
         deps = self.deps
@@ -234,8 +238,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def fan_out(self, type_: str, message: dict) -> None:
         """Serialize once and send to everyone else on the document."""
-        n = self.deps.hub.publish(self.document_id, P.dumps(message), self)
+        text = P.dumps(message)
+        n = self.deps.hub.publish(self.document_id, text, self)
         self.deps.metrics.sent[type_].inc(n)
+        if self.deps.shared is not None:
+            self.deps.shared.fan(self.document_id, type_, text)
 
     # -- receiving -----------------------------------------------------
 
@@ -388,10 +395,38 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         payload = message["payload"]
         if "user_id" in payload and payload["user_id"] != self.user_id:
             raise_impersonation(self, payload["user_id"])
+        if self.deps.shared is not None and self._routed(message):
+            return None
         if self.deps.edits.needs_base(self.document, payload):
             return self._edit_from_old_base(message)
         self._submit(message)
         return None
+
+    def _routed(self, message: dict) -> bool:
+        """Cluster mode: True when another node owns the document (the edit went there) or ownership is
+        moving (the edit got SERVER_ERROR and is sent again); False when this node commits it."""
+        route = self.deps.shared.route(self.document_id)
+        if route == "local":
+            return False
+        if route == "forward":
+            self.deps.shared.forward(self.document, message, Author(self.user_id, self.peer_id, self.session_id),
+                                     self, self._ack_for(message))
+        else:
+            self.send_error(AppError(ErrorCode.SERVER_ERROR, "the document is moving between nodes; send the edit "
+                                     "again", {"retry_after_ms": 200}), message["id"])
+        return True
+
+    def _ack_for(self, message: dict):
+        """What answers an edit once it is durable (an Applied: edit_ack) or not stored (an AppError)."""
+        def done(outcome) -> None:
+            if isinstance(outcome, AppError):
+                self.send_error(outcome, message["id"])
+                return
+            ack = {"edit_id": message["id"], "revision": outcome.revision, "op": outcome.op.to_json(),
+                   "correction": outcome.correction.to_json() if outcome.correction else None}
+            ack.update({"length": outcome.length} if self.lean else {"content": outcome.content})
+            self.send(P.EDIT_ACK, ack, message["id"])
+        return done
 
     async def _edit_from_old_base(self, message: dict) -> None:
         self._submit(message, await self.deps.edits.base_content(self.document, message["payload"]))
@@ -403,17 +438,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.end(CLOSE_SERVER_ERROR, "server_error")
             return
 
-        def done(outcome) -> None:
-            if isinstance(outcome, AppError):
-                self.send_error(outcome, message["id"])
-                return
-            ack = {"edit_id": message["id"], "revision": outcome.revision, "op": outcome.op.to_json(),
-                   "correction": outcome.correction.to_json() if outcome.correction else None}
-            ack.update({"length": outcome.length} if self.lean else {"content": outcome.content})
-            self.send(P.EDIT_ACK, ack, message["id"])
-
         author = Author(self.user_id, self.peer_id, self.session_id)
-        reply = Reply(done, lambda exc: self.reject(exc, None, message["id"]), self.abuse_disconnect)
+        reply = Reply(self._ack_for(message), lambda exc: self.reject(exc, None, message["id"]), self.abuse_disconnect)
         self.deps.edits.submit(self.document, message, author, self, self.where, reply, base_content)
 
     def on_cursor_update(self, message: dict) -> None:
@@ -492,6 +518,8 @@ async def _release_when_stored(deps, document_id: str) -> None:
     await deps.documents.flush()
     if not deps.hub.members(document_id):
         deps.documents.release(document_id)
+        if deps.shared is not None:
+            await deps.shared.detach(document_id)
 
 
 _EDIT_TYPE = re.compile(r'"type"\s*:\s*"realtime_edit"')

@@ -11,6 +11,7 @@ as RFC 3339 text with microseconds (they sort as text).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import sqlite3
@@ -119,6 +120,27 @@ class SqliteStore(SqlStore):
 
     def describe(self) -> str:
         return self.path
+
+    def lock_exclusive(self):
+        """The server's claim on the file: one process serves a SQLite database (several nodes share
+        PostgreSQL and Redis instead). An open file holding an exclusive flock on `<db>.lock` (released
+        when closed, or when the process dies), or StoreOpenError naming the holder."""
+        if self.path == ":memory:" or not os.path.isdir(os.path.dirname(os.path.abspath(self.path))):
+            return None  # nothing to share; a missing folder is reported by open()
+        lock = open(f"{self.path}.lock", "a+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise StoreOpenError(f"{self.path} is served by {holder} already: one process serves a SQLite "
+                                 "file; for several nodes use --db postgresql://… with --redis") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"mcprt pid {os.getpid()}\n")
+        lock.flush()
+        return lock
 
     # -- life cycle --------------------------------------------------------------------------------------
 

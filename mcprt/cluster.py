@@ -1,0 +1,617 @@
+"""Cluster mode (`--redis`): several nodes on one PostgreSQL store and one Redis.
+
+Redis carries what must be shared now, the store what must last:
+- channels, all under `--redis-prefix`: `control` (a session changed or ended: every node forgets its
+  cached copy and closes that session's sockets), `node:<id>` (messages for one node);
+- one publisher connection fed by a queue, so that what one node publishes arrives in the order it was
+  published, and one subscriber connection read by one task.
+
+One process without `--redis` builds none of this (Services.cluster is None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from typing import Callable
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("mcprt.cluster")
+
+
+def check_cluster(settings) -> None:
+    """One sentence for cluster settings that cannot work."""
+    if settings.redis is None:
+        return
+    from .storage import is_postgres
+    if not settings.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--redis must be a redis://host:port/db URL, not {settings.redis!r}")
+    if not is_postgres(settings.db):
+        raise ValueError("--redis needs a shared PostgreSQL store (--db postgresql://…): every node reads and "
+                         "writes the same documents and sessions")
+    if not settings.redis_prefix or any(c in settings.redis_prefix for c in " *?[]"):
+        raise ValueError("--redis-prefix must be a non-empty name without spaces or * ? [ ]")
+    if settings.lease_ttl < 1:
+        raise ValueError("--lease-ttl must be at least 1s")
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+class Cluster:
+    """This node's Redis connections, its channels, and what it tells the other nodes."""
+
+    def __init__(self, url: str, prefix: str, node_id: str | None = None):
+        self.url, self.prefix = url, prefix
+        self.node_id = node_id or default_node_id()
+        self.redis = aioredis.Redis.from_url(url)                                   # commands
+        self._publisher = aioredis.Redis.from_url(url, single_connection_client=True)  # publishes, in order
+        self._subscriber = aioredis.Redis.from_url(url)
+        self.pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self.handlers: dict[str, Callable[[dict], None]] = {}  # message type -> what this node does with it
+        self.received = 0
+        self.published = 0
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def control(self) -> str:
+        return self.key("control")
+
+    @property
+    def inbox(self) -> str:
+        return self.key("node", self.node_id)
+
+    async def start(self) -> "Cluster":
+        await self.redis.ping()
+        await self.pubsub.subscribe(self.control, self.inbox)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_forever()), loop.create_task(self._publish_forever())]
+        log.info("cluster node %s on %s (prefix %s)", self.node_id, _safe_url(self.url), self.prefix)
+        return self
+
+    async def stop(self) -> None:
+        await self._drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closing in (self.pubsub.aclose(), self._subscriber.aclose(), self._publisher.aclose(), self.redis.aclose()):
+            try:
+                await closing
+            except Exception:  # Redis gone at shutdown: nothing left to tell it
+                pass
+
+    async def _drain(self, seconds: float = 1.0) -> None:
+        """Let what is queued go out (a stopping node's last words), for at most `seconds`."""
+        for _ in range(int(seconds / 0.02)):
+            if self._outbox.empty():
+                return
+            await asyncio.sleep(0.02)
+
+    async def ping(self) -> str:
+        """"ok", or why Redis does not answer (for /health)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2.0)
+            return "ok"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}: {exc}"
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def publish(self, channel: str, message: dict) -> None:
+        """Queue one message for a channel; they leave in the order queued."""
+        message["from"] = self.node_id
+        self._outbox.put_nowait((channel, json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
+
+    async def _publish_forever(self) -> None:
+        while True:
+            first = await self._outbox.get()
+            batch = [first]
+            while not self._outbox.empty() and len(batch) < 512:
+                batch.append(self._outbox.get_nowait())
+            try:
+                pipe = self._publisher.pipeline(transaction=False)
+                for channel, data in batch:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+                self.published += len(batch)
+            except Exception as exc:  # pub/sub is at most once: receivers fill gaps from the store
+                log.warning("publishing %d cluster messages failed: %s", len(batch), exc)
+                await asyncio.sleep(0.2)
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading cluster messages failed: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            try:
+                body = json.loads(message["data"])
+            except (ValueError, TypeError):
+                log.warning("a cluster message that is not JSON on %s", message.get("channel"))
+                continue
+            if body.get("from") == self.node_id and body.get("t") != "echo":
+                continue  # our own publish on a shared channel
+            self.received += 1
+            handler = self.handlers.get(body.get("t"))
+            if handler is None:
+                continue
+            try:
+                handler(body)
+            except Exception:
+                log.exception("handling a cluster message of type %s", body.get("t"))
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://…@{rest.rpartition('@')[2]}"
+    return url
+
+
+class SharedSessions:
+    """Sessions valid on every node: a node that moves one (activate, end, refresh) says so on `control`;
+    every other node forgets its cached copy (the store has the row) and closes the session's sockets
+    when it ended."""
+
+    def __init__(self, cluster: Cluster, sessions, close_sockets: Callable[[str, str], None]):
+        self.cluster, self.sessions, self.close_sockets = cluster, sessions, close_sockets
+        sessions.on_change.append(self._changed)
+        cluster.handlers["session"] = self._remote
+
+    def _changed(self, session, ended: str | None) -> None:
+        self.cluster.publish(self.cluster.control, {"t": "session", "s": session.session_id, "end": ended})
+
+    def _remote(self, body: dict) -> None:
+        session_id = body["s"]
+        self.sessions.forget(session_id)
+        if body.get("end"):
+            self.close_sockets(session_id, body["end"])
+
+
+# -- documents -----------------------------------------------------------------------------------------
+
+FORWARD_TIMEOUT = 5.0  # s: a forwarded edit not answered by then gets SERVER_ERROR (the client resends)
+# Compare-and-expire and compare-and-delete: a node renews or gives up only the lease it holds.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>
+# (leave the publish of that revision out, once), ignore_lease_deadline (keep serving past the lease, so
+# that only the store's fence stops a stale owner).
+TEST_HOOKS = "MCPRT_CLUSTER_TEST_HOOKS"
+
+
+class _Forwarded:
+    __slots__ = ("done", "sender", "timer")
+
+    def __init__(self, done, sender, timer):
+        self.done, self.sender, self.timer = done, sender, timer
+
+
+class Held:
+    """A document this node has members on: owned (the lease is ours until `deadline`, monotonic) or
+    followed (its owner is `owner_node`; committed ops arrive on its channel)."""
+
+    def __init__(self, document_id: str):
+        self.document_id = document_id
+        self.owner = False
+        self.token: str | None = None
+        self.deadline = 0.0
+        self.owner_node: str | None = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.inbox: list[dict] = []       # committed ops to take, in arrival order
+        self.draining = False
+        self.forwarded: list[dict] = []   # edits other nodes forwarded to us, in arrival order
+        self.forwarding = False
+        self.pending: dict[tuple, list[_Forwarded]] = {}  # (peer id, message id) -> edits forwarded by us
+        self.moving = False               # a claim or a hand-over is under way
+
+
+class SharedDocuments:
+    """One owner per document, through a Redis lease; every other node with members on it keeps a copy
+    that follows the owner's committed ops (in revision order, gaps filled from the store, duplicates
+    dropped) and forwards its editors' edits to the owner. The store's PRIMARY KEY (document_id,
+    revision) is the fence: a stale owner's write fails and the edit pipeline's reset closes its sockets
+    with 4500."""
+
+    def __init__(self, cluster: Cluster, deps, ttl: float, hooks: str = ""):
+        self.cluster, self.deps, self.ttl = cluster, deps, ttl
+        self.held: dict[str, Held] = {}
+        self._renew = cluster.redis.register_script(_RENEW)
+        self._release = cluster.redis.register_script(_RELEASE)
+        self.hooks = {h.partition("=")[0]: h.partition("=")[2] for h in hooks.split(",") if h}
+        cluster.handlers.update(op=self._on_op, fan=self._on_fan, edit=self._on_edit, refused=self._on_refused,
+                                again=self._on_again, abusive=self._on_abusive, released=self._on_released)
+        deps.edits.on_published = self._published
+        deps.edits.on_reset.append(self._reset)
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
+
+    def lease_key(self, document_id: str) -> str:
+        return self.cluster.key("lease", document_id)
+
+    def channel(self, document_id: str) -> str:
+        return self.cluster.key("doc", document_id)
+
+    async def stop(self) -> None:
+        self._keeper.cancel()
+        await asyncio.gather(self._keeper, return_exceptions=True)
+        for held in list(self.held.values()):
+            await self._give_up(held)
+
+    # -- joining and leaving ---------------------------------------------------------------------------
+
+    async def attach(self, document_id: str) -> Held:
+        """Hold a document before opening it: subscribed to its channel, and owning it when nobody does."""
+        held = self.held.get(document_id)
+        if held is None:
+            held = self.held[document_id] = Held(document_id)
+            try:
+                await self.cluster.pubsub.subscribe(self.channel(document_id))
+                await self._claim(held)
+                held.ready.set_result(None)
+            except BaseException as exc:
+                self.held.pop(document_id, None)
+                held.ready.set_exception(exc)
+                held.ready.exception()
+                raise
+        await asyncio.shield(held.ready)
+        return held
+
+    def opened(self, document) -> None:
+        """The copy is in memory: take what arrived on the channel while it loaded."""
+        held = self.held.get(document.document_id)
+        if held is not None and held.inbox:
+            self._drain_soon(held)
+
+    async def detach(self, document_id: str) -> None:
+        """Nobody here is on the document any more (its copy was released): leave its channel, and give
+        the lease up, telling the others, so that one of them owns it at once."""
+        held = self.held.pop(document_id, None)
+        if held is not None:
+            await self._give_up(held)
+
+    async def _give_up(self, held: Held) -> None:
+        try:
+            await self.cluster.pubsub.unsubscribe(self.channel(held.document_id))
+            if held.owner:
+                held.owner = False
+                await self._release(keys=[self.lease_key(held.document_id)], args=[held.token])
+                self.cluster.publish(self.channel(held.document_id), {"t": "released", "d": held.document_id})
+        except Exception as exc:  # Redis gone: the lease runs out by itself
+            log.warning("giving up %s: %s", held.document_id, exc)
+        for entries in held.pending.values():
+            for entry in entries:
+                entry.timer.cancel()
+
+    async def _claim(self, held: Held) -> bool:
+        """Take the lease if nobody holds it; otherwise note who does. True when it is ours."""
+        redis, key = self.cluster.redis, self.lease_key(held.document_id)
+        for _ in range(3):
+            token = f"{self.cluster.node_id}:{uuid.uuid4().hex[:8]}"
+            started = asyncio.get_running_loop().time()
+            if await redis.set(key, token, nx=True, px=int(self.ttl * 1000)):
+                held.owner, held.token, held.deadline, held.owner_node = True, token, started + self.ttl, None
+                log.info("node %s owns %s", self.cluster.node_id, held.document_id)
+                return True
+            value = await redis.get(key)
+            if value is not None:
+                held.owner, held.owner_node = False, value.decode().rpartition(":")[0]
+                return False
+        raise RuntimeError(f"could not read or take the lease of {held.document_id}")
+
+    # -- routing an edit -------------------------------------------------------------------------------
+
+    def route(self, document_id: str) -> str:
+        """"local" (this node owns it and may serve), "forward" (another node owns it), or "stale" (the
+        lease may have run out: nothing is served until it is renewed)."""
+        held = self.held.get(document_id)
+        if held is None or held.moving:
+            return "stale"
+        if not held.owner:
+            return "forward" if held.owner_node else "stale"
+        if asyncio.get_running_loop().time() < held.deadline or "ignore_lease_deadline" in self.hooks:
+            return "local"
+        self.deps.tasks.spawn(self._recheck(held), f"renew the lease of {document_id}")
+        return "stale"
+
+    def forward(self, document, message: dict, author, sender, done) -> None:
+        """Send an edit to the owner; `done` gets the Applied when the committed op comes back (or the
+        original ack of a resend), or an AppError."""
+        held = self.held[document.document_id]
+        key = (author.peer_id, message["id"])
+        timer = asyncio.get_running_loop().call_later(FORWARD_TIMEOUT, self._timed_out, held, key)
+        held.pending.setdefault(key, []).append(_Forwarded(done, sender, timer))
+        self.cluster.publish(self.cluster.key("node", held.owner_node), {
+            "t": "edit", "d": document.document_id, "m": {"id": message["id"], "payload": message["payload"]},
+            "a": [author.user_id, author.peer_id, author.session_id], "x": sender.connection_id})
+
+    def _timed_out(self, held: Held, key: tuple) -> None:
+        self.deps.tasks.spawn(self._late(held, key), "a forwarded edit without an answer")
+
+    async def _late(self, held: Held, key: tuple) -> None:
+        """No answer in time: take what the store has (the op may have been committed and its publish
+        lost), then refuse what is still unanswered; and look again at who owns the document."""
+        document = self.deps.documents.get_open(held.document_id)
+        try:
+            if document is not None and not held.owner:
+                await self._fill(held, document, None)
+        except Exception as exc:
+            log.warning("catching up %s: %s", held.document_id, exc)
+        for entry in held.pending.pop(key, []):
+            entry.done(_server_error("the document's owner did not answer in time; send the edit again "
+                                     "(one applied meanwhile is recognized, never applied twice)"))
+        if self.held.get(held.document_id) is held and not held.owner:
+            self.deps.tasks.spawn(self._recheck(held), f"look again at who owns {held.document_id}")
+
+    # -- the owner's side ------------------------------------------------------------------------------
+
+    def _published(self, applied, author, message, origin) -> None:
+        """A revision is durable here: every other node with members on the document gets it."""
+        document_id = applied.document.document_id
+        held = self.held.get(document_id)
+        if held is None or not held.owner:
+            return
+        if self.hooks.get("drop_op") == str(applied.revision):
+            del self.hooks["drop_op"]
+            return
+        payload = message.get("payload", {}) if message else {}
+        self.cluster.publish(self.channel(document_id), {
+            "t": "op", "d": document_id, "r": applied.revision, "op": applied.op.to_json(),
+            "c": applied.correction.to_json() if applied.correction else None, "u": author.user_id,
+            "p": author.peer_id, "m": message.get("id") if message else None,
+            "cp": payload.get("cursor_position"), "o": payload.get("operation")})
+
+    def _on_edit(self, body: dict) -> None:
+        held = self.held.get(body["d"])
+        if held is None or not held.owner:
+            self._answer(body, _server_error("this node does not own the document any more; send the edit again"),
+                         moved=True)
+            return
+        held.forwarded.append(body)
+        if not held.forwarding:
+            held.forwarding = True
+            self.deps.tasks.spawn(self._run_forwarded(held), f"forwarded edits of {held.document_id}")
+
+    async def _run_forwarded(self, held: Held) -> None:
+        """Forwarded edits, one at a time in arrival order, through the same pipeline as local ones."""
+        from .documents import Author
+        from .edits import Reply
+        from .protocol import AppError
+        deps = self.deps
+        try:
+            while held.forwarded:
+                body = held.forwarded.pop(0)
+                document = deps.documents.get_open(held.document_id)
+                if document is None or document.broken or not held.owner:
+                    self._answer(body, _server_error("the document is being reloaded; send the edit again"),
+                                 moved=True)
+                    continue
+                user_id, peer_id, session_id = body["a"]
+                author, message = Author(user_id, peer_id, session_id), body["m"]
+
+                def where(body=body, user_id=user_id, session_id=session_id) -> dict:
+                    return {"document_id": body["d"], "user_id": user_id, "session_id": session_id}
+
+                reply = Reply(lambda outcome, body=body: self._answer(body, outcome),
+                              lambda exc, body=body: self._answer(body, exc, reject=True),
+                              lambda body=body: self.cluster.publish(self.cluster.key("node", body["from"]), {
+                                  "t": "abusive", "d": body["d"], "x": body["x"]}))
+                try:
+                    await deps.documents.know(document, peer_id)
+                    base = (await deps.edits.base_content(document, message["payload"])
+                            if deps.edits.needs_base(document, message["payload"]) else None)
+                    deps.edits.submit(document, message, author, None, where, reply, base, origin=(body["from"],
+                                                                                                   body["x"]))
+                except AppError as exc:
+                    self._answer(body, exc, reject=True)
+        finally:
+            held.forwarding = False
+
+    def _answer(self, body: dict, outcome, reject: bool = False, moved: bool = False) -> None:
+        """Tell the node a forwarded edit came from how it ended, unless the committed op tells it."""
+        from .protocol import AppError
+        to = self.cluster.key("node", body["from"])
+        who = {"d": body["d"], "x": body["x"], "id": body["m"]["id"], "p": body["a"][1]}
+        if isinstance(outcome, AppError):
+            self.cluster.publish(to, {"t": "refused", **who, "code": outcome.code.value, "message": outcome.message,
+                                      "details": outcome.details, "reject": reject, "moved": moved})
+        elif outcome.again:
+            self.cluster.publish(to, {"t": "again", **who, "r": outcome.revision, "op": outcome.op.to_json(),
+                                      "c": outcome.correction.to_json() if outcome.correction else None,
+                                      "content": outcome.content, "length": outcome.length})
+
+    # -- the follower's side ---------------------------------------------------------------------------
+
+    def _on_op(self, body: dict) -> None:
+        held = self.held.get(body["d"])
+        if held is None or held.owner:
+            return
+        held.inbox.append(body)
+        self._drain_soon(held)
+
+    def _drain_soon(self, held: Held) -> None:
+        if not held.draining:
+            held.draining = True
+            self.deps.tasks.spawn(self._drain(held), f"follow {held.document_id}")
+
+    async def _drain(self, held: Held) -> None:
+        """Take arrived ops in revision order: a duplicate is dropped, a gap filled from the store first."""
+        from .ot import TextOperation
+        try:
+            while held.inbox and not held.owner:
+                document = self.deps.documents.get_open(held.document_id)
+                if document is None:
+                    return  # loading: opened() drains again
+                body = held.inbox.pop(0)
+                revision = body["r"]
+                if revision <= document.revision:
+                    continue
+                if revision > document.revision + 1:
+                    await self._fill(held, document, revision - 1)
+                    if revision != document.revision + 1:
+                        log.warning("%s: revision %d did not follow %d even from the store", held.document_id,
+                                    revision, document.revision)
+                        continue
+                correction = TextOperation.from_json(body["c"]) if body.get("c") else None
+                self._take(held, document, revision, TextOperation.from_json(body["op"]), correction, body["u"],
+                           body["p"], body["m"], {"cursor_position": body.get("cp"), "operation": body.get("o") or "edit"})
+        finally:
+            held.draining = False
+
+    async def _fill(self, held: Held, document, upto: int | None) -> None:
+        """Take the stored ops past this copy's revision (up to `upto`): a lost publish, or a catch-up."""
+        from .ot import TextOperation
+        rows = await self.deps.store.ops(document.document_id, document.revision, upto)
+        for row in rows:
+            if row.revision == document.revision + 1:
+                self._take(held, document, row.revision, TextOperation.from_json(row.op),
+                           TextOperation.from_json(row.correction) if row.correction else None, row.user_id,
+                           row.peer_id, row.message_id, {})
+
+    def _take(self, held: Held, document, revision: int, op, correction, user_id, peer_id, message_id,
+              payload: dict) -> None:
+        """One committed revision into this copy: its editors get it (the one who sent it, its ack)."""
+        from .documents import Applied, Author
+        deps = self.deps
+        peers = deps.hub.members(document.document_id)
+        deps.documents.follow(document, revision, op, peer_id, message_id)
+        waiting = held.pending.pop((peer_id, message_id), []) if message_id else []
+        sender = waiting[0].sender if waiting else None
+        deps.hub.shift_cursors(document.document_id, op, sender)
+        applied = Applied(document, revision, op, correction, (), document.content, len(document.text))
+        for entry in waiting:
+            entry.timer.cancel()
+            entry.done(applied)
+        deps.edits.publish(applied, Author(user_id or "", peer_id or ""), {"id": message_id, "payload": payload},
+                           sender, peers)
+
+    def _pending_of(self, body: dict) -> list[_Forwarded]:
+        held = self.held.get(body["d"])
+        entries = held.pending.pop((body["p"], body["id"]), []) if held is not None else []
+        for entry in entries:
+            entry.timer.cancel()
+        return entries
+
+    def _on_refused(self, body: dict) -> None:
+        from .protocol import AppError, ErrorCode
+        exc = AppError(ErrorCode(body["code"]), body["message"], body.get("details") or {})
+        for entry in self._pending_of(body):
+            if body.get("reject"):
+                entry.sender.reject(exc, None, body["id"])
+            else:
+                entry.done(exc)
+        held = self.held.get(body["d"])
+        if body.get("moved") and held is not None:
+            self.deps.tasks.spawn(self._recheck(held), f"look again at who owns {held.document_id}")
+
+    def _on_again(self, body: dict) -> None:
+        from .documents import Applied
+        from .ot import TextOperation
+        document = self.deps.documents.get_open(body["d"])
+        for entry in self._pending_of(body):
+            entry.done(Applied(document, body["r"], TextOperation.from_json(body["op"]),
+                               TextOperation.from_json(body["c"]) if body.get("c") else None, (), body["content"],
+                               body["length"], again=True))
+
+    def _on_abusive(self, body: dict) -> None:
+        for peer in self.deps.hub.members(body["d"]):
+            if peer.connection_id == body["x"]:
+                peer.abuse_disconnect()
+
+    def _on_released(self, body: dict) -> None:
+        held = self.held.get(body["d"])
+        if held is not None and not held.owner:
+            self.deps.tasks.spawn(self._recheck(held), f"take over {held.document_id}")
+
+    # -- presence and the rest ---------------------------------------------------------------------------
+
+    def fan(self, document_id: str, type_: str, text: str) -> None:
+        """A message every editor of the document gets as it is (joins, leaves, presence), to the others."""
+        if document_id in self.held:
+            self.cluster.publish(self.channel(document_id), {"t": "fan", "d": document_id, "k": type_, "b": text})
+
+    def _on_fan(self, body: dict) -> None:
+        self.deps.metrics.sent[body["k"]].inc(self.deps.hub.publish(body["d"], body["b"]))
+
+    # -- leases ----------------------------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        """Every third of the lease: renew what we own; for what we follow, take it if its owner is gone."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            for held in list(self.held.values()):
+                try:
+                    await self._recheck(held)
+                except Exception as exc:
+                    log.warning("lease of %s: %s", held.document_id, exc)
+
+    async def _recheck(self, held: Held) -> None:
+        if held.moving or self.held.get(held.document_id) is not held:
+            return
+        held.moving = True
+        try:
+            if held.owner:
+                started = asyncio.get_running_loop().time()
+                if await self._renew(keys=[self.lease_key(held.document_id)], args=[held.token, int(self.ttl * 1000)]):
+                    held.deadline = started + self.ttl
+                else:
+                    self._lost(held)
+            elif await self._claim(held):
+                await self._promote(held)
+        finally:
+            held.moving = False
+
+    async def _promote(self, held: Held) -> None:
+        """The lease became ours: this copy catches up from the store and commits from now on."""
+        document = self.deps.documents.get_open(held.document_id)
+        if document is None:
+            return
+        held.inbox.clear()
+        await self._fill(held, document, None)
+        await self.deps.documents.take_over(document)
+        log.info("node %s took over %s at revision %d", self.cluster.node_id, held.document_id, document.revision)
+
+    def _lost(self, held: Held) -> None:
+        """Someone else holds the lease now: drop this copy (it may be behind, or ahead of the store) and
+        close its sockets with 4500, so that its editors reconnect to what is durable."""
+        held.owner = False
+        log.warning("node %s lost the lease of %s", self.cluster.node_id, held.document_id)
+        document = self.deps.documents.get_open(held.document_id)
+        if document is not None:
+            self.deps.edits.reset(document, "the lease of this document passed to another node")
+
+    def _reset(self, document) -> None:
+        """A write of this copy failed (the fence, or the store): it no longer owns anything."""
+        held = self.held.get(document.document_id)
+        if held is not None and held.owner:
+            self.deps.tasks.spawn(self._release_after_reset(held), f"give up {document.document_id}")
+
+    async def _release_after_reset(self, held: Held) -> None:
+        held.owner = False
+        try:
+            await self._release(keys=[self.lease_key(held.document_id)], args=[held.token])
+        except Exception as exc:
+            log.warning("releasing %s: %s", held.document_id, exc)
+
+
+def _server_error(message: str):
+    from .protocol import AppError, ErrorCode
+    return AppError(ErrorCode.SERVER_ERROR, message, {})
