@@ -189,13 +189,12 @@ class SharedSessions:
 
 # -- documents -----------------------------------------------------------------------------------------
 
-FORWARD_TIMEOUT = 5.0  # s: a forwarded edit not answered by then gets SERVER_ERROR (the client resends)
 # Compare-and-expire and compare-and-delete: a node renews or gives up only the lease it holds.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-# What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>
-# (leave the publish of that revision out, once), ignore_lease_deadline (keep serving past the lease, so
-# that only the store's fence stops a stale owner).
+# What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>[+…]
+# (leave the publish of those revisions out, once each), ignore_lease (keep serving past the lease and
+# past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it).
 TEST_HOOKS = "MCPRT_CLUSTER_TEST_HOOKS"
 
 
@@ -222,7 +221,8 @@ class Held:
         self.forwarded: list[dict] = []   # edits other nodes forwarded to us, in arrival order
         self.forwarding = False
         self.pending: dict[tuple, list[_Forwarded]] = {}  # (peer id, message id) -> edits forwarded by us
-        self.moving = False               # a claim or a hand-over is under way
+        self.moving = False               # a claim and a take-over are under way
+        self.checking = False             # a renewal or a claim is under way
 
 
 class SharedDocuments:
@@ -238,6 +238,10 @@ class SharedDocuments:
         self._renew = cluster.redis.register_script(_RENEW)
         self._release = cluster.redis.register_script(_RELEASE)
         self.hooks = {h.partition("=")[0]: h.partition("=")[2] for h in hooks.split(",") if h}
+        self.dropping = set(self.hooks.get("drop_op", "").split("+")) - {""}
+        # A forwarded edit not answered by then gets SERVER_ERROR (the client sends it again): by then a
+        # dead owner's lease has run out and another node may have taken the document.
+        self.forward_timeout = ttl + 1.0
         cluster.handlers.update(op=self._on_op, fan=self._on_fan, edit=self._on_edit, refused=self._on_refused,
                                 again=self._on_again, abusive=self._on_abusive, released=self._on_released)
         deps.edits.on_published = self._published
@@ -327,7 +331,7 @@ class SharedDocuments:
             return "stale"
         if not held.owner:
             return "forward" if held.owner_node else "stale"
-        if asyncio.get_running_loop().time() < held.deadline or "ignore_lease_deadline" in self.hooks:
+        if asyncio.get_running_loop().time() < held.deadline or "ignore_lease" in self.hooks:
             return "local"
         self.deps.tasks.spawn(self._recheck(held), f"renew the lease of {document_id}")
         return "stale"
@@ -337,7 +341,7 @@ class SharedDocuments:
         original ack of a resend), or an AppError."""
         held = self.held[document.document_id]
         key = (author.peer_id, message["id"])
-        timer = asyncio.get_running_loop().call_later(FORWARD_TIMEOUT, self._timed_out, held, key)
+        timer = asyncio.get_running_loop().call_later(self.forward_timeout, self._timed_out, held, key)
         held.pending.setdefault(key, []).append(_Forwarded(done, sender, timer))
         self.cluster.publish(self.cluster.key("node", held.owner_node), {
             "t": "edit", "d": document.document_id, "m": {"id": message["id"], "payload": message["payload"]},
@@ -369,8 +373,8 @@ class SharedDocuments:
         held = self.held.get(document_id)
         if held is None or not held.owner:
             return
-        if self.hooks.get("drop_op") == str(applied.revision):
-            del self.hooks["drop_op"]
+        if str(applied.revision) in self.dropping:
+            self.dropping.discard(str(applied.revision))
             return
         payload = message.get("payload", {}) if message else {}
         self.cluster.publish(self.channel(document_id), {
@@ -564,20 +568,27 @@ class SharedDocuments:
                     log.warning("lease of %s: %s", held.document_id, exc)
 
     async def _recheck(self, held: Held) -> None:
-        if held.moving or self.held.get(held.document_id) is not held:
+        """Renew the lease we hold (losing the document if someone else has it), or take a lease nobody
+        holds; one at a time per document."""
+        if held.checking or self.held.get(held.document_id) is not held:
             return
-        held.moving = True
+        held.checking = True
         try:
             if held.owner:
                 started = asyncio.get_running_loop().time()
                 if await self._renew(keys=[self.lease_key(held.document_id)], args=[held.token, int(self.ttl * 1000)]):
                     held.deadline = started + self.ttl
-                else:
+                elif "ignore_lease" not in self.hooks:
                     self._lost(held)
-            elif await self._claim(held):
-                await self._promote(held)
+                return
+            held.moving = True  # while the lease is claimed and the copy catches up, edits wait
+            try:
+                if await self._claim(held):
+                    await self._promote(held)
+            finally:
+                held.moving = False
         finally:
-            held.moving = False
+            held.checking = False
 
     async def _promote(self, held: Held) -> None:
         """The lease became ours: this copy catches up from the store and commits from now on."""

@@ -63,13 +63,17 @@ async def cluster(pg_cluster, redis_server):
     nodes: list[Node] = []
     db, prefix = pg_cluster.database(), f"t{uuid.uuid4().hex[:8]}"
 
-    async def start(n: int = 3, *args: str) -> list[Node]:
+    async def start(n: int = 3, *args: str, env: dict | None = None) -> list[Node]:
+        started = []
         for _ in range(n):
             name, port = f"node{len(nodes) + 1}", free_port()
             proc = await asyncio.to_thread(spawn_server, db, port, "--redis", redis_server.url(), "--redis-prefix",
-                                           prefix, "--node-id", name, "--admin-token", "cluster-admin-token", *args)
-            nodes.append(Node(name, proc, port))
-        return nodes
+                                           prefix, "--node-id", name, "--admin-token", "cluster-admin-token", *args,
+                                           env=env)
+            started.append(Node(name, proc, port))
+            nodes.append(started[-1])
+        return started
+
 
     start.nodes, start.db, start.prefix = nodes, db, prefix
     yield start
@@ -236,3 +240,147 @@ async def test_editors_on_two_nodes_converge_on_many_documents(cluster):
         assert sorted(content.split()) == sorted(f"{document}u{i}k{k}" for i in range(len(clients)) for k in range(8))
         for _, task in editors:
             task.cancel()
+
+
+class ResendingClient(OTClient):
+    """An editor that sends its edit again after SERVER_ERROR (same id: never applied twice), and knows
+    which of its words were acknowledged."""
+
+    def __init__(self, ws, state: dict):
+        super().__init__(ws, state)
+        self.sent_words: dict[str, list[str]] = {}
+        self.acked: list[str] = []
+        self.resent = 0
+
+    async def _send(self, op) -> None:
+        await super()._send(op)
+        self.sent_words[self.outstanding_id] = [w for part in op.ops if isinstance(part, str) for w in part.split()]
+
+    async def handle(self, message: dict) -> None:
+        if message["type"] == "edit_ack" and message["id"] == self.outstanding_id:
+            self.acked += self.sent_words.get(message["id"], [])
+        if (message["type"] == "error" and message["id"] == self.outstanding_id
+                and message["payload"]["code"] in ("SERVER_ERROR", "RATE_LIMITED")):
+            self.resent += 1
+            await asyncio.sleep(0.2)
+            await self._resend()
+            return
+        await super().handle(message)
+
+    async def _resend(self) -> None:
+        from mcprt.ot import to_delta
+        delta = to_delta(self.outstanding)
+        await self.ws.send_msg("realtime_edit", {"base_revision": self.revision, "change_delta": delta},
+                               self.outstanding_id)
+
+
+def lease_owner(cluster, redis_server, document: str) -> str | None:
+    import redis
+    client = redis.Redis.from_url(redis_server.url())
+    try:
+        value = client.get(f"{cluster.prefix}:lease:{document}")
+    finally:
+        client.close()
+    return value.decode().rpartition(":")[0] if value else None
+
+
+async def _editor(node: Node, user: str, document: str, kind=ResendingClient):
+    ws, state = await node.socket(await node.session(user), document)
+    client = kind(Wire(ws), state["payload"])
+
+    async def follow() -> None:
+        try:
+            async for raw in ws:
+                await client.handle(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+    return client, ws, asyncio.get_running_loop().create_task(follow())
+
+
+async def _until(check, seconds: float = 15.0, what: str = "a condition"):
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not (result := await check() if asyncio.iscoroutinefunction(check) else check()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+    return result
+
+
+async def test_killing_the_owner_mid_burst_loses_no_acknowledged_edit(cluster, redis_server):
+    nodes = await cluster(3, "--lease-ttl", "2s")
+    await nodes[0].call("POST", "/api/documents", {"document_id": "burst", "format": "text"}, admin=True)
+    first = await _editor(nodes[0], "owner-side", "burst")  # node1 joins first: it owns the document
+    assert lease_owner(cluster, redis_server, "burst") == "node1"
+    others = [await _editor(nodes[1 + i % 2], f"user{i}", "burst") for i in range(4)]
+    editors = [first, *others]
+    words = {i: [f"k{i}w{k}" for k in range(30)] for i in range(len(editors))}
+    typing = [asyncio.create_task(_type_words(client, words[i], i)) for i, (client, _, _) in enumerate(editors)]
+    await _until(lambda: sum(len(c.acked) for c, _, _ in editors) >= 20, what="a first part of the burst")
+    nodes[0].proc.kill()  # kill -9 the owner mid-burst
+    nodes[0].proc.wait()
+    await asyncio.gather(*typing[1:])
+    survivors = [client for client, _, _ in others]
+    content = await _converged(nodes[1:], "burst", survivors, seconds=30)
+    assert lease_owner(cluster, redis_server, "burst") in ("node2", "node3")
+    tokens = content.split()
+    assert len(tokens) == len(set(tokens))  # nothing applied twice
+    acked = {w for client, _, _ in editors for w in client.acked}
+    assert acked <= set(tokens)  # no acknowledged edit lost, the killed node's included
+    assert {w for i in range(1, len(editors)) for w in words[i]} <= set(tokens)  # the survivors' all landed
+    assert any(c.resent for c in survivors)  # the failover was felt, and got through
+    # The killed node's editor comes back through another node, and sees the same document.
+    again, _, task = await _editor(nodes[1], "owner-side-again", "burst")
+    assert again.content == content
+    for t in typing[:1] + [task] + [t for _, _, t in editors]:
+        t.cancel()
+
+
+async def test_a_stale_owner_is_fenced_by_the_store_and_closes_with_4500(cluster, redis_server):
+    """An owner paused past its lease (SIGSTOP) that knows nothing of it when it wakes: its next write is
+    refused by the store's primary key, its sockets close with 4500, the history stays one sequence."""
+    import signal
+    stale, = await cluster(1, "--lease-ttl", "2s", env={"MCPRT_CLUSTER_TEST_HOOKS": "ignore_lease"})
+    other, = await cluster(1, "--lease-ttl", "2s")
+    await stale.call("POST", "/api/documents", {"document_id": "fence", "format": "text"}, admin=True)
+    a, a_ws, a_task = await _editor(stale, "alice", "fence")
+    b, _, b_task = await _editor(other, "bob", "fence")
+    await a.edit({"position": 0, "insert": "one "})
+    await _until(lambda: a.synchronized and b.revision == 1, what="the first edit everywhere")
+    stale.proc.send_signal(signal.SIGSTOP)
+    try:
+        await b.edit({"position": 0, "insert": "two "})  # forwarded to the paused owner: no answer
+        await _until(lambda: lease_owner(cluster, redis_server, "fence") == "node2", 10, "node2 to take the lease")
+        await _until(lambda: b.synchronized and b.revision == 2, 15, "bob's edit, sent again, on the new owner")
+        await a.edit({"position": 0, "insert": "three "})  # waits in the paused node's socket buffer
+    finally:
+        stale.proc.send_signal(signal.SIGCONT)
+    await asyncio.wait_for(a_ws.wait_closed(), 10)
+    assert a_ws.close_code == 4500
+    assert b.resent >= 1
+    code, history = await other.call("GET", "/api/documents/fence/history", admin=True)
+    assert [op["revision"] for op in history["ops"]] == [1, 2]
+    code, document = await other.call("GET", "/api/documents/fence", admin=True)
+    assert document["content"] == "two one " and document["revision"] == 2
+    code, events = await other.call("GET", "/api/events?type=document_reset", admin=True)
+    fenced = [e for e in events["events"] if e["document_id"] == "fence"]
+    assert fenced and "duplicate key" in fenced[0]["details"]["why"]  # the store refused, not the lease
+    for task in (a_task, b_task):
+        task.cancel()
+
+
+async def test_a_lost_publish_is_filled_from_the_store(cluster, redis_server):
+    owner, = await cluster(1, env={"MCPRT_CLUSTER_TEST_HOOKS": "drop_op=2+4"})
+    follower, = await cluster(1)
+    await owner.call("POST", "/api/documents", {"document_id": "gaps", "format": "text"}, admin=True)
+    a, _, a_task = await _editor(owner, "alice", "gaps", OTClient)
+    b, _, b_task = await _editor(follower, "bob", "gaps", OTClient)
+    for word in ("one ", "two ", "three "):  # the publish of revision 2 is lost
+        await a.edit({"position": 0, "insert": word})
+        await _until(lambda: a.synchronized, what="alice's ack")
+    await _until(lambda: b.revision == 3, what="bob to see revision 3")  # OTClient checks they come in order
+    assert b.content == a.content == "three two one "
+    await b.edit({"position": 0, "insert": "four "})  # its op, revision 4, is lost on the way back: the
+    await _until(lambda: b.synchronized, 10, "bob's ack")  # ack comes from the store, after the time-out
+    assert b.errors == [] and b.revision == 4 and b.content == "four three two one "
+    for task in (a_task, b_task):
+        task.cancel()
