@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Callable
 
@@ -110,7 +111,11 @@ class Cluster:
     def publish(self, channel: str, message: dict) -> None:
         """Queue one message for a channel; they leave in the order queued."""
         message["from"] = self.node_id
-        self._outbox.put_nowait((channel, json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
+        self._outbox.put_nowait(("PUBLISH", channel, json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
+
+    def command(self, *args) -> None:
+        """Queue a Redis command nobody waits for (presence): in order with the publishes."""
+        self._outbox.put_nowait(args)
 
     async def _publish_forever(self) -> None:
         while True:
@@ -120,8 +125,8 @@ class Cluster:
                 batch.append(self._outbox.get_nowait())
             try:
                 pipe = self._publisher.pipeline(transaction=False)
-                for channel, data in batch:
-                    pipe.publish(channel, data)
+                for args in batch:
+                    pipe.execute_command(*args)
                 await pipe.execute()
                 self.published += len(batch)
             except Exception as exc:  # pub/sub is at most once: receivers fill gaps from the store
@@ -242,6 +247,8 @@ class SharedDocuments:
         # A forwarded edit not answered by then gets SERVER_ERROR (the client sends it again): by then a
         # dead owner's lease has run out and another node may have taken the document.
         self.forward_timeout = ttl + 1.0
+        # A participant entry not refreshed for this long is a dead node's ghost (refreshed every ttl/3).
+        self.presence_bound = ttl
         cluster.handlers.update(op=self._on_op, fan=self._on_fan, edit=self._on_edit, refused=self._on_refused,
                                 again=self._on_again, abusive=self._on_abusive, released=self._on_released)
         deps.edits.on_published = self._published
@@ -555,6 +562,70 @@ class SharedDocuments:
     def _on_fan(self, body: dict) -> None:
         self.deps.metrics.sent[body["k"]].inc(self.deps.hub.publish(body["d"], body["b"]))
 
+    def presence_key(self, document_id: str) -> str:
+        return self.cluster.key("here", document_id)
+
+    def here(self, peer) -> None:
+        """A local connection on a document (joined, moved its cursor, or still there), for every node's
+        participant lists; an entry not refreshed within the lease is a dead node's ghost."""
+        self.cluster.command("HSET", self.presence_key(peer.document_id), f"{self.cluster.node_id}|{peer.connection_id}",
+                             json.dumps({"u": peer.user_id, "p": peer.peer_id, "c": peer.cursor, "at": time.time()}))
+
+    def gone(self, peer) -> None:
+        self.cluster.command("HDEL", self.presence_key(peer.document_id), f"{self.cluster.node_id}|{peer.connection_id}")
+
+    async def participants(self, document_id: str) -> list[dict]:
+        """The document's participants on the other nodes, from their live entries."""
+        entries = await self.cluster.redis.hgetall(self.presence_key(document_id))
+        fresh, _ = self._sorted_entries(entries)
+        seen: dict[str, dict] = {}
+        for node, value in fresh:
+            if node == self.cluster.node_id:
+                continue
+            entry = seen.setdefault(value["p"], {"user_id": value["u"], "peer_id": value["p"], "connections": 0,
+                                                 "cursor": None})
+            entry["connections"] += 1
+            entry["cursor"] = value.get("c") or entry["cursor"]
+        return list(seen.values())
+
+    def _sorted_entries(self, entries: dict) -> tuple[list, list]:
+        """(node, entry) pairs still refreshed, and (field, entry) pairs past the bound."""
+        fresh, stale, cutoff = [], [], time.time() - self.presence_bound
+        for field, raw in entries.items():
+            field = field.decode() if isinstance(field, bytes) else field
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = None
+            if value is not None and value.get("at", 0) >= cutoff:
+                fresh.append((field.rpartition("|")[0], value))
+            else:
+                stale.append((field, value))
+        return fresh, stale
+
+    async def _refresh_presence(self) -> None:
+        """Refresh this node's entries; remove the ghosts of nodes that stopped refreshing theirs, and tell
+        the local editors those users left."""
+        from . import protocol as P
+        from .clock import iso
+        deps = self.deps
+        for document_id in list(self.held):
+            for peer in deps.hub.members(document_id):
+                self.here(peer)
+            entries = await self.cluster.redis.hgetall(self.presence_key(document_id))
+            fresh, stale = self._sorted_entries(entries)
+            if not stale:
+                continue
+            await self.cluster.redis.hdel(self.presence_key(document_id), *(field for field, _ in stale))
+            live = {value["p"] for _, value in fresh} | {p.peer_id for p in deps.hub.members(document_id)}
+            for peer_id, user_id in {(v["p"], v["u"]) for _, v in stale if v}:
+                if peer_id in live:
+                    continue
+                live.add(peer_id)
+                text = P.dumps(P.build(P.SESSION_DISCONNECTED, {"user_id": user_id, "peer_id": peer_id,
+                                                                "reason": "node_lost"}, iso(deps.clock())))
+                deps.metrics.sent[P.SESSION_DISCONNECTED].inc(deps.hub.publish(document_id, text))
+
     # -- leases ----------------------------------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
@@ -566,6 +637,10 @@ class SharedDocuments:
                     await self._recheck(held)
                 except Exception as exc:
                     log.warning("lease of %s: %s", held.document_id, exc)
+            try:
+                await self._refresh_presence()
+            except Exception as exc:
+                log.warning("presence: %s", exc)
 
     async def _recheck(self, held: Held) -> None:
         """Renew the lease we hold (losing the document if someone else has it), or take a lease nobody

@@ -384,3 +384,32 @@ async def test_a_lost_publish_is_filled_from_the_store(cluster, redis_server):
     assert b.errors == [] and b.revision == 4 and b.content == "four three two one "
     for task in (a_task, b_task):
         task.cancel()
+
+
+async def test_a_killed_nodes_users_leave_the_participants_within_the_lease(cluster):
+    a, b = await cluster(2, "--lease-ttl", "2s")
+    alice_ws, _ = await a.socket(await a.session("alice"), "room")
+    await alice_ws.send(json.dumps({"id": "c1", "type": "cursor_update", "payload": {"position": 0},
+                                    "timestamp": STAMP}))
+    bob_ws, state = await b.socket(await b.session("bob"), "room")
+    assert [p["user_id"] for p in state["payload"]["participants"]] == ["bob", "alice"]  # alice is on node1
+
+    async def next_of(ws, type_: str, seconds: float) -> dict:
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), seconds))
+            if message["type"] == type_:
+                return message
+    carol_ws, _ = await a.socket(await a.session("carol"), "room")
+    joined = await next_of(bob_ws, "session_connected", 5)  # joins travel between nodes
+    assert joined["payload"]["user_id"] == "carol"
+    loop = asyncio.get_running_loop()
+    killed = loop.time()
+    a.proc.kill()
+    a.proc.wait()
+    gone = {(await next_of(bob_ws, "session_disconnected", 6))["payload"]["user_id"] for _ in range(2)}
+    assert gone == {"alice", "carol"}
+    assert loop.time() - killed < 2 + 2 / 3 + 1.5  # the lease, one refresh round, and some slack
+    dave_ws, state = await b.socket(await b.session("dave"), "room")
+    assert sorted(p["user_id"] for p in state["payload"]["participants"]) == ["bob", "dave"]  # no ghosts
+    for ws in (bob_ws, dave_ws):
+        await ws.close()

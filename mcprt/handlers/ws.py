@@ -164,15 +164,25 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             exc.details["close_code"] = CLOSE_ACCESS_REVOKED
             raise
         await deps.documents.know(self.document, self.peer_id)
-        self.join()
+        elsewhere = await deps.shared.participants(self.document_id) if deps.shared is not None else ()
+        self.join(elsewhere)
         if deps.shared is not None:
+            deps.shared.here(self)
             deps.shared.opened(self.document)
 
-    def join(self) -> None:
+    def join(self, elsewhere=()) -> None:
+        """Enter the document's room and tell everyone; `elsewhere`: its participants on other nodes."""
         deps = self.deps
         deps.hub.join(self)
         self.joined = True
-        state = {**self.document.state(), "participants": deps.hub.participants(self.document_id), "role": self.role}
+        participants = deps.hub.participants(self.document_id)
+        here = {p["peer_id"]: p for p in participants}
+        for entry in elsewhere:  # the same session may be on several nodes
+            if entry["peer_id"] in here:
+                here[entry["peer_id"]]["connections"] += entry["connections"]
+            else:
+                participants.append(entry)
+        state = {**self.document.state(), "participants": participants, "role": self.role}
         self.send(P.DOCUMENT_STATE, state)
         connected = P.build(P.SESSION_CONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
                             "connection_count": deps.hub.session_connections(self.session_id)}, self.now_iso())
@@ -450,6 +460,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
                        "revision": self.document.revision}
         self.fan_out(P.PRESENCE, P.build(P.PRESENCE, {"user_id": self.user_id, "peer_id": self.peer_id,
                                                       "state": "active", "cursor": self.cursor}, self.now_iso()))
+        if self.deps.shared is not None:
+            self.deps.shared.here(self)
 
     def on_sync_request(self, message: dict) -> None:
         """Answer with the ops since a revision (or the whole document_state), paced per connection: while
@@ -486,6 +498,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.joined = False
         deps = self.deps
         empty = deps.hub.leave(self)
+        if deps.shared is not None:
+            deps.shared.gone(self)
         reason = self.end_reason or ("client_disconnect" if self.close_code is not None else "timeout")
         left = P.build(P.SESSION_DISCONNECTED, {"user_id": self.user_id, "peer_id": self.peer_id,
                                                 "reason": reason}, self.now_iso())
