@@ -20,7 +20,7 @@ from .clock import iso, system_clock
 from .config import Settings
 from .services import Services, build_services
 from .sessions import mask
-from .cluster import TEST_HOOKS, Cluster, SharedDocuments, SharedSessions, check_cluster
+from .cluster import TEST_HOOKS, Cluster, SharedDocuments, SharedLimits, SharedSessions, check_cluster
 from .identity import check_auth
 from .storage import store_for
 from .storage.base import Store
@@ -166,6 +166,7 @@ class Server:
         SharedSessions(deps.cluster, deps.sessions, lambda session_id, reason: ws.close_session_sockets(
             deps, session_id, reason))
         deps.shared = SharedDocuments(deps.cluster, deps, self.settings.lease_ttl, os.environ.get(TEST_HOOKS, ""))
+        deps.shared_limits = SharedLimits(deps.cluster, deps.limits, self.clock)
         # Members changed here reach the sockets on every node; the others read them again.
         deps.access.on_change.append(lambda document_id: deps.cluster.publish(
             deps.cluster.control, {"t": "members", "d": document_id}))
@@ -254,6 +255,7 @@ class Server:
         await self.deps.documents.flush()
         if self.deps.shared is not None:
             await self.deps.shared.stop()
+            await self.deps.shared_limits.stop()
         if self.deps.cluster is not None:
             await self.deps.cluster.stop()
         await self.deps.store.close()

@@ -701,3 +701,73 @@ class SharedDocuments:
 def _server_error(message: str):
     from .protocol import AppError, ErrorCode
     return AppError(ErrorCode.SERVER_ERROR, message, {})
+
+
+# -- limits ----------------------------------------------------------------------------------------------
+
+class SharedLimits:
+    """Per-session message limits and per-address session-create limits that hold across nodes.
+
+    Messages: each node keeps its token bucket per session (no Redis round trip on a message) and every
+    FLUSH adds what its sessions spent to a Redis counter per session; what the counter grew by beyond
+    this node's share was spent on other nodes, and is debited from the local bucket. A session spread
+    over nodes gets its rate once, give or take what FLUSH lets through. Session creation: a Redis counter
+    per address and minute, beside the node's own window."""
+
+    FLUSH = 0.1  # s
+
+    def __init__(self, cluster: Cluster, limits, clock: Callable[[], float]):
+        self.cluster, self.limits, self.clock = cluster, limits, clock
+        self._spent: dict[str, int] = {}   # session -> messages spent here since the last flush
+        self._seen: dict[str, int] = {}    # session -> its counter after this node's last flush
+        limits.on_spend = self._spend
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    def _spend(self, session_id: str) -> None:
+        self._spent[session_id] = self._spent.get(session_id, 0) + 1
+
+    async def stop(self) -> None:
+        self._flusher.cancel()
+        await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH)
+            if not self._spent:
+                continue
+            try:
+                await self.flush()
+            except Exception as exc:  # Redis away: each node still holds its own limit
+                log.warning("sharing rate limits: %s", exc)
+
+    async def flush(self) -> None:
+        spent, self._spent = self._spent, {}
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        for session_id, n in spent.items():
+            key = self.cluster.key("spent", session_id)
+            pipe.incrby(key, n)
+            pipe.expire(key, 3600)
+        totals = (await pipe.execute())[::2]
+        now = self.clock()
+        for (session_id, n), total in zip(spent.items(), totals):
+            seen = self._seen.get(session_id)
+            self._seen[session_id] = total
+            elsewhere = 0 if seen is None else total - seen - n
+            if elsewhere > 0:
+                self.limits.buckets.get(session_id, now).debit(now, elsewhere)
+        if len(self._seen) > 4 * max(1, len(self.limits.buckets)):  # forget sessions long idle here
+            self._seen = {k: v for k, v in self._seen.items() if k in spent}
+
+    async def create_session(self, addr: str | None) -> None:
+        """Count a session creation from an address across nodes, or RATE_LIMITED."""
+        from .protocol import AppError, ErrorCode
+        minute = int(time.time() // 60)
+        key = self.cluster.key("creates", addr or "-", str(minute))
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = await pipe.execute()
+        limit = self.limits.session_creates.limit
+        if count > limit:
+            raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
+                           {"limit_per_minute": limit, "retry_after": 60 - int(time.time() % 60)})

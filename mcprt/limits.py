@@ -40,6 +40,7 @@ class Limits:
         self.session_creates = KeyedWindows(60.0, settings.session_create_limit)
         self.probes = KeyedWindows(60.0, settings.document_probe_limit)
         self.documents = DocumentQuota(settings.max_documents, settings.document_create_limit)
+        self.on_spend: Callable[[str], None] | None = None  # cluster mode: a session spent a message here
 
     def bucket(self, session_id: str) -> TokenBucket:
         """The message bucket a session's sockets share (it outlives them: reconnecting does not refill it)."""
@@ -52,6 +53,14 @@ class Limits:
     def message(self, bucket: TokenBucket) -> bool:
         """Spend one message from a bucket; False over the limit."""
         return bucket.take(self.clock())
+
+    def session_message(self, session_id: str, bucket: TokenBucket) -> bool:
+        """Spend one of a session's messages; False over the limit. Cluster mode counts it for the others."""
+        if not bucket.take(self.clock()):
+            return False
+        if self.on_spend is not None:
+            self.on_spend(session_id)
+        return True
 
     def retry_after_ms(self, bucket: TokenBucket) -> int:
         """Milliseconds until the bucket holds a message again."""

@@ -25,6 +25,13 @@ class TokenBucket:
         return False
 
 
+    def debit(self, now: float, cost: float) -> None:
+        """Spend `cost` tokens spent elsewhere (another node, on the same session): the bucket may go
+        below zero, never below -burst (a long absence here is not a long debt)."""
+        self.take(now, 0.0)
+        self.tokens = max(-float(self.burst), self.tokens - cost)
+
+
 class WindowCounter:
     """How many hits fell in the last `window` seconds."""
 

@@ -13,7 +13,7 @@ from .config import Settings
 from .documents import DocumentService
 from .edits import EditService
 from .hub import Hub
-from .cluster import Cluster, SharedDocuments
+from .cluster import Cluster, SharedDocuments, SharedLimits
 from .identity import Verifier, verifier_for
 from .limits import Limits
 from .metrics import Metrics
@@ -43,6 +43,7 @@ class Services:
     verifier: Verifier | None = None  # --auth jwt
     cluster: "Cluster | None" = None  # --redis: set by the Server once Redis answers
     shared: "SharedDocuments | None" = None  # --redis: who owns which document, and following the owner
+    shared_limits: "SharedLimits | None" = None  # --redis: per-session and per-address limits across nodes
 
 
 def build_services(settings: Settings, store: Store, clock: Callable[[], float]) -> Services:

@@ -413,3 +413,31 @@ async def test_a_killed_nodes_users_leave_the_participants_within_the_lease(clus
     assert sorted(p["user_id"] for p in state["payload"]["participants"]) == ["bob", "dave"]  # no ghosts
     for ws in (bob_ws, dave_ws):
         await ws.close()
+
+
+async def test_rate_limits_hold_for_one_session_spread_over_two_nodes(cluster):
+    a, b = await cluster(2, "--rate-limit", "10", "--rate-burst", "10", "--session-create-limit", "5")
+    session = await a.session("alice")
+    sockets = [(await a.socket(session, "rate"))[0], (await b.socket(session, "rate"))[0]]
+    acks = [0, 0]
+
+    async def spam(i: int, ws) -> None:  # 30 heartbeats a second from each node's socket, for 3 s
+        async def read() -> None:
+            async for raw in ws:
+                if json.loads(raw)["type"] == "heartbeat_ack":
+                    acks[i] += 1
+        reader = asyncio.get_running_loop().create_task(read())
+        for k in range(90):
+            await ws.send(json.dumps({"id": f"h{i}-{k}", "type": "heartbeat", "payload": {}, "timestamp": STAMP}))
+            await asyncio.sleep(1 / 30)
+        await asyncio.sleep(0.5)
+        reader.cancel()
+    await asyncio.gather(*(spam(i, ws) for i, ws in enumerate(sockets)))
+    # One bucket of 10 and 10 a second for 3.5 s allows 45; two buckets, one per node, would allow 90.
+    assert 35 <= sum(acks) <= 60, acks
+    assert min(acks) > 5  # both nodes served the session
+    for ws in sockets:
+        await ws.close()
+    created = [await a.call("POST", "/api/sessions", {"user_id": f"u{i}"}) for i in range(2)]  # alice's was one
+    created += [await b.call("POST", "/api/sessions", {"user_id": f"v{i}"}) for i in range(3)]
+    assert [code for code, _ in created] == [201, 201, 201, 201, 429]  # five a minute from this address, in all

@@ -532,10 +532,10 @@ async def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start(tmp_
 
 # -- 4. frames stuck half-way --------------------------------------------------------------------------------
 
-async def test_the_frame_cap_is_four_messages_and_at_least_64_kib(start):
+async def test_the_frame_cap_is_four_messages_and_at_least_64_kib(start, tmp_path):
     app = await start()
     assert app.server.app.settings["websocket_max_message_size"] == 64 << 10
-    big = await start(max_message_bytes=40_000)
+    big = await start(max_message_bytes=40_000, db=str(tmp_path / "big.db"))  # one server per SQLite file
     assert big.server.app.settings["websocket_max_message_size"] == 160_000
 
 

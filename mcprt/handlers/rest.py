@@ -88,6 +88,8 @@ class SessionsHandler(ApiHandler):
         client = self.client_info()
         try:
             self.deps.limits.create_session(client.addr)
+            if self.deps.shared_limits is not None:  # cluster mode: the address's creations on every node
+                await self.deps.shared_limits.create_session(client.addr)
         except AppError as exc:
             self.security("session_rate_limited", None, {"limit_per_minute": exc.details["limit_per_minute"]})
             self.set_header("Retry-After", str(exc.details["retry_after"]))

@@ -268,7 +268,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if len(message) > limit or (4 * len(message) > limit and len(message.encode("utf-8")) > limit):
                 raise AppError(ErrorCode.MESSAGE_TOO_LARGE, f"message exceeds {limit} bytes",
                                {"limit": limit, "size": len(message.encode("utf-8", "surrogatepass"))})
-            if not self.deps.limits.message(self.bucket):
+            if not self.deps.limits.session_message(self.session_id, self.bucket):
                 return self._rate_limited(message)
             parsed = self.deps.registry.parse(message)
             if self.deps.clock() >= self.expires:
