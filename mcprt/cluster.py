@@ -250,7 +250,9 @@ class SharedDocuments:
         # A participant entry not refreshed for this long is a dead node's ghost (refreshed every ttl/3).
         self.presence_bound = ttl
         cluster.handlers.update(op=self._on_op, fan=self._on_fan, edit=self._on_edit, refused=self._on_refused,
-                                again=self._on_again, abusive=self._on_abusive, released=self._on_released)
+                                again=self._on_again, abusive=self._on_abusive, released=self._on_released,
+                                restore=self._on_restore, answer=self._on_answer)
+        self._questions: dict[str, asyncio.Future] = {}
         deps.edits.on_published = self._published
         deps.edits.on_reset.append(self._reset)
         self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
@@ -551,6 +553,62 @@ class SharedDocuments:
         held = self.held.get(body["d"])
         if held is not None and not held.owner:
             self.deps.tasks.spawn(self._recheck(held), f"take over {held.document_id}")
+
+    # -- restore ---------------------------------------------------------------------------------------
+
+    async def restore(self, document_id: str, revision: int, author) -> tuple[dict, int]:
+        """A restore (REST) on whichever node owns the document: here when this node owns it, or nobody
+        does (then only for the restore); else asked of the owner. (The document's state, the new revision.)"""
+        temporary = document_id not in self.held
+        held = await self.attach(document_id)
+        try:
+            if held.owner:
+                applied = await self.deps.edits.restore(document_id, revision, author)
+                return applied.document.state(), applied.revision
+            return await self._ask(held, {"t": "restore", "d": document_id, "rev": revision,
+                                          "a": [author.user_id, author.peer_id, author.session_id]})
+        finally:
+            if temporary and not self.deps.hub.members(document_id):
+                await self.detach(document_id)
+
+    async def _ask(self, held: Held, body: dict) -> tuple[dict, int]:
+        from .protocol import AppError, ErrorCode
+        query = uuid.uuid4().hex
+        answer = asyncio.get_running_loop().create_future()
+        self._questions[query] = answer
+        self.cluster.publish(self.cluster.key("node", held.owner_node), {**body, "q": query})
+        try:
+            reply = await asyncio.wait_for(answer, self.forward_timeout)
+        except asyncio.TimeoutError:
+            raise _server_error("the document's owner did not answer in time; retry") from None
+        finally:
+            self._questions.pop(query, None)
+        if "code" in reply:
+            raise AppError(ErrorCode(reply["code"]), reply["message"], reply.get("details") or {})
+        return reply["state"], reply["r"]
+
+    def _on_restore(self, body: dict) -> None:
+        self.deps.tasks.spawn(self._restore_for(body), f"a restore of {body['d']} for another node")
+
+    async def _restore_for(self, body: dict) -> None:
+        from .documents import Author
+        from .protocol import AppError
+        to = self.cluster.key("node", body["from"])
+        held = self.held.get(body["d"])
+        try:
+            if held is None or not held.owner:
+                raise _server_error("this node does not own the document any more; retry")
+            applied = await self.deps.edits.restore(body["d"], body["rev"], Author(*body["a"]))
+            self.cluster.publish(to, {"t": "answer", "q": body["q"], "state": applied.document.state(),
+                                      "r": applied.revision})
+        except AppError as exc:
+            self.cluster.publish(to, {"t": "answer", "q": body["q"], "code": exc.code.value, "message": exc.message,
+                                      "details": exc.details})
+
+    def _on_answer(self, body: dict) -> None:
+        answer = self._questions.get(body["q"])
+        if answer is not None and not answer.done():
+            answer.set_result(body)
 
     # -- presence and the rest ---------------------------------------------------------------------------
 

@@ -441,3 +441,27 @@ async def test_rate_limits_hold_for_one_session_spread_over_two_nodes(cluster):
     created = [await a.call("POST", "/api/sessions", {"user_id": f"u{i}"}) for i in range(2)]  # alice's was one
     created += [await b.call("POST", "/api/sessions", {"user_id": f"v{i}"}) for i in range(3)]
     assert [code for code, _ in created] == [201, 201, 201, 201, 429]  # five a minute from this address, in all
+
+
+async def test_a_restore_on_any_node_is_made_by_the_owner(cluster, redis_server):
+    a, b = await cluster(2)
+    await a.call("POST", "/api/documents", {"document_id": "past", "format": "text"}, admin=True)
+    alice, alice_ws, alice_task = await _editor(a, "alice", "past", OTClient)  # node1 owns it
+    bob, bob_ws, bob_task = await _editor(b, "bob", "past", OTClient)
+    for word in ("one ", "two "):
+        await alice.edit({"position": len(alice.content), "insert": word})
+        await _until(lambda: alice.synchronized, what="alice's ack")
+    code, state = await b.call("POST", "/api/documents/past/restore", {"revision": 1}, admin=True)
+    assert code == 200 and state["content"] == "one " and state["revision"] == 3
+    await _until(lambda: alice.revision == bob.revision == 3, what="the restore on both nodes")
+    assert alice.content == bob.content == "one "
+    for ws in (alice_ws, bob_ws):
+        await ws.close()
+    await _until(lambda: lease_owner(cluster, redis_server, "past") is None, what="nobody to own the document")
+    code, state = await b.call("POST", "/api/documents/past/restore", {"revision": 2}, admin=True)
+    assert code == 200 and state["content"] == "one two " and state["revision"] == 4
+    assert lease_owner(cluster, redis_server, "past") is None  # node2 held it for the restore only
+    code, history = await a.call("GET", "/api/documents/past/history", admin=True)
+    assert [op["revision"] for op in history["ops"]] == [1, 2, 3, 4]
+    for task in (alice_task, bob_task):
+        task.cancel()

@@ -257,11 +257,15 @@ class RestoreHandler(ApiHandler):
         check_document_id(document_id)
         await self.deps.access.require(document_id, author, "editor", author is OPERATOR)
         revision = self.json_body("document_restore")["revision"]
-        applied = await self.deps.edits.restore(document_id, revision, author)
+        if self.deps.shared is not None:  # cluster mode: on the node that owns the document
+            state, new_revision = await self.deps.shared.restore(document_id, revision, author)
+        else:
+            applied = await self.deps.edits.restore(document_id, revision, author)
+            state, new_revision = applied.document.state(), applied.revision
         self.deps.audit.event("document", "document_restored", "info", {"from_revision": revision,
-                         "revision": applied.revision}, document_id=document_id, user_id=author.user_id,
+                         "revision": new_revision}, document_id=document_id, user_id=author.user_id,
                          client_addr=self.request.remote_ip)
-        self.write_json(applied.document.state())
+        self.write_json(state)
 
 
 class MembersHandler(ApiHandler):
