@@ -167,6 +167,7 @@ class Server:
             deps, session_id, reason))
         deps.shared = SharedDocuments(deps.cluster, deps, self.settings.lease_ttl, os.environ.get(TEST_HOOKS, ""))
         deps.shared_limits = SharedLimits(deps.cluster, deps.limits, self.clock)
+        deps.metrics.node = deps.cluster.node_id
         # Members changed here reach the sockets on every node; the others read them again.
         deps.access.on_change.append(lambda document_id: deps.cluster.publish(
             deps.cluster.control, {"t": "members", "d": document_id}))

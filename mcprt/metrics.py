@@ -58,6 +58,8 @@ class Metrics:
         self.commit_latency.observe(seconds)
         self.commit_rows.inc(rows)
 
+    node: str | None = None  # cluster mode: every sample carries node="<id>"
+
     def watch(self, audit: Audit, hub: Hub) -> None:
         """Count security events as they are recorded, and read the hub's size when scraped."""
         audit.listeners.append(self._event)
@@ -73,4 +75,16 @@ class Metrics:
         for state in STATES:
             self.sessions.labels(state).set(counts.get(state, 0))
         self.open_documents.set(open_documents)
-        return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, {"node": self.node}) if self.node else self.registry)
+
+
+class _Labelled:
+    """A registry's samples with labels added (the node's name, in cluster mode)."""
+
+    def __init__(self, registry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [sample._replace(labels={**sample.labels, **self.labels}) for sample in family.samples]
+            yield family

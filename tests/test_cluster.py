@@ -94,6 +94,9 @@ async def test_every_node_reports_redis_and_its_name(cluster):
     for node in (a, b):
         code, health = await node.call("GET", "/health")
         assert code == 200 and health["checks"] == {"database": "ok", "redis": "ok"} and health["node"] == node.name
+        reply = await node.http.fetch(node.base + "/metrics", headers={"Authorization": "Bearer cluster-admin-token"})
+        lines = [line for line in reply.body.decode().splitlines() if line.startswith("mcprt_connections")]
+        assert lines == [f'mcprt_connections{{node="{node.name}"}} 0.0']
 
 
 async def test_a_session_made_on_one_node_works_on_every_node(cluster):
