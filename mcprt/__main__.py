@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the server beside a bare Tornado baseline")
     bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
     bench.add_argument("--only", help="comma-separated benchmark names")
+    bench.add_argument("--cluster", action="store_true",
+                       help="the cluster group alone: two nodes on PostgreSQL and Redis beside one process")
     bench.add_argument("--json", action="store_true", help="print results as JSON too")
     return parser
 
@@ -287,7 +289,10 @@ def cmd_bench(args) -> int:
     except ImportError as exc:  # websockets and psutil are the bench extra, not runtime dependencies
         print(f"error: the benchmarks need {exc.name}: pip install 'mcprt[bench]'", file=sys.stderr)
         return 2
-    return run_bench(quick=args.quick, only=args.only.split(",") if args.only else None, as_json=args.json)
+    only = args.only.split(",") if args.only else None
+    if args.cluster:
+        only = [*(only or []), "cluster"]
+    return run_bench(quick=args.quick, only=only, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(sanitize_runs=(60, 4), reps=1, requests=300, connects=100, heartbeat_seconds=1.5, edit_seconds=1.5, window=200, viewers=100,
              fan_edits=300, connections=300, per_document=10, connections_heartbeat=2.0, keep=100,
-             idle_seconds=2.0, sessions=1000, size_seconds=0.4, size_broadcasts=20)
+             idle_seconds=2.0, sessions=1000, size_seconds=0.4, size_broadcasts=20, cluster_documents=4,
+             cluster_window=20, deliveries=100)
 NORMAL = dict(sanitize_runs=(300, 20), reps=3, requests=2000, connects=300, heartbeat_seconds=3.0, edit_seconds=4.0, window=200, viewers=100,
               fan_edits=1500, connections=1000, per_document=10, connections_heartbeat=8.0, keep=100,
-              idle_seconds=6.0, sessions=5000, size_seconds=1.0, size_broadcasts=100)
+              idle_seconds=6.0, sessions=5000, size_seconds=1.0, size_broadcasts=100, cluster_documents=8,
+              cluster_window=20, deliveries=500)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,14 @@ ROWS = {
     "session_memory": [Row("session_memory", "server RSS per 1,000 of {sessions} sessions", "KB",
                            lambda r: r["rss_per_1000"] / 1024, "(report)", None, latency=False, floor=1.0)],
     "doc_sizes": _size_rows(),
+    "cluster": [Row("cluster_owner_edits", "cluster: edits acked on the owner, {window} in flight (bare: one process)",
+                    "edit/s", lambda r: r["owner_rate"], "(report)", None, samples="owner_latency"),
+                Row("cluster_forwarded", "cluster: edit through a non-owner, 1 in flight (bare: on the owner)", "ms",
+                    lambda r: _ms(r["edit_latency"]), "(report)", None, samples="edit_latency"),
+                Row("cluster_delivery", "cluster: edit to a viewer on another node (bare: same node)", "ms",
+                    lambda r: _ms(r["delivery"]), "(report)", None, samples="delivery"),
+                Row("cluster_aggregate", "cluster: edits/s, {cluster_documents} docs on 2 nodes (bare: 1 node)",
+                    "edit/s", lambda r: r["aggregate"], "(report)", None, latency=False)],
 }
 
 
@@ -263,6 +273,10 @@ def sanitize_group(params: dict) -> dict:
 
 
 LOCAL_GROUPS = {"sanitize": sanitize_group}  # measured in this process, no servers
+CLUSTER_NOTE = ("cluster: nodes on one PostgreSQL database (a throwaway local cluster, fsync on) and one "
+                "redis-server, all on this machine; the bare side of the first row is one process on PostgreSQL "
+                "alone; aggregate: one editor per document, {cluster_window} in flight each, documents spread "
+                "over the nodes (the load client shares the machine's cores)")
 # Groups whose two sides are not the bare baseline and the real server: side -> (server kind, event loop).
 SIDES = {"loop": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt", "uvloop")},
          "postgres": {"bare": ("mcprt", "asyncio"), "mcprt": ("mcprt-postgres", "asyncio")},
@@ -361,17 +375,21 @@ class ServerProcess:
     """`python -m mcprt.bench_servers KIND` in its own process (the real server on `loop`, or the bare
     baseline); stopped with SIGTERM."""
 
-    def __init__(self, kind: str, workdir: str, loop: str = "asyncio", postgres=None):
+    def __init__(self, kind: str, workdir: str, loop: str = "asyncio", postgres=None, db: str | None = None,
+                 overrides: dict | None = None):
         self.kind, self.workdir, self.loop = kind, workdir, loop
         self.postgres = postgres  # a pgcluster.Cluster, for kind mcprt-postgres
-        self.log_path = os.path.join(workdir, f"{kind}-{loop}.log")
+        self.db, self.overrides = db, overrides or {}  # mcprt-cluster: the shared database, the node's settings
+        self.log_path = os.path.join(workdir, f"{kind}-{loop}{self.overrides.get('node_id', '')}.log")
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> C.Target:
-        real = self.kind in ("mcprt", "mcprt-postgres", "mcprt-jwt")
+        real = self.kind in ("mcprt", "mcprt-postgres", "mcprt-jwt", "mcprt-cluster")
         args = [sys.executable, "-m", "mcprt.bench_servers", "real" if real else "bare"]
         if self.kind == "mcprt-postgres":
             args += [await asyncio.to_thread(self.postgres.database), self.loop]
+        elif self.kind == "mcprt-cluster":
+            args += [self.db, self.loop, json.dumps(self.overrides)]
         elif real:
             args += [os.path.join(self.workdir, f"bench-{time.monotonic_ns()}.db"), self.loop]
         if self.kind == "mcprt-jwt":
@@ -405,6 +423,8 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
     """Fresh servers for one group, repetitions alternating bare and mcprt; samples merged per side."""
     if group in LOCAL_GROUPS:
         return LOCAL_GROUPS[group](params)
+    if group == "cluster":
+        return await cluster_group(params, workdir)
     kinds = ("mcprt",) if group in ONE_SERVER_GROUPS else ("bare", "mcprt")
     servers = {}
     postgres = await asyncio.to_thread(_postgres) if group == "postgres" else None
@@ -432,6 +452,48 @@ async def run_group(group: str, params: dict, workdir: str) -> dict:
     real = _merge(results["mcprt"])
     bare = ONE_SERVER_GROUPS[group](real) if group in ONE_SERVER_GROUPS else _merge(results["bare"])
     return {"bare": bare, "mcprt": real, "errors": errors, "logged": logged, "notes": GROUP_NOTES.get(group, [])}
+
+
+async def cluster_group(p: dict, workdir: str) -> dict:
+    """Two nodes on one PostgreSQL and one Redis beside one process on PostgreSQL alone."""
+    from . import redisserver
+    if redisserver.binary() is None:
+        raise RuntimeError("the cluster group needs redis-server (Debian: apt install redis-server)")
+    postgres = await asyncio.to_thread(_postgres)
+    redis = await asyncio.to_thread(redisserver.RedisServer(redisserver.binary()).start)
+    shared = await asyncio.to_thread(postgres.database)
+    servers = [ServerProcess("mcprt-postgres", workdir, postgres=postgres)]
+    servers += [ServerProcess("mcprt-cluster", workdir, db=shared, overrides={
+        "redis": redis.url(), "redis_prefix": "bench", "node_id": f"node{i}"}) for i in (1, 2)]
+    try:
+        single, a, b = await asyncio.gather(*(s.start() for s in servers))
+        bare, real = {"owner_latency": [], "edit_latency": [], "delivery": []}, {
+            "owner_latency": [], "edit_latency": [], "delivery": []}
+        rates = {"single": [], "owner": [], "one": [], "two": []}
+        for rep in range(p["reps"]):
+            run = await C.edit_rate(single, p["edit_seconds"], p["window"], f"single-{rep}")
+            rates["single"].append(run["rate"])
+            bare["owner_latency"] += run["latency"]
+            run = await C.edit_rate(a, p["edit_seconds"], p["window"], f"owned-{rep}")
+            rates["owner"].append(run["rate"])
+            real["owner_latency"] += run["latency"]
+            bare["edit_latency"] += (await C.forwarded_edit_rate(a, a, p["edit_seconds"], f"near-{rep}"))["latency"]
+            real["edit_latency"] += (await C.forwarded_edit_rate(a, b, p["edit_seconds"], f"far-{rep}"))["latency"]
+            bare["delivery"] += (await C.delivery_latency(a, a, p["deliveries"], f"seen-{rep}"))["latency"]
+            real["delivery"] += (await C.delivery_latency(a, b, p["deliveries"], f"seen-far-{rep}"))["latency"]
+            rates["one"].append((await C.aggregate_rate([a], p["cluster_documents"], p["edit_seconds"],
+                                                        p["cluster_window"], f"one-{rep}"))["rate"])
+            rates["two"].append((await C.aggregate_rate([a, b], p["cluster_documents"], p["edit_seconds"],
+                                                        p["cluster_window"], f"two-{rep}"))["rate"])
+        errors = [e for t in (single, a, b) for e in t.errors]
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers))
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(postgres.stop)
+    bare.update(owner_rate=_median(rates["single"]), aggregate=_median(rates["one"]), repetitions=p["reps"])
+    real.update(owner_rate=_median(rates["owner"]), aggregate=_median(rates["two"]), repetitions=p["reps"])
+    logged = [line for s in servers for line in s.problems()]
+    return {"bare": bare, "mcprt": real, "errors": errors, "logged": logged, "notes": [CLUSTER_NOTE.format(**p)]}
 
 
 def _postgres():

@@ -505,3 +505,36 @@ def against_smallest(results: dict) -> dict:
     smallest, labels = SIZES[0][0], {label for label, _, _ in SIZES}
     return {key: results[f"{key.rsplit('_', 1)[0]}_{smallest}"] if key.rsplit("_", 1)[-1] in labels else value
             for key, value in results.items()}
+
+
+# -- several nodes -----------------------------------------------------------------------------------
+
+
+async def forwarded_edit_rate(owner: Target, via: Target, seconds: float, document_id: str) -> dict:
+    """Edits at one in flight through `via` on a document `owner` owns (a socket of its own holds it there)."""
+    holder = await ws_connect(owner, (await create_sessions(owner, 1))[0], document_id)
+    try:
+        return await edit_rate(via, seconds, 1, document_id)
+    finally:
+        await holder.close()
+
+
+async def delivery_latency(editor_at: Target, viewer_at: Target, count: int, document_id: str) -> dict:
+    """One editor on `editor_at`, one viewer on `viewer_at`: from sending an edit to the viewer receiving it."""
+    editor = await ws_connect(editor_at, (await create_sessions(editor_at, 1))[0], document_id)
+    viewer = await ws_connect(viewer_at, (await create_sessions(viewer_at, 1))[0], document_id)
+    await _drain([editor, viewer])
+    sent_at, samples = {}, []
+    view = asyncio.create_task(_view(viewer_at, viewer, "realtime_edit", count, sent_at, samples))
+    await _pipeline(editor_at, editor, edit, 1, sent_at, count=count)
+    await view
+    await asyncio.gather(editor.close(), viewer.close())
+    return {"latency": samples}
+
+
+async def aggregate_rate(targets: list[Target], documents: int, seconds: float, window: int, prefix: str) -> dict:
+    """One editor on each of `documents` documents at once, the documents spread over `targets` (each
+    editor on the node of its document): acked edits a second in all."""
+    runs = await asyncio.gather(*(edit_rate(targets[i % len(targets)], seconds, window, f"{prefix}-{i}")
+                                  for i in range(documents)))
+    return {"rate": sum(run["rate"] for run in runs)}
