@@ -228,6 +228,7 @@ class Held:
         self.pending: dict[tuple, list[_Forwarded]] = {}  # (peer id, message id) -> edits forwarded by us
         self.moving = False               # a claim and a take-over are under way
         self.checking = False             # a renewal or a claim is under way
+        self.joining = 0                  # joins between attach() and the room (or a refusal)
 
 
 class SharedDocuments:
@@ -285,8 +286,19 @@ class SharedDocuments:
                 held.ready.set_exception(exc)
                 held.ready.exception()
                 raise
-        await asyncio.shield(held.ready)
+        held.joining += 1
+        try:
+            await asyncio.shield(held.ready)
+        except BaseException:
+            held.joining -= 1
+            raise
         return held
+
+    def joined(self, document_id: str) -> None:
+        """A join that attached has ended (in the room, or refused)."""
+        held = self.held.get(document_id)
+        if held is not None and held.joining:
+            held.joining -= 1
 
     def opened(self, document) -> None:
         """The copy is in memory: take what arrived on the channel while it loaded."""
@@ -297,9 +309,11 @@ class SharedDocuments:
     async def detach(self, document_id: str) -> None:
         """Nobody here is on the document any more (its copy was released): leave its channel, and give
         the lease up, telling the others, so that one of them owns it at once."""
-        held = self.held.pop(document_id, None)
-        if held is not None:
-            await self._give_up(held)
+        held = self.held.get(document_id)
+        if held is None or held.joining or self.deps.hub.members(document_id):
+            return  # someone is joining or here again: it stays
+        del self.held[document_id]
+        await self._give_up(held)
 
     async def _give_up(self, held: Held) -> None:
         try:
@@ -561,6 +575,7 @@ class SharedDocuments:
         does (then only for the restore); else asked of the owner. (The document's state, the new revision.)"""
         temporary = document_id not in self.held
         held = await self.attach(document_id)
+        self.joined(document_id)
         try:
             if held.owner:
                 applied = await self.deps.edits.restore(document_id, revision, author)

@@ -149,6 +149,24 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         self.bucket = deps.limits.bucket(self.session_id)
         if deps.shared is not None:  # cluster mode: own the document, or follow the node that does
             await deps.shared.attach(self.document_id)
+        try:
+            elsewhere = await self._open_document(session)
+        except BaseException:
+            if deps.shared is not None:
+                deps.shared.joined(self.document_id)
+            if not deps.hub.members(self.document_id):  # refused: nobody keeps the document open for nothing
+                deps.tasks.spawn(_release_when_stored(deps, self.document_id), "release a document")
+            raise
+        self.join(elsewhere)
+        if deps.shared is not None:
+            deps.shared.here(self)
+            deps.shared.joined(self.document_id)
+            deps.shared.opened(self.document)
+
+    async def _open_document(self, session) -> list:
+        """The document in memory (made by this join if new), the caller's role on it, and its
+        participants on other nodes."""
+        deps = self.deps
         self.document = await deps.documents.open(
             self.document_id, creator=creator(Author(self.user_id, self.peer_id), self.request.remote_ip),
             owner=None if deps.documents.loaded(self.document_id) else deps.access.owner_write(self.document_id,
@@ -164,11 +182,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             exc.details["close_code"] = CLOSE_ACCESS_REVOKED
             raise
         await deps.documents.know(self.document, self.peer_id)
-        elsewhere = await deps.shared.participants(self.document_id) if deps.shared is not None else ()
-        self.join(elsewhere)
-        if deps.shared is not None:
-            deps.shared.here(self)
-            deps.shared.opened(self.document)
+        return await deps.shared.participants(self.document_id) if deps.shared is not None else []
 
     def join(self, elsewhere=()) -> None:
         """Enter the document's room and tell everyone; `elsewhere`: its participants on other nodes."""
