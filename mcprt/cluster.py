@@ -108,14 +108,16 @@ class Cluster:
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def publish(self, channel: str, message: dict) -> None:
-        """Queue one message for a channel; they leave in the order queued."""
+    def publish(self, channel: str, message: dict, heard: Callable[[int], None] | None = None) -> None:
+        """Queue one message for a channel; they leave in the order queued. `heard` is told how many
+        subscribers received it."""
         message["from"] = self.node_id
-        self._outbox.put_nowait(("PUBLISH", channel, json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
+        self._outbox.put_nowait((heard, "PUBLISH", channel,
+                                 json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
 
     def command(self, *args) -> None:
         """Queue a Redis command nobody waits for (presence): in order with the publishes."""
-        self._outbox.put_nowait(args)
+        self._outbox.put_nowait((None, *args))
 
     async def _publish_forever(self) -> None:
         while True:
@@ -125,10 +127,13 @@ class Cluster:
                 batch.append(self._outbox.get_nowait())
             try:
                 pipe = self._publisher.pipeline(transaction=False)
-                for args in batch:
+                for _, *args in batch:
                     pipe.execute_command(*args)
-                await pipe.execute()
+                results = await pipe.execute()
                 self.published += len(batch)
+                for (heard, *_), result in zip(batch, results):
+                    if heard is not None:
+                        heard(result)
             except Exception as exc:  # pub/sub is at most once: receivers fill gaps from the store
                 log.warning("publishing %d cluster messages failed: %s", len(batch), exc)
                 await asyncio.sleep(0.2)
@@ -229,6 +234,8 @@ class Held:
         self.moving = False               # a claim and a take-over are under way
         self.checking = False             # a renewal or a claim is under way
         self.joining = 0                  # joins between attach() and the room (or a refusal)
+        self.quiet = False                # owner: no other node follows, ops are not published
+        self.hellos = 0                   # owner: hellos heard (a publish result older than one is moot)
 
 
 class SharedDocuments:
@@ -252,7 +259,8 @@ class SharedDocuments:
         self.presence_bound = ttl
         cluster.handlers.update(op=self._on_op, fan=self._on_fan, edit=self._on_edit, refused=self._on_refused,
                                 again=self._on_again, abusive=self._on_abusive, released=self._on_released,
-                                restore=self._on_restore, answer=self._on_answer)
+                                restore=self._on_restore, answer=self._on_answer, hello=self._on_hello,
+                                head=self._on_head)
         self._questions: dict[str, asyncio.Future] = {}
         deps.edits.on_published = self._published
         deps.edits.on_reset.append(self._reset)
@@ -279,7 +287,9 @@ class SharedDocuments:
             held = self.held[document_id] = Held(document_id)
             try:
                 await self.cluster.pubsub.subscribe(self.channel(document_id))
-                await self._claim(held)
+                if not await self._claim(held):
+                    self.cluster.publish(self.channel(document_id), {"t": "hello", "d": document_id})
+                held.moving = False  # nothing to catch up: the copy is loaded after this
                 held.ready.set_result(None)
             except BaseException as exc:
                 self.held.pop(document_id, None)
@@ -329,12 +339,14 @@ class SharedDocuments:
                 entry.timer.cancel()
 
     async def _claim(self, held: Held) -> bool:
-        """Take the lease if nobody holds it; otherwise note who does. True when it is ours."""
+        """Take the lease if nobody holds it; otherwise note who does. True when it is ours (and then
+        `held` is marked moving until the caller has made this copy the one that commits)."""
         redis, key = self.cluster.redis, self.lease_key(held.document_id)
         for _ in range(3):
             token = f"{self.cluster.node_id}:{uuid.uuid4().hex[:8]}"
             started = asyncio.get_running_loop().time()
             if await redis.set(key, token, nx=True, px=int(self.ttl * 1000)):
+                held.moving = True
                 held.owner, held.token, held.deadline, held.owner_node = True, token, started + self.ttl, None
                 log.info("node %s owns %s", self.cluster.node_id, held.document_id)
                 return True
@@ -399,12 +411,42 @@ class SharedDocuments:
         if str(applied.revision) in self.dropping:
             self.dropping.discard(str(applied.revision))
             return
+        if held.quiet:
+            return  # no other node follows it (it says hello when one does)
         payload = message.get("payload", {}) if message else {}
+        generation = held.hellos
         self.cluster.publish(self.channel(document_id), {
             "t": "op", "d": document_id, "r": applied.revision, "op": applied.op.to_json(),
             "c": applied.correction.to_json() if applied.correction else None, "u": author.user_id,
             "p": author.peer_id, "m": message.get("id") if message else None,
-            "cp": payload.get("cursor_position"), "o": payload.get("operation")})
+            "cp": payload.get("cursor_position"), "o": payload.get("operation")},
+            lambda receivers: self._heard(held, generation, receivers))
+
+    def _heard(self, held: Held, generation: int, receivers: int) -> None:
+        """Only this node (subscribed itself) got the op, and no node said hello since it was sent: stop
+        publishing ops until one does."""
+        if receivers <= 1 and generation == held.hellos and held.owner:
+            held.quiet = True
+
+    def _on_hello(self, body: dict) -> None:
+        """A node follows the document now: publish its ops again, and say where the head is (the node
+        fills from the store what was not published)."""
+        held = self.held.get(body["d"])
+        if held is None or not held.owner:
+            return
+        held.hellos += 1
+        held.quiet = False
+        document = self.deps.documents.get_open(body["d"])
+        if document is not None:
+            self.cluster.publish(self.channel(body["d"]), {"t": "head", "d": body["d"], "r": document.revision})
+
+    def _on_head(self, body: dict) -> None:
+        """The owner's revision now: a follower takes what it lacks up to it from the store."""
+        held = self.held.get(body["d"])
+        if held is None or held.owner:
+            return
+        held.inbox.append({**body, "head": True})
+        self._drain_soon(held)
 
     def _on_edit(self, body: dict) -> None:
         held = self.held.get(body["d"])
@@ -412,6 +454,8 @@ class SharedDocuments:
             self._answer(body, _server_error("this node does not own the document any more; send the edit again"),
                          moved=True)
             return
+        if held.quiet:  # a node forwards: it follows, and waits for this op
+            held.hellos, held.quiet = held.hellos + 1, False
         held.forwarded.append(body)
         if not held.forwarding:
             held.forwarding = True
@@ -490,6 +534,9 @@ class SharedDocuments:
                 body = held.inbox.pop(0)
                 revision = body["r"]
                 if revision <= document.revision:
+                    continue
+                if body.get("head"):
+                    await self._fill(held, document, revision)
                     continue
                 if revision > document.revision + 1:
                     await self._fill(held, document, revision - 1)
@@ -729,10 +776,11 @@ class SharedDocuments:
                 elif "ignore_lease" not in self.hooks:
                     self._lost(held)
                 return
-            held.moving = True  # while the lease is claimed and the copy catches up, edits wait
             try:
-                if await self._claim(held):
+                if await self._claim(held):  # edits wait (SERVER_ERROR, sent again) while the copy catches up
                     await self._promote(held)
+                else:  # still following: said every round, so that a lost hello costs one round at most
+                    self.cluster.publish(self.channel(held.document_id), {"t": "hello", "d": held.document_id})
             finally:
                 held.moving = False
         finally:
