@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -468,3 +469,33 @@ async def test_a_restore_on_any_node_is_made_by_the_owner(cluster, redis_server)
     assert [op["revision"] for op in history["ops"]] == [1, 2, 3, 4]
     for task in (alice_task, bob_task):
         task.cancel()
+
+
+async def test_a_change_of_members_reaches_sockets_on_every_node(cluster):
+    import jwt
+    secret = "a-deployment-secret-of-at-least-32-characters"
+    a, b = await cluster(2, "--auth", "jwt", env={"MCPRT_JWT_SECRET": secret})
+
+    async def user(node: Node, name: str) -> str:
+        token = jwt.encode({"sub": name, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+        reply = await node.http.fetch(node.base + "/api/sessions", method="POST", body="{}",
+                                      headers={"Authorization": f"Bearer {token}"})
+        return json.loads(reply.body)["session_id"]
+    alice, bob = await user(a, "alice"), await user(b, "bob")
+    assert (await a.call("POST", "/api/documents", {"document_id": "plan", "format": "text"}, session=alice))[0] == 201
+    assert (await a.call("PUT", "/api/documents/plan/members", {"member": "user:bob", "role": "viewer"},
+                         session=alice))[0] == 200
+    ws, state = await b.socket(bob, "plan")  # bob on the other node
+    assert state["payload"]["role"] == "viewer"
+    assert (await a.call("PUT", "/api/documents/plan/members", {"member": "user:bob", "role": "editor"},
+                         session=alice))[0] == 200
+
+    async def next_of(type_: str) -> dict:
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if message["type"] == type_:
+                return message
+    assert (await next_of("permissions"))["payload"] == {"document_id": "plan", "role": "editor"}
+    assert (await a.call("DELETE", "/api/documents/plan/members?member=user:bob", session=alice))[0] == 200
+    await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 4013
