@@ -283,8 +283,11 @@ class SharedDocuments:
     async def attach(self, document_id: str) -> Held:
         """Hold a document before opening it: subscribed to its channel, and owning it when nobody does."""
         held = self.held.get(document_id)
-        if held is None:
+        fresh = held is None
+        if fresh:
             held = self.held[document_id] = Held(document_id)
+        held.joining += 1  # before any await: a detach meanwhile leaves it
+        if fresh:
             try:
                 await self.cluster.pubsub.subscribe(self.channel(document_id))
                 if not await self._claim(held):
@@ -296,7 +299,6 @@ class SharedDocuments:
                 held.ready.set_exception(exc)
                 held.ready.exception()
                 raise
-        held.joining += 1
         try:
             await asyncio.shield(held.ready)
         except BaseException:
