@@ -21,12 +21,19 @@ COMMANDS = ("serve", "migrate", "events", "sessions", "bench")
 log = logging.getLogger("mcprt")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument told in one line (not the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mcprt", description=(
+    parser = _Parser(prog="python -m mcprt", description=(
         "mcprt: a real-time collaborative editing server. Without a command it serves "
         "(python -m mcprt --port 3000 is python -m mcprt serve --port 3000)."))
     parser.add_argument("--version", action="version", version=f"mcprt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = sub.add_parser("serve", help="serve the API, the WebSocket and the demo (default)")
     add_settings_arguments(serve)
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
@@ -61,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
-    return {"serve": cmd_serve, "migrate": cmd_migrate, "events": cmd_events, "sessions": cmd_sessions,
-            "bench": cmd_bench}[args.command](args)
+    command = {"serve": cmd_serve, "migrate": cmd_migrate, "events": cmd_events, "sessions": cmd_sessions,
+               "bench": cmd_bench}[args.command]
+    try:
+        return command(args)
+    except BrokenPipeError:  # `events | head` closed our stdout: a reader that had enough, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 0
 
 
 def setup_logging(level: str) -> None:
@@ -77,15 +90,15 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    settings = settings_from_namespace(args)
-    setup_logging(settings.log_level)
     try:
+        settings = settings_from_namespace(args)
         factory = loop_factory(settings.loop)
         check_auth(settings)
         check_cluster(settings)
-    except ValueError as exc:
-        log.error("%s", exc)
+    except ValueError as exc:  # before logging is set up: the level may be the bad value
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.log_level)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_serve(settings))
 
@@ -123,6 +136,11 @@ async def _serve(settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 2
+    except Exception as exc:  # Redis unreachable (cluster mode), say: one line, not a traceback
+        if type(exc).__module__.startswith("redis"):
+            log.error("cannot use Redis at %s: %s", settings.redis, exc)
+            return 2
+        raise
     log.info("mcprt %s serving http://%s:%d/ (database %s)", __version__,
              "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host, server.port,
              server.deps.store.describe())

@@ -17,13 +17,13 @@ import tornado.web
 
 from . import allocator, resource_dir, transport
 from .clock import iso, system_clock
-from .config import Settings
+from .config import Settings, check_settings
 from .services import Services, build_services
 from .sessions import mask
 from .cluster import TEST_HOOKS, Cluster, SharedDocuments, SharedLimits, SharedSessions, check_cluster
 from .identity import check_auth
 from .storage import store_for
-from .storage.base import Store
+from .storage.base import Store, StoreOpenError
 from .handlers import rest, ws
 from .handlers.base import HostCheck, HostRejectedHandler, NotFoundHandler
 from .handlers.static import StaticHandler
@@ -135,23 +135,32 @@ class Server:
     async def start(self) -> "Server":
         """Open and migrate the database, listen, and start sweeping."""
         allocator.keep_large_blocks()
-        check_auth(self.settings)  # before the store opens: a setting that cannot work is refused first
+        check_settings(self.settings)  # before the store opens: a setting that cannot work is refused first
+        check_auth(self.settings)
         check_cluster(self.settings)
         store = store_for(self.settings.db, check_wal=True)
         self._lock = store.lock_exclusive() if hasattr(store, "lock_exclusive") else None
+        opened = None
         try:
-            store = await store.open()
-        except BaseException:
+            opened = await store.open()
+            await self._check_writable(opened)
+            opened.on_fatal = self._store_failed
+            self.app = make_app(self.settings, store=opened, clock=self.clock)
+            self.port = self._listen(self.app, self.settings.host, self.settings.port)
+            if self.settings.metrics_port is not None:
+                self.metrics_port = self._listen(make_metrics_app(self.deps), "127.0.0.1", self.settings.metrics_port)
+            self.deps.sessions.on_end.append(self._session_ended)
+            if self.settings.redis:
+                await self._join_cluster()
+        except BaseException:  # nothing half-started stays behind (a writer thread would keep the process)
+            for server in self._servers:
+                server.stop()
+            if self.app is not None and self.deps.cluster is not None:
+                await self.deps.cluster.stop()
+            if opened is not None:
+                await opened.close()
             self._unlock()
             raise
-        store.on_fatal = self._store_failed
-        self.app = make_app(self.settings, store=store, clock=self.clock)
-        self.port = self._listen(self.app, self.settings.host, self.settings.port)
-        if self.settings.metrics_port is not None:
-            self.metrics_port = self._listen(make_metrics_app(self.deps), "127.0.0.1", self.settings.metrics_port)
-        self.deps.sessions.on_end.append(self._session_ended)
-        if self.settings.redis:
-            await self._join_cluster()
         self.deps.access.on_change.append(
             lambda document_id: self.deps.tasks.spawn(ws.refresh_roles(self.deps, document_id), "refresh roles"))
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -159,6 +168,14 @@ class Server:
                               {"port": self.port, "version": _version(), "sanitizer": self.settings.sanitizer,
                                "loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]})
         return self
+
+    async def _check_writable(self, store) -> None:
+        """A database that cannot take a write (read-only file or folder, a read-only role) is refused
+        at start-up, not discovered by the first edit."""
+        try:
+            await store.probe(reuse=False)
+        except Exception as exc:  # StoreFailed, or the engine's own error (sqlite3's readonly, say)
+            raise StoreOpenError(f"cannot write to the database {store.describe()}: {exc}") from None
 
     async def _join_cluster(self) -> None:
         deps = self.deps

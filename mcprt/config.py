@@ -21,6 +21,18 @@ def parse_duration(text: str | float | int) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def parse_bool(text: str | bool) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case); anything else is refused."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
 def _origins(text: str | tuple) -> tuple[str, ...]:
     if isinstance(text, tuple):
         return text
@@ -112,7 +124,7 @@ class Settings:
         "help": "drop a peer that has not answered a ping for this long", "type": parse_duration})
     trust_proxy_headers: bool = field(default=False, metadata={
         "help": "behind a TLS proxy: trust X-Forwarded-Proto / X-Real-IP (wss:// URLs, real client addresses)",
-        "type": lambda v: str(v).lower() in ("1", "true", "yes", "on")})
+        "type": parse_bool})
     metrics_port: int | None = field(default=None, metadata={
         "help": "serve /metrics without a token on this separate port (loopback); unset: /metrics needs the admin token"})
     event_max_rows: int = field(default=1_000_000, metadata={
@@ -160,18 +172,77 @@ def _converter(f: dataclasses.Field):
     return str
 
 
+class _FromEnvironment:
+    """A default an MCPRT_* variable gave, converted only when the settings are built (so that a bad
+    value is refused in one line naming the variable, and never breaks --help or another command)."""
+
+    def __init__(self, name: str, raw: str):
+        self.name, self.raw = name, raw
+
+    def __repr__(self) -> str:
+        return f"{self.name}={self.raw!r}"
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, environ=None) -> None:
     """Add one flag per Settings field; defaults come from MCPRT_* variables when set."""
     environ = os.environ if environ is None else environ
     for f in dataclasses.fields(Settings):
-        convert = _converter(f)
-        default = environ.get(_env_name(f))
-        default = convert(default) if default is not None else f.default
-        parser.add_argument(_flag(f), dest=f.name, type=convert, default=default,
+        raw = environ.get(_env_name(f))
+        default = _FromEnvironment(_env_name(f), raw) if raw is not None else f.default
+        parser.add_argument(_flag(f), dest=f.name, type=_named(_converter(f), f), default=default,
                             help=f"{f.metadata['help']} [env {_env_name(f)}; default {f.default!r}]")
 
 
+def _named(convert, f: dataclasses.Field):
+    """The converter, named after what it reads, for argparse's "invalid <name> value" message."""
+    def converted(text):
+        return convert(text)
+    converted.__name__ = {int: "integer", float: "number", str: "text"}.get(convert, f.name.replace("_", " "))
+    return converted
+
+
 def settings_from_namespace(ns: argparse.Namespace) -> Settings:
-    """Settings from parsed arguments (extra attributes ignored)."""
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings(**{k: v for k, v in vars(ns).items() if k in names})
+    """Settings from parsed arguments (extra attributes ignored), checked: ValueError in one sentence
+    for a value that cannot work, naming its flag or environment variable."""
+    values = {}
+    for f in dataclasses.fields(Settings):
+        if f.name not in vars(ns):
+            continue
+        value = getattr(ns, f.name)
+        if isinstance(value, _FromEnvironment):
+            try:
+                value = _converter(f)(value.raw)
+            except ValueError as exc:
+                raise ValueError(f"{value.name}={value.raw!r} is not valid: {exc}") from None
+        values[f.name] = value
+    settings = Settings(**values)
+    check_settings(settings)
+    return settings
+
+
+CHOICES = {"log_level": ("debug", "info", "warning", "error"), "auth": ("open", "jwt"),
+           "violation_action": ("disconnect", "invalidate"), "sanitizer": ("bleach", "nh3"),
+           "loop": ("asyncio", "uvloop")}
+# Numbers that must be above zero; those that may be zero (and what zero means) are listed apart.
+_ZERO_ALLOWED = {"port": "any free port", "jwt_leeway": "no clock skew", "event_max_rows": "no cap",
+                 "metrics_port": "any free port"}
+
+
+def check_settings(settings: Settings) -> None:
+    """ValueError naming the flag, for a choice not offered, a number out of range, a port past 65535."""
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        flag = _flag(f)
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise ValueError(f"{flag} must be one of {', '.join(CHOICES[f.name])}, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{flag} must be a finite number, not {value!r}")
+        if f.name in ("port", "metrics_port") and not 0 <= value <= 65535:
+            raise ValueError(f"{flag} must be a port, 0 to 65535 (0: any free port), not {value}")
+        if f.name in _ZERO_ALLOWED:
+            if value < 0:
+                raise ValueError(f"{flag} must not be negative (0: {_ZERO_ALLOWED[f.name]}), not {value}")
+        elif value <= 0:
+            raise ValueError(f"{flag} must be above zero, not {value}")

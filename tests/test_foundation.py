@@ -297,4 +297,4 @@ async def test_serve_runs_on_uvloop_when_asked(tmp_path):
 def test_an_unknown_loop_is_refused_with_status_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mcprt", "--db", str(tmp_path / "s.db"), "--port", str(free_port()),
                            "--loop", "twisted"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "--loop must be asyncio or uvloop" in done.stderr
+    assert done.returncode == 2 and "--loop must be one of asyncio, uvloop, not 'twisted'" in done.stderr

@@ -273,7 +273,7 @@ class Writes(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
-    async def probe(self) -> None:
+    async def probe(self, timeout: float = ..., reuse: bool = True) -> None:
         """Raise StoreFailed unless a real write commits soon."""
 
     async def ping(self) -> None:

@@ -127,15 +127,16 @@ class GroupCommit:
             await self._task
             self._task = None
 
-    async def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+    async def probe(self, timeout: float = PROBE_TIMEOUT, reuse: bool = True) -> None:
         """Raise StoreFailed unless a real write (the health_probe row) goes through the queue and commits
         within `timeout`. Concurrent callers share one probe write, and one that succeeded less than
-        PROBE_REUSE ago answers for it: an unauthenticated /health flood costs at most one write a second."""
+        PROBE_REUSE ago answers for it: an unauthenticated /health flood costs at most one write a second.
+        `reuse=False` (the start-up check) neither reuses a recent probe nor stands for one."""
         if self.failed is not None:
             raise StoreFailed(self.failed)
         if self._task is None or self._task.done():
             raise StoreFailed("the writer is not running")
-        if self._probe_ok_at is not None and time.monotonic() - self._probe_ok_at < PROBE_REUSE:
+        if reuse and self._probe_ok_at is not None and time.monotonic() - self._probe_ok_at < PROBE_REUSE:
             return
         if self._probe is None or self._probe.done():
             self._probe = self.submit(Write("health_probe", (time.time(),)))
@@ -144,7 +145,8 @@ class GroupCommit:
             await asyncio.wait_for(asyncio.shield(self._probe), timeout)
         except asyncio.TimeoutError:
             raise StoreFailed(f"a write did not commit within {timeout:g}s") from None
-        self._probe_ok_at = time.monotonic()
+        if reuse:
+            self._probe_ok_at = time.monotonic()
 
     def _fail(self, reason: str, fatal: bool, detail: str = "") -> None:
         """Refuse every later write; `fatal`: the writer cannot run, so ask the process to end. The reason
