@@ -78,11 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def setup_logging(level: str) -> None:
-    """One line per record on stderr, session ids masked in every message."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": iso(record.created), "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, format_: str = "text") -> None:
+    """One line per record on stderr (text, or JSON), session ids masked in every message."""
     from .app import MaskingFilter
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if format_ == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -98,7 +110,7 @@ def cmd_serve(args) -> int:
     except ValueError as exc:  # before logging is set up: the level may be the bad value
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_serve(settings))
 

@@ -83,8 +83,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/ws", ws.EditorSocket, common),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
-    if settings.metrics_port is None:
-        routes.append((r"/metrics", rest.MetricsHandler, common))
+    routes.append((r"/metrics", rest.MetricsHandler, common))  # with the admin token (without: --metrics-port)
     app = _Application(
         routes, static_path=str(STATIC_DIR), static_handler_class=StaticHandler, default_handler_class=NotFoundHandler,
         default_handler_args=common, log_function=log_request,

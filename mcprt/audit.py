@@ -3,6 +3,8 @@ violation windows (per session, or per client address before a session is known)
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any, Callable
 
@@ -10,7 +12,12 @@ from .clock import iso
 from .ratelimit import WindowCounter
 from .storage.base import EVENT_WHERE, EventRecord, Store, event_written
 
+security_log = logging.getLogger("mcprt.security")
+_LOG_LEVEL = {"info": logging.INFO, "low": logging.INFO, "medium": logging.WARNING, "high": logging.ERROR,
+              "critical": logging.CRITICAL}
+
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+EVENT_KINDS = ("session", "security", "connection", "document", "system")
 
 # Every security event type and its severity, so the same thing is always filed the same way.
 SECURITY_TYPES = {
@@ -131,6 +138,7 @@ class Audit:
         severity = severity or SECURITY_TYPES.get(type_, "medium")
         if self._admit(type_, where):
             self.event("security", type_, severity, details, **where)
+            _log_security(type_, severity, details or {}, where)
         else:
             for listener in self.listeners:
                 listener("security", type_, severity)
@@ -261,3 +269,17 @@ class EventTail:
                 del self._missing[nxt]
             self.after = nxt
         return fresh
+
+
+def _log_security(type_: str, severity: str, details: dict, where: dict) -> None:
+    """Each recorded security event in the server log too, at its severity, for a log shipper or SIEM
+    (a session id shows only its first 8 characters, as everywhere in the log)."""
+    level = _LOG_LEVEL.get(severity, logging.WARNING)
+    if not security_log.isEnabledFor(level):
+        return
+    session = where.get("session_id")
+    fields = " ".join(f"{name}={value}" for name, value in (
+        ("session", f"{session[:8]}…" if session else None), ("user", where.get("user_id")),
+        ("doc", where.get("document_id")), ("addr", where.get("client_addr"))) if value)
+    security_log.log(level, "security %s (%s) %s %s", type_, severity, fields,
+                     json.dumps(bounded(details), ensure_ascii=False, default=str)[:400])

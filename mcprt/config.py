@@ -57,6 +57,8 @@ class Settings:
         "help": "cluster mode: how long a node owns a document without renewing (a dead owner's documents move "
                 "to another node after this)", "type": parse_duration})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    log_format: str = field(default="text", metadata={
+        "help": "text (one line per record) or json (one JSON object per line, for a log shipper)"})
     allowed_origins: tuple = field(default=(), metadata={
         "help": "comma-separated origins allowed to open WebSockets besides the server's own", "type": _origins})
     allowed_hosts: tuple = field(default=(), metadata={
@@ -220,7 +222,7 @@ def settings_from_namespace(ns: argparse.Namespace) -> Settings:
     return settings
 
 
-CHOICES = {"log_level": ("debug", "info", "warning", "error"), "auth": ("open", "jwt"),
+CHOICES = {"log_level": ("debug", "info", "warning", "error"), "log_format": ("text", "json"), "auth": ("open", "jwt"),
            "violation_action": ("disconnect", "invalidate"), "sanitizer": ("bleach", "nh3"),
            "loop": ("asyncio", "uvloop")}
 # Numbers that must be above zero; those that may be zero (and what zero means) are listed apart.

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+import time
+
+import tornado
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from . import __version__
 from .audit import Audit
 from .hub import Hub
 from .sessions import STATES, SessionService
@@ -35,6 +40,11 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.connections = Gauge("mcprt_connections", "Open WebSocket connections", registry=r)
         self.open_documents = Gauge("mcprt_open_documents", "Documents held in memory", registry=r)
+        started = time.monotonic()
+        Gauge("mcprt_uptime_seconds", "Seconds since this process started serving",
+              registry=r).set_function(lambda: time.monotonic() - started)
+        Gauge("mcprt_build_info", "This build: its version, Python and Tornado", ["version", "python", "tornado"],
+              registry=r).labels(__version__, platform.python_version(), tornado.version).set(1)
         self.sessions = Gauge("mcprt_sessions", "Sessions by state", ["state"], registry=r)
         self.messages_in = Counter("mcprt_messages_in", "WebSocket messages received, by type", ["type"], registry=r)
         self.messages_out = Counter("mcprt_messages_out", "WebSocket messages sent, by type", ["type"], registry=r)

@@ -46,7 +46,7 @@ REST_BODIES = ("session_create", "document_create", "document_restore", "member_
 
 
 class ErrorCode(str, enum.Enum):
-    """The reference's error codes, plus NOT_FOUND and CONFLICT."""
+    """The reference's error codes, plus NOT_FOUND, CONFLICT and (REST only) METHOD_NOT_ALLOWED."""
 
     INVALID_SESSION = "INVALID_SESSION"
     UNAUTHORIZED = "UNAUTHORIZED"
@@ -56,12 +56,13 @@ class ErrorCode(str, enum.Enum):
     SERVER_ERROR = "SERVER_ERROR"
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
 
 HTTP_STATUS = {
     ErrorCode.INVALID_SESSION: 404, ErrorCode.UNAUTHORIZED: 401, ErrorCode.RATE_LIMITED: 429,
     ErrorCode.MESSAGE_TOO_LARGE: 413, ErrorCode.INVALID_MESSAGE: 400, ErrorCode.SERVER_ERROR: 500,
-    ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409,
+    ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409, ErrorCode.METHOD_NOT_ALLOWED: 405,
 }
 
 

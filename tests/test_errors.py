@@ -66,6 +66,10 @@ async def _server_error(app):
         return await app.fetch("POST", "/api/documents/fragile/restore", {"revision": 0}, admin=True)
 
 
+async def _no_static_file(app):
+    return await app.fetch("GET", "/static/no-such-file.js")
+
+
 PATHS = {
     "unknown-session": (_invalid_session, 404, ErrorCode.INVALID_SESSION),
     "final-state": (_state_conflict, 409, ErrorCode.INVALID_SESSION),
@@ -74,7 +78,8 @@ PATHS = {
     "body-too-large": (_too_large, 413, ErrorCode.MESSAGE_TOO_LARGE),
     "not-json": (_invalid_json, 400, ErrorCode.INVALID_MESSAGE),
     "schema": (_invalid_body, 400, ErrorCode.INVALID_MESSAGE),
-    "method": (_wrong_method, 405, ErrorCode.INVALID_MESSAGE),
+    "method": (_wrong_method, 405, ErrorCode.METHOD_NOT_ALLOWED),
+    "no-static-file": (_no_static_file, 404, ErrorCode.NOT_FOUND),
     "no-route": (_not_found, 404, ErrorCode.NOT_FOUND),
     "no-document": (_no_document, 404, ErrorCode.NOT_FOUND),
     "document-exists": (_conflict, 409, ErrorCode.CONFLICT),

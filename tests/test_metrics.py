@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tornado
 from tornado.httpclient import AsyncHTTPClient
 from support import free_port
 
@@ -37,12 +38,21 @@ async def test_metrics_count_what_happened(app):
                  'mcprt_edit_latency_seconds_count 1.0', 'mcprt_open_documents 1.0'):
         assert line in text, line
     assert "mcprt_event_queue_depth" in text and "mcprt_db_commit_seconds_count" in text
+    import platform
+
+    from mcprt import __version__
+    assert (f'mcprt_build_info{{python="{platform.python_version()}",tornado="{tornado.version}",'
+            f'version="{__version__}"}} 1.0') in text
+    uptime = float(next(line for line in text.splitlines() if line.startswith("mcprt_uptime_seconds ")).split()[1])
+    assert 0 < uptime < 600
 
 
 async def test_metrics_on_a_separate_port_need_no_token(start):
     port = free_port()
     app = await start(metrics_port=port)
-    assert (await app.fetch("GET", "/metrics", admin=True)).status == 404  # not on the public port
+    assert (await app.fetch("GET", "/metrics")).status == 401  # on the public port, still for the token only
+    with_token = await app.fetch("GET", "/metrics", admin=True)
+    assert with_token.status == 200 and "mcprt_uptime_seconds" in with_token.body.decode()
     http = AsyncHTTPClient(force_instance=True)
     try:
         reply = await http.fetch(f"http://127.0.0.1:{app.server.metrics_port}/metrics")

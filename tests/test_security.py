@@ -102,7 +102,8 @@ async def _seed_events(app) -> None:
     for i in range(7):
         audit.security("invalid_message", None, {"i": i}, session_id="s-1", user_id="u1", document_id="d1")
     for i in range(3):
-        audit.security("xss_attempt", None, {"i": i}, session_id="s-2", user_id="u2", document_id="d2")
+        audit.security("xss_attempt", None, {"i": i}, session_id="s-2", user_id="u2", document_id="d2",
+                       client_addr="203.0.113.9")
     audit.event("system", "note", "info", {})
     await app.settle()
 
@@ -130,6 +131,24 @@ async def test_events_api_filters_and_paginates(app):
         assert len(got) == count, query
     assert (await app.fetch("GET", "/api/events?since=yesterday", admin=True)).status == 400
     assert (await app.fetch("GET", "/api/events?limit=0", admin=True)).status == 400
+
+
+async def test_events_api_refuses_unknown_filters_and_takes_addresses_and_durations(start, clock):
+    app = await start(clock=clock)
+    await _seed_events(app)
+    got = (await app.fetch("GET", "/api/events?client_addr=203.0.113.9", admin=True)).json["events"]
+    assert len(got) == 3 and {e["type"] for e in got} == {"xss_attempt"}
+    for query, pointer in (("client=203.0.113.9", "?client"), ("kind=securty", "?kind"), ("severity=loud", "?severity"),
+                           ("since=1x", "?since")):
+        reply = await app.fetch("GET", f"/api/events?{query}", admin=True)
+        assert reply.status == 400 and reply.json["error"]["details"]["pointer"] == pointer, (query, reply.json)
+    assert "client_addr" in (await app.fetch("GET", "/api/events?client=x", admin=True)).json["error"]["message"]
+    clock.now += 7200
+    app.deps.audit.event("system", "later", "info", {})
+    await app.settle()
+    recent = (await app.fetch("GET", "/api/events?since=1h&limit=1000", admin=True)).json["events"]
+    assert [e["type"] for e in recent] == ["later"]  # the hour back from the server's now
+    assert len((await app.fetch("GET", "/api/events?since=3h&limit=1000", admin=True)).json["events"]) == 13
 
 
 async def test_every_security_event_names_who_and_where(app):

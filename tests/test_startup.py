@@ -129,3 +129,27 @@ def test_every_flag_is_in_the_readme():
     missing = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Settings)
                if f"`--{f.name.replace('_', '-')}`" not in readme]
     assert missing == [], f"flags the README does not name: {missing}"
+
+
+def test_security_events_reach_the_server_log_as_json_at_their_severity(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from support import spawn_server
+    port = free_port()
+    proc = spawn_server(str(tmp_path / "log.db"), port, "--log-format", "json", stderr=subprocess.PIPE, text=True)
+    claimed = "0123abcd-1111-2222-3333-444455556666"
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/documents/x", headers={"X-Session-ID": claimed})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=5)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert records and all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+    security = [r for r in records if r["logger"] == "mcprt.security"]
+    assert len(security) == 1 and security[0]["level"] == "warning", security
+    assert security[0]["message"].startswith("security invalid_session (medium)")
+    assert "0123abcd" in security[0]["message"] and claimed not in err  # the id masked, here as everywhere

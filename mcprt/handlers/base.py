@@ -186,7 +186,7 @@ class ApiHandler(tornado.web.RequestHandler):
         if isinstance(exc, AppError):
             body = error_body(exc.code, exc.message, exc.details)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_MESSAGE,
+            code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
                     413: ErrorCode.MESSAGE_TOO_LARGE}.get(status_code, ErrorCode.INVALID_MESSAGE)
             body = error_body(code, exc.log_message or self._reason, {"status": status_code})
         else:

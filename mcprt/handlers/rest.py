@@ -9,10 +9,11 @@ from .. import __version__
 from ..clock import iso, iso_seconds, parse_iso
 from ..documents import Author, check_document_id, creator
 from ..protocol import AppError, ErrorCode
-from ..audit import event_json
+from ..audit import EVENT_KINDS, SEVERITIES, event_json
+from ..config import parse_duration
 from ..identity import Identity, TokenRefused
 from ..sessions import STATES, session_json
-from ..storage.base import StoreFailed
+from ..storage.base import EVENT_FILTERS, StoreFailed
 from .base import OPERATOR, ApiHandler, bearer_token
 
 SERVICE_NAME = "mcprt-realtime-editing"
@@ -60,15 +61,20 @@ def int_arg(handler: ApiHandler, name: str, default: int | None, low: int = 0, h
 
 
 def time_arg(handler: ApiHandler, name: str) -> float | None:
-    """An RFC 3339 query argument, as epoch seconds."""
+    """A time query argument as epoch seconds: RFC 3339, or a duration back from now (1h, 30m, 7d) as
+    the CLI takes."""
     raw = handler.get_query_argument(name, None)
     if not raw:
         return None
     try:
+        return handler.deps.clock() - parse_duration(raw)
+    except ValueError:
+        pass
+    try:
         return parse_iso(raw)
     except ValueError:
-        raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be an RFC 3339 time",
-                       {"pointer": f"?{name}"}) from None
+        raise AppError(ErrorCode.INVALID_MESSAGE, f"query argument {name} must be an RFC 3339 time or a "
+                       "duration back from now (e.g. 1h)", {"pointer": f"?{name}"}) from None
 
 
 def page(handler: ApiHandler, key: str, rows: list[dict], limit: int) -> dict:
@@ -167,9 +173,16 @@ class EventsHandler(ApiHandler):
     async def get(self) -> None:
         """Operators: the event log, filtered, newest first, keyset-paginated."""
         self.require_admin()
+        unknown = sorted(set(self.request.query_arguments) - {"limit", "cursor", "since", "until", *EVENT_FILTERS})
+        if unknown:
+            raise AppError(ErrorCode.INVALID_MESSAGE, f"unknown filter {unknown[0]!r}; the filters are "
+                           f"{', '.join(EVENT_FILTERS)}, since, until, limit and cursor", {"pointer": f"?{unknown[0]}"})
         limit = int_arg(self, "limit", 100, 1, 1000)
-        filters = {k: self.get_query_argument(k, None) or None
-                   for k in ("kind", "type", "severity", "session_id", "user_id", "document_id")}
+        filters = {k: self.get_query_argument(k, None) or None for k in EVENT_FILTERS}
+        for name, allowed in (("kind", EVENT_KINDS), ("severity", SEVERITIES)):
+            if filters[name] is not None and filters[name] not in allowed:
+                raise AppError(ErrorCode.INVALID_MESSAGE, f"{name} must be one of {', '.join(allowed)}",
+                               {"pointer": f"?{name}"})
         rows = await self.deps.store.events(limit=limit, cursor=int_arg(self, "cursor", None),
                                        since=time_arg(self, "since"), until=time_arg(self, "until"), **filters)
         self.write_json(page(self, "events", [event_json(r) for r in rows], limit))
