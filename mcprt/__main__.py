@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import __version__
+from .audit import EVENT_KINDS, SEVERITIES
 from .clock import iso, parse_iso
 from .cluster import check_cluster
 from .identity import check_auth
@@ -41,16 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--list", action="store_true", help="list applied and pending migrations, change nothing")
     events = sub.add_parser("events", help="read the event log (works while the server runs)")
     events.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite database file")
-    for name in ("kind", "type", "severity", "session", "user", "document"):
+    events.add_argument("--kind", choices=EVENT_KINDS, help="only events of this kind")
+    events.add_argument("--severity", choices=SEVERITIES, help="only events of this severity")
+    for name in ("type", "user", "document"):
         events.add_argument(f"--{name}", help=f"only events with this {name}")
-    events.add_argument("--since", help="only events newer than this: a duration back from now (1h, 30m, 7d) "
-                        "or an RFC 3339 time")
+    events.add_argument("--session", help="only events of this session (its full id, or the first characters "
+                        "this command prints)")
+    events.add_argument("--addr", help="only events from this client address")
+    events.add_argument("--since", help="only events newer than this: a duration back from now (1h, 30m, 7d), "
+                        "a date (2026-12-01, midnight UTC) or an RFC 3339 time")
     events.add_argument("--limit", type=int, default=50, help="at most this many (newest), default 50")
     events.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     events.add_argument("--follow", action="store_true", help="keep printing new events until interrupted")
     sessions = sub.add_parser("sessions", help="list sessions from the database")
     sessions.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite database file")
-    sessions.add_argument("--state", choices=("Pending", "Active", "Expired", "Invalidated"))
+    sessions.add_argument("--state", type=str.capitalize, choices=("Pending", "Active", "Expired", "Invalidated"),
+                          help="only sessions in this state (any case)")
     sessions.add_argument("--user", help="only this user's sessions")
     sessions.add_argument("--limit", type=int, default=100, help="at most this many (newest), default 100")
     sessions.add_argument("--json", action="store_true", help="JSON lines (with full session ids) instead of a table")
@@ -230,47 +237,80 @@ def cmd_migrate(args) -> int:
 
 
 def since_value(text: str | None) -> float | None:
-    """A --since argument (1h, 30m, 7d or RFC 3339) as epoch seconds."""
+    """A --since argument as epoch seconds: a duration back from now (1h, 30m, 7d), a date (midnight UTC)
+    or an RFC 3339 time."""
     if not text:
         return None
     try:
         return time.time() - parse_duration(text)
     except ValueError:
-        return parse_iso(text)
+        pass
+    if len(text) == 10:  # 2026-12-01
+        return parse_iso(f"{text}T00:00:00Z")
+    return parse_iso(text)
 
 
-def _event_line(row: dict) -> str:
-    session = (row["session_id"] or "-")[:8]
-    details = json.dumps(row["details"], ensure_ascii=False)
-    return (f"{row['time'][:23]}Z  {row['severity']:<8} {row['kind']:<10} {row['type']:<22} "
-            f"user={row['user_id'] or '-'} session={session} doc={row['document_id'] or '-'} "
-            f"addr={row['client_addr'] or '-'} {details[:160]}")
+_COLOURS = {"low": "36", "medium": "33", "high": "31", "critical": "1;31"}  # cyan, yellow, red, bold red
+
+
+def _line_maker(stream):
+    """How an event is printed: on a terminal, cut to its width (a cut marked …) with the severity in
+    colour; elsewhere (a pipe, a file) whole."""
+    import shutil
+    tty = stream.isatty()
+    width = shutil.get_terminal_size((120, 24)).columns if tty else None
+
+    def line(row: dict) -> str:
+        session = (row["session_id"] or "-")[:8]
+        details = json.dumps(row["details"], ensure_ascii=False)
+        head = (f"{row['time'][:23]}Z  {row['severity']:<8} {row['kind']:<10} {row['type']:<22} "
+                f"user={row['user_id'] or '-'} session={session} doc={row['document_id'] or '-'} "
+                f"addr={row['client_addr'] or '-'} ")
+        text = head + details
+        if width is not None and len(text) > width:
+            text = text[:max(width - 1, len(head))] + "…"
+        if tty and row["severity"] in _COLOURS:
+            severity = f"{row['severity']:<8}"
+            text = text.replace(severity, f"\x1b[{_COLOURS[row['severity']]}m{severity}\x1b[0m", 1)
+        return text
+    return line
 
 
 def cmd_events(args) -> int:
     try:
         since = since_value(args.since)
     except ValueError:
-        print(f"error: --since must be a duration (1h, 30m, 7d) or an RFC 3339 time, not {args.since!r}",
+        print(f"error: --since must be a duration (1h, 30m, 7d), a date or an RFC 3339 time, not {args.since!r}",
               file=sys.stderr)
         return 2
 
     from .audit import EventTail, event_json
+    line = _line_maker(sys.stdout)
 
     def show(event) -> None:
         row = event_json(event)
-        print(json.dumps(row, ensure_ascii=False) if args.json else _event_line(row), flush=True)
+        print(json.dumps(row, ensure_ascii=False) if args.json else line(row), flush=True)
 
     async def run() -> int:
         store = await _open_store(args.db)
         if store is None:
             return 1
-        filters = {"kind": args.kind, "type": args.type, "severity": args.severity, "session_id": args.session,
-                   "user_id": args.user, "document_id": args.document}
+        filters = {"kind": args.kind, "type": args.type, "severity": args.severity, "user_id": args.user,
+                   "document_id": args.document, "client_addr": args.addr}
+        prefixes = {}
+        if args.session:
+            if len(args.session) >= 36:
+                filters["session_id"] = args.session
+            else:
+                prefixes["session_id"] = args.session.rstrip("…")
         try:
-            rows = await store.events(limit=args.limit, since=since, **filters)
+            rows = await store.events(limit=args.limit, since=since, prefixes=prefixes, **filters)
             if not args.json:
-                print(f"{len(rows)} event(s), oldest first" + (f" since {iso(since)}" if since else ""))
+                total = await store.count_events(since=since, prefixes=prefixes, **filters) \
+                    if len(rows) == args.limit else len(rows)
+                shown = f"showing the newest {len(rows)} of {total} (use --limit)" if total > len(rows) else \
+                    f"{len(rows)} event(s)"
+                print(f"{shown}, oldest first" + (f", since {iso(since)}" if since else ""))
             for row in reversed(rows):
                 show(row)
             if args.follow:
@@ -278,7 +318,8 @@ def cmd_events(args) -> int:
                 tail = EventTail(newest)
                 while True:
                     await asyncio.sleep(0.5)
-                    for event in tail.take(await store.events(limit=1000, after_id=tail.after, **filters)):
+                    for event in tail.take(await store.events(limit=1000, after_id=tail.after, prefixes=prefixes,
+                                                              **filters)):
                         show(event)
             return 0
         finally:
@@ -296,6 +337,9 @@ def cmd_sessions(args) -> int:
             return 1
         try:
             records = await store.list_sessions(user_id=args.user, state=args.state, limit=args.limit)
+            addresses = [next((e.client_addr for e in await store.events(type="session_created", limit=1,
+                                                                         session_id=r.session_id)), None)
+                         for r in records] if not args.json else []
         finally:
             await store.close()
         from .sessions import session_json
@@ -304,10 +348,12 @@ def cmd_sessions(args) -> int:
             for row in rows:
                 print(json.dumps(row, ensure_ascii=False))
             return 0
-        print(f"{'session':<10} {'state':<12} {'user':<20} {'created':<20} {'expires':<20} last_seen")
-        for r in rows:
+        print(f"{'session':<9} {'state':<12} {'user':<20} {'created':<20} {'expires':<20} {'last_seen':<20} "
+              f"{'ended':<16} address")
+        for r, address in zip(rows, addresses):
             print(f"{r['session_id'][:8]}… {r['state']:<12} {r['user_id'][:20]:<20} {r['created_at'][:19]:<20} "
-                  f"{r['expires_at'][:19]:<20} {(r['last_seen'] or '-')[:19]}")
+                  f"{r['expires_at'][:19]:<20} {(r['last_seen'] or '-')[:19]:<20} {(r['end_reason'] or '-')[:16]:<16} "
+                  f"{address or '-'}")
         print(f"{len(rows)} session(s)")
         return 0
     return asyncio.run(run())

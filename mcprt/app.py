@@ -232,6 +232,7 @@ class Server:
         """Expire sessions past their deadline, prune events past retention or beyond the row cap, drop idle counters."""
         deps = self.deps
         await deps.sessions.sweep()
+        deps.sessions.write_last_seen()
         now = self.clock()
         deps.audit.prune()
         deps.limits.prune(deps.hub.by_session.keys())

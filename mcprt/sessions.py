@@ -10,7 +10,8 @@ from typing import Callable
 from .clock import iso
 from .identity import Identity
 from .protocol import AppError, ErrorCode
-from .storage.base import EventRecord, SessionRecord, Store, event_written, session_moved, session_written
+from .storage.base import (EventRecord, SessionRecord, Store, event_written, session_moved, session_touched,
+                           session_written)
 
 PENDING, ACTIVE, EXPIRED, INVALIDATED = "Pending", "Active", "Expired", "Invalidated"
 STATES = (PENDING, ACTIVE, EXPIRED, INVALIDATED)
@@ -75,6 +76,7 @@ class SessionService:
         self.store, self.clock = store, clock
         self.session_ttl, self.pending_ttl = session_ttl, pending_ttl
         self._cache: dict[str, Session] = {}
+        self._touched: set[str] = set()  # sessions with activity not yet written
         # Called with (session, reason) when a session ends; the socket side closes its connections.
         self.on_end: list[Callable[[Session, str], None]] = []
         # Called with (session, end reason or None) after every stored change (the cluster tells the others).
@@ -169,10 +171,22 @@ class SessionService:
         return swept
 
     def touch(self, session_id: str) -> None:
-        """Note activity on a session (written lazily with its next change)."""
+        """Note activity on a session (heartbeats, edits): written with its next change, or by the next
+        write_last_seen, whichever comes first."""
         session = self._cache.get(session_id)
-        if session is not None:
-            self._cache[session_id] = replace(session, last_seen=self.clock())
+        now = self.clock()
+        if session is not None and (session.last_seen is None or now - session.last_seen >= 1.0):
+            self._cache[session_id] = replace(session, last_seen=now)
+            self._touched.add(session_id)
+
+    def write_last_seen(self) -> int:
+        """Queue the last activity of every session touched since the last call (one batch); how many."""
+        touched, self._touched = self._touched, set()
+        writes = [session_touched(sid, s.last_seen) for sid in touched
+                  if (s := self._cache.get(sid)) is not None and s.last_seen is not None]
+        for write in writes:
+            self.store.enqueue(write)
+        return len(writes)
 
     async def _load(self, session_id: str) -> Session:
         session = self._cache.get(session_id)

@@ -249,14 +249,21 @@ def test_sessions_cli_lists_from_the_database(database, capsys):
     async def seed():
         store = await store_for(database).open()
         service = SessionService(store, __import__("time").time, 3600, 600)
-        await service.create("zed", None, True, Client())
+        zed = await service.create("zed", None, True, Client(addr="198.51.100.7"))
         await service.create("yan", None, False, Client())
+        await service.invalidate(zed.session_id, Client(), "deleted")
+        await store.barrier()
         await store.close()
     asyncio.run(seed())
     assert main(["sessions", "--db", database]) == 0
     out = capsys.readouterr().out
     assert "zed" in out and "yan" in out and "2 session(s)" in out
-    assert main(["sessions", "--db", database, "--state", "Pending", "--json"]) == 0
+    header, *rows = out.splitlines()
+    zed_row = next(row for row in rows if " zed " in row)
+    for column in ("state", "user", "created", "expires", "last_seen", "ended", "address"):
+        assert zed_row[header.index(column) - 1] == " ", (column, header, zed_row)  # each column under its title
+    assert "deleted" in zed_row and zed_row.rstrip().endswith("198.51.100.7")
+    assert main(["sessions", "--db", database, "--state", "pending", "--json"]) == 0  # any case
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and '"yan"' in lines[0]
 
@@ -316,3 +323,23 @@ async def test_the_sweepers_expiry_racing_delete_keeps_one_final_state(start, cl
     events = await app.events(kind="session", limit=100)
     assert sorted(e["session_id"] for e in events if e["type"] == "session_expired") == sorted(sids)
     assert not [e for e in events if e["type"] == "session_invalidated"]
+
+
+@pytest.mark.asyncio
+async def test_last_seen_is_written_by_the_sweeper_after_activity(start, clock):
+    app = await start(clock=clock)
+    ws = await app.editor("alice")
+    session_id = ws.session["session_id"]
+    assert (await app.deps.store.get_session(session_id)).last_seen is None
+    clock.now += 30
+    await ws.send_msg("heartbeat", {})
+    await ws.recv_type("heartbeat_ack")
+    await app.server.sweep()
+    await app.settle()
+    assert (await app.deps.store.get_session(session_id)).last_seen == pytest.approx(clock.now)
+    clock.now += 30
+    await ws.send_msg("realtime_edit", {"change_delta": {"position": 0, "insert": "x"}})
+    await ws.recv_type("edit_ack")
+    await app.server.sweep()
+    await app.settle()
+    assert (await app.deps.store.get_session(session_id)).last_seen == pytest.approx(clock.now)  # an edit counts

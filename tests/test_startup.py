@@ -153,3 +153,35 @@ def test_security_events_reach_the_server_log_as_json_at_their_severity(tmp_path
     assert len(security) == 1 and security[0]["level"] == "warning", security
     assert security[0]["message"].startswith("security invalid_session (medium)")
     assert "0123abcd" in security[0]["message"] and claimed not in err  # the id masked, here as everywhere
+
+
+def test_events_cli_says_how_many_more_exist_and_takes_what_it_prints(tmp_path, capsys):
+    import asyncio
+
+    from mcprt.__main__ import main
+    from mcprt.storage import store_for
+    from mcprt.storage.base import EventRecord, event_written
+    db = str(tmp_path / "cli.db")
+    session = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+    async def seed() -> None:
+        store = await store_for(db).open()
+        for i in range(120):
+            store.enqueue(event_written(EventRecord(1.7e9 + i, "security", "invalid_message", "medium", {"i": i},
+                                                    session_id=session if i % 2 else None)))
+        await store.barrier()
+        await store.close()
+    asyncio.run(seed())
+    assert main(["events", "--db", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "showing the newest 50 of 120 (use --limit), oldest first" and len(out) == 51
+    assert main(["events", "--db", db, "--session", session[:8], "--limit", "1000"]) == 0  # as the table prints it
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "60 event(s), oldest first" and all(f"session={session[:8]}" in line for line in out[1:])
+    assert main(["events", "--db", db, "--since", "2023-11-14", "--limit", "1000"]) == 0  # a date: midnight UTC
+    assert capsys.readouterr().out.splitlines()[0].startswith("120 event(s)")
+    with pytest.raises(SystemExit) as refused:
+        main(["events", "--db", db, "--kind", "securty"])
+    assert refused.value.code == 2 and "invalid choice: 'securty'" in capsys.readouterr().err
+    long_details = max((line for line in out[1:]), key=len)
+    assert not long_details.endswith("…")  # not a terminal: nothing cut

@@ -419,6 +419,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         payload = message["payload"]
         if "user_id" in payload and payload["user_id"] != self.user_id:
             raise_impersonation(self, payload["user_id"])
+        self.deps.sessions.touch(self.session_id)
         if self.deps.shared is not None and self._routed(message):
             return None
         if self.deps.edits.needs_base(self.document, payload):

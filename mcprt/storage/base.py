@@ -172,6 +172,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "prune_events": (("before", "limit"), (0,)),
     "cap_events": (("through_id",), ()),
     "health_probe": (("at",), (0,)),
+    "touch_session": (("last_seen", "session_id"), (0,)),
     "set_member": (("document_id", "member", "role"), ()),
     "claim_owner": (("document_id", "member", "unowned"), ()),
     "remove_member": (("document_id", "member"), ()),
@@ -198,6 +199,11 @@ def session_moved(record: SessionRecord, expected_state: str) -> Write:
     r = record
     return Write("update_session", (r.state, r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen,
                                     *_claims(r), r.session_id, expected_state), counted=True)
+
+
+def session_touched(session_id: str, last_seen: float) -> Write:
+    """A live session's last activity (written in batches by the sweeper; never moves a final row)."""
+    return Write("touch_session", (last_seen, session_id))
 
 
 def event_written(event: EventRecord) -> Write:
@@ -327,8 +333,14 @@ class DocumentReads(Protocol):
 
 class EventReads(Protocol):
     async def events(self, *, limit: int = 100, cursor: int | None = None, since: float | None = None,
-                     until: float | None = None, after_id: int | None = None, **equal: Any) -> list[EventRecord]:
-        """Newest first (oldest first after `after_id`, for tailing), filtered by equality (EVENT_FILTERS)."""
+                     until: float | None = None, after_id: int | None = None, prefixes: dict | None = None,
+                     **equal: Any) -> list[EventRecord]:
+        """Newest first (oldest first after `after_id`, for tailing), filtered by equality (EVENT_FILTERS)
+        and by `prefixes` {column: the first characters of its value}."""
+
+    async def count_events(self, *, since: float | None = None, until: float | None = None,
+                           prefixes: dict | None = None, **equal: Any) -> int:
+        """How many events the same filters match."""
 
     async def prune_events(self, before: float) -> bool:
         """Delete events older than `before`, in bounded chunks; False when there were none."""

@@ -43,6 +43,7 @@ STATEMENTS: dict[str, str] = {
     "claim_owner": "INSERT INTO members (document_id, member, role) SELECT ?, ?, 'owner'"
                    " WHERE NOT EXISTS (SELECT 1 FROM members WHERE document_id = ?)",
     "remove_member": "DELETE FROM members WHERE document_id = ? AND member = ?",
+    "touch_session": "UPDATE sessions SET last_seen = ? WHERE session_id = ? AND state IN ('Active', 'Pending')",
     "health_probe": "INSERT INTO health_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
 }
 assert set(STATEMENTS) == set(KINDS), "every write intent has its statement"
@@ -221,9 +222,9 @@ class SqlStore(GroupCommit):
     def _event(self, row: tuple) -> EventRecord:
         return EventRecord(self._time_out(row[0]), row[1], row[2], row[3], json.loads(row[4]), *row[5:])
 
-    async def events(self, *, limit: int = 100, cursor: int | None = None, since: float | None = None,
-                     until: float | None = None, after_id: int | None = None, **equal: Any) -> list[EventRecord]:
-        unknown = set(equal) - set(EVENT_FILTERS)
+    def _event_where(self, since: float | None, until: float | None, prefixes: dict | None,
+                     equal: dict) -> tuple[list[str], list]:
+        unknown = (set(equal) | set(prefixes or ())) - set(EVENT_FILTERS)
         if unknown:
             raise ValueError(f"unknown event filter(s): {', '.join(sorted(unknown))}")
         where, params = [], []
@@ -231,10 +232,19 @@ class SqlStore(GroupCommit):
             if equal.get(column) is not None:
                 where.append(f"{column} = ?")
                 params.append(equal[column])
+        for column, prefix in (prefixes or {}).items():  # an id as the CLI prints it (its first characters)
+            where.append(f"substr({column}, 1, ?) = ?")
+            params.extend((len(prefix), prefix))
         for clause, value in (("time >= ?", since), ("time < ?", until)):
             if value is not None:
                 where.append(clause)
                 params.append(self._time_in(value))
+        return where, params
+
+    async def events(self, *, limit: int = 100, cursor: int | None = None, since: float | None = None,
+                     until: float | None = None, after_id: int | None = None, prefixes: dict | None = None,
+                     **equal: Any) -> list[EventRecord]:
+        where, params = self._event_where(since, until, prefixes, equal)
         for clause, value in (("id < ?", cursor), ("id > ?", after_id)):
             if value is not None:
                 where.append(clause)
@@ -242,6 +252,12 @@ class SqlStore(GroupCommit):
         order = "ASC" if after_id is not None else "DESC"
         sql = f"SELECT {_EVENT} FROM events" + (" WHERE " + " AND ".join(where) if where else "")
         return [self._event(r) for r in await self._fetch(f"{sql} ORDER BY id {order} LIMIT ?", (*params, limit))]
+
+    async def count_events(self, *, since: float | None = None, until: float | None = None,
+                           prefixes: dict | None = None, **equal: Any) -> int:
+        where, params = self._event_where(since, until, prefixes, equal)
+        sql = "SELECT count(*) FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        return (await self._fetch(sql, tuple(params)))[0][0]
 
     async def prune_events(self, before: float, chunk: int = EVENT_PRUNE_CHUNK,
                            chunks: int = EVENT_PRUNE_CHUNKS) -> bool:
