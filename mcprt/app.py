@@ -80,6 +80,9 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/api/documents/([^/]+)/restore", rest.RestoreHandler, common),
         (r"/api/documents/([^/]+)/members", rest.MembersHandler, common),
         (r"/api/events", rest.EventsHandler, common),
+        (r"/api/openapi.json", rest.ContractHandler, {**common, "which": "openapi"}),
+        (r"/api/asyncapi.json", rest.ContractHandler, {**common, "which": "asyncapi"}),
+        (r"/schemas/([^/]+).json", rest.SchemaHandler, common),
         (r"/ws", ws.EditorSocket, common),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
     ]

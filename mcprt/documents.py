@@ -14,7 +14,7 @@ from .ot import OpError, TextOperation, diff, extent, from_delta, span, transfor
 from .text import Text
 from .protocol import AppError, ErrorCode
 from .ratelimit import KeyedWindows
-from .storage.base import Store, document_chain, document_written, op_written, snapshot_written
+from .storage.base import Store, document_chain, document_deleted, document_written, op_written, snapshot_written
 
 # "." and ".." are refused: an id ends up in URLs and paths, where they mean something else.
 DOCUMENT_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
@@ -222,6 +222,21 @@ class DocumentService:
             del self._open[document.document_id]
         self.store.reset_chain(document_chain(document.document_id))
         return True
+
+    async def delete(self, document_id: str) -> Document | None:
+        """Delete a document with its history (NOT_FOUND if there is none): the copy in memory, if any, is
+        discarded (its sockets are the caller's to close) and returned."""
+        if await self.store.get_document(document_id) is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no document {document_id!r}", {"document_id": document_id})
+        await self.flush()
+        document = self._open.get(document_id)
+        if document is not None:
+            self.discard(document)
+        await self.store.submit(*document_deleted(document_id))
+        self.store.reset_chain(document_chain(document_id))
+        if self.quota.count is not None:
+            self.quota.count -= 1
+        return document
 
     async def create(self, document_id: str, format_: str, creator: tuple[str, ...] = (), owner=None) -> Document:
         """A new document, or CONFLICT if the id is taken (RATE_LIMITED past the quota)."""

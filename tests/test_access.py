@@ -268,3 +268,14 @@ async def test_the_listing_follows_token_grants_by_prefix(idp_server):
     everyone = await server.user("eve", {"*": "viewer"})
     reply = await server.fetch("GET", "/api/documents", headers=bearer(everyone))
     assert len(reply.json["documents"]) == 4
+
+
+async def test_only_the_owner_or_an_operator_deletes_a_document(server):
+    alice, bob = await server.user("alice"), await server.user("bob")
+    await created(server, alice)
+    await set_role(server, alice, "user:bob", "editor")
+    reply = await server.fetch("DELETE", "/api/documents/plan", headers=bearer(bob))
+    assert reply.status == 403 and reply.json["error"]["details"]["needed"] == "owner"
+    assert (await server.fetch("DELETE", "/api/documents/plan", headers=bearer(alice))).status == 200
+    assert (await server.fetch("GET", "/api/documents/plan", admin=True)).status == 404
+    assert await server.deps.store.members("plan") == {}

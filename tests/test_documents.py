@@ -495,3 +495,38 @@ async def test_a_restore_that_cannot_be_stored_resets_the_document_too(start, tm
     await app.settle()
     reset = (await app.fetch("GET", "/api/events?type=document_reset", admin=True)).json["events"]
     assert len(reset) == 1 and reset[0]["document_id"] == "fragile"
+
+
+async def test_a_document_is_deleted_with_its_history_and_its_sockets_close(app):
+    ws = await app.editor("alice", "gone")
+    await edit(ws, {"change_delta": {"position": 0, "insert": "<p>bye</p>"}})
+    other = await app.editor("bob", "gone")
+    reply = await app.fetch("DELETE", "/api/documents/gone", admin=True)
+    assert reply.status == 200 and reply.json == {"document_id": "gone", "deleted": True}
+    for socket in (ws, other):
+        code, _ = await socket.closed()
+        assert code == 4014
+    assert (await app.fetch("GET", "/api/documents/gone", admin=True)).status == 404
+    assert await app.deps.store.ops("gone", 0) == [] and await app.deps.store.latest_snapshot("gone") is None
+    assert (await app.fetch("DELETE", "/api/documents/gone", admin=True)).status == 404
+    again = await app.editor("carol", "gone")  # the id is free: a join makes a new, empty document
+    assert again.state["payload"]["revision"] == 0 and again.state["payload"]["content"] == ""
+    await app.settle()
+    deleted, = await app.events(type="document_deleted")
+    assert deleted["document_id"] == "gone" and deleted["details"]["revision"] == 1
+
+
+async def test_a_documents_content_as_plain_text_or_html(app):
+    ws = await app.editor("alice", "page")
+    await edit(ws, {"change_delta": {"position": 0, "insert": "<h1>Title</h1><p>one &amp; <b>two</b></p>"}})
+    text = await app.fetch("GET", "/api/documents/page?format=text", admin=True)
+    assert text.status == 200 and text.headers["Content-Type"].startswith("text/plain")
+    assert text.body.decode() == "Title\none & two\n"
+    markup = await app.fetch("GET", "/api/documents/page?format=html", admin=True)
+    assert markup.headers["Content-Type"].startswith("text/html") and "sandbox" in markup.headers[
+        "Content-Security-Policy"]
+    assert markup.body.decode() == "<h1>Title</h1><p>one &amp; <b>two</b></p>"
+    await app.fetch("POST", "/api/documents", {"document_id": "notes", "format": "text"}, admin=True)
+    plain = await app.fetch("GET", "/api/documents/notes?format=html", admin=True)
+    assert plain.body.decode() == "<pre></pre>"
+    assert (await app.fetch("GET", "/api/documents/page?format=pdf", admin=True)).status == 400

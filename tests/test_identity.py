@@ -254,7 +254,7 @@ async def test_open_mode_keeps_todays_behaviour(app):
 
 @pytest.mark.parametrize("flags, message", [
     (["--auth", "jwt"], "--auth jwt needs a key source"),
-    (["--auth", "ldap"], "--auth must be open or jwt"),
+    (["--auth", "ldap"], "--auth must be one of open, jwt, not 'ldap'"),
     (["--auth", "jwt", "--jwt-secret", "short"], "at least 32 characters"),
     (["--auth", "jwt", "--jwt-jwks-url", "file:///etc/keys"], "must be an http(s) URL"),
 ])

@@ -3,6 +3,9 @@ parses, makes one call on self.deps, writes."""
 
 from __future__ import annotations
 
+import html
+import json
+from html.parser import HTMLParser
 from urllib.parse import urlencode
 
 from .. import __version__
@@ -14,6 +17,7 @@ from ..config import parse_duration
 from ..identity import Identity, TokenRefused
 from ..sessions import STATES, session_json
 from ..storage.base import EVENT_FILTERS, StoreFailed
+from . import ws
 from .base import OPERATOR, ApiHandler, bearer_token
 
 SERVICE_NAME = "mcprt-realtime-editing"
@@ -250,8 +254,41 @@ class ProbedHandler(ApiHandler):
 
 class DocumentHandler(ProbedHandler):
     async def get(self, document_id: str) -> None:
-        """A document now, or as it was at ?revision=N."""
-        self.write_json(await self.read(document_id, self.deps.documents.read, int_arg(self, "revision", None)))
+        """A document now, or as it was at ?revision=N; ?format=text or html: its content alone, as plain
+        text (an HTML document's text) or as HTML (a text document escaped in <pre>)."""
+        as_ = self.get_query_argument("format", None)
+        if as_ not in (None, "json", "text", "html"):
+            raise AppError(ErrorCode.INVALID_MESSAGE, "format must be json, text or html", {"pointer": "?format"})
+        state = await self.read(document_id, self.deps.documents.read, int_arg(self, "revision", None))
+        if as_ in (None, "json"):
+            self.write_json(state)
+            return
+        html_document = state["format"] == "html"
+        if as_ == "text":
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(text_of(state["content"]) if html_document else state["content"])
+            return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        # Sanitized, and still never run as a page of this origin: no script, no style, no frame, no form.
+        self.set_header("Content-Security-Policy", "default-src 'none'; img-src data:; sandbox")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(state["content"] if html_document else f"<pre>{html.escape(state['content'])}</pre>")
+
+    async def delete(self, document_id: str) -> None:
+        """Delete a document, its history and its members (its owner, or an operator); its sockets close
+        with 4014; its events stay."""
+        author = await self.require_editor()
+        check_document_id(document_id)
+        await self.deps.access.require(document_id, author, "owner" if self.deps.access.enforced else "editor",
+                                       author is OPERATOR)
+        document = await self.deps.documents.delete(document_id)
+        if document is not None:
+            self.deps.hub.close_document(document, ws.CLOSE_DOCUMENT_DELETED, "document_deleted")
+        self.deps.access.forget(document_id)
+        self.deps.audit.event("document", "document_deleted", "info", {"revision": document.revision if document
+                              else None}, document_id=document_id, user_id=author.user_id,
+                              client_addr=self.request.remote_ip)
+        self.write_json({"document_id": document_id, "deleted": True})
 
 
 class HistoryHandler(ProbedHandler):
@@ -329,3 +366,49 @@ class MetricsHandler(ApiHandler):
             self.require_admin()
         self.set_header("Content-Type", self.deps.metrics.content_type)
         self.finish(await self.deps.metrics.render(self.deps.documents.open_count))
+
+
+class _Text(HTMLParser):
+    BLOCKS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "br", "tr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BLOCKS and self.parts and not self.parts[-1].endswith("\n"):
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def text_of(markup: str) -> str:
+    """The text of (sanitized) HTML, a line per block."""
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    return "".join(parser.parts).strip("\n") + "\n"
+
+
+class ContractHandler(ApiHandler):
+    """/api/openapi.json and /api/asyncapi.json (see contract.py)."""
+
+    def initialize(self, deps, which: str) -> None:
+        super().initialize(deps)
+        self.which = which
+
+    def get(self) -> None:
+        from .. import contract
+        self.write_json(contract.openapi() if self.which == "openapi" else contract.asyncapi())
+
+
+class SchemaHandler(ApiHandler):
+    """/schemas/<name>.json: the JSON Schemas the server validates with, as it loaded them."""
+
+    def get(self, name: str) -> None:
+        schema = self.deps.registry.schemas.get(name)
+        if schema is None:
+            raise AppError(ErrorCode.NOT_FOUND, f"no schema {name!r}", {"schemas": sorted(self.deps.registry.schemas)})
+        self.set_header("Content-Type", "application/schema+json")
+        self.finish(json.dumps(schema, indent=2))

@@ -173,6 +173,10 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "cap_events": (("through_id",), ()),
     "health_probe": (("at",), (0,)),
     "touch_session": (("last_seen", "session_id"), (0,)),
+    "delete_ops": (("document_id",), ()),
+    "delete_snapshots": (("document_id",), ()),
+    "delete_members": (("document_id",), ()),
+    "delete_document": (("document_id",), ()),
     "set_member": (("document_id", "member", "role"), ()),
     "claim_owner": (("document_id", "member", "unowned"), ()),
     "remove_member": (("document_id", "member"), ()),
@@ -199,6 +203,12 @@ def session_moved(record: SessionRecord, expected_state: str) -> Write:
     r = record
     return Write("update_session", (r.state, r.activated_at, r.expires_at, r.ended_at, r.end_reason, r.last_seen,
                                     *_claims(r), r.session_id, expected_state), counted=True)
+
+
+def document_deleted(document_id: str) -> tuple[Write, ...]:
+    """A document, its ops, snapshots and members gone (one unit: together or not at all); its events stay."""
+    return tuple(Write(kind, (document_id,), document_chain(document_id))
+                 for kind in ("delete_ops", "delete_snapshots", "delete_members", "delete_document"))
 
 
 def session_touched(session_id: str, last_seen: float) -> Write:

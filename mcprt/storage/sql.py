@@ -43,6 +43,10 @@ STATEMENTS: dict[str, str] = {
     "claim_owner": "INSERT INTO members (document_id, member, role) SELECT ?, ?, 'owner'"
                    " WHERE NOT EXISTS (SELECT 1 FROM members WHERE document_id = ?)",
     "remove_member": "DELETE FROM members WHERE document_id = ? AND member = ?",
+    "delete_ops": "DELETE FROM ops WHERE document_id = ?",
+    "delete_snapshots": "DELETE FROM snapshots WHERE document_id = ?",
+    "delete_members": "DELETE FROM members WHERE document_id = ?",
+    "delete_document": "DELETE FROM documents WHERE document_id = ?",
     "touch_session": "UPDATE sessions SET last_seen = ? WHERE session_id = ? AND state IN ('Active', 'Pending')",
     "health_probe": "INSERT INTO health_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
 }
