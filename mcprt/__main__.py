@@ -18,7 +18,7 @@ from .cluster import check_cluster
 from .identity import check_auth
 from .config import add_settings_arguments, parse_duration, settings_from_namespace
 
-COMMANDS = ("serve", "migrate", "events", "sessions", "bench")
+COMMANDS = ("serve", "migrate", "events", "sessions", "history", "bench")
 log = logging.getLogger("mcprt")
 
 
@@ -61,8 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--user", help="only this user's sessions")
     sessions.add_argument("--limit", type=int, default=100, help="at most this many (newest), default 100")
     sessions.add_argument("--json", action="store_true", help="JSON lines (with full session ids) instead of a table")
+    history = sub.add_parser("history", help="who edited a document when, and what changed between two revisions")
+    history.add_argument("document", help="the document id")
+    history.add_argument("--db", default=os.environ.get("MCPRT_DB", "mcprt.db"), help="SQLite file or PostgreSQL URL")
+    history.add_argument("--since", help="only edits newer than this: a duration (1d, 2h), a date or an RFC 3339 time")
+    history.add_argument("--diff", nargs=2, type=int, metavar=("FROM", "TO"),
+                         help="the change from revision FROM to revision TO, as a unified diff of the text")
+    history.add_argument("--pause", type=parse_duration, default=300.0,
+                         help="a pause longer than this starts a new stretch of one user's edits (default 5m)")
     bench = sub.add_parser("bench", help="measure the server beside a bare Tornado baseline")
-    bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
+    bench.add_argument("--quick", action="store_true", help="a small run (a few minutes; CI's)")
     bench.add_argument("--only", help="comma-separated benchmark names")
     bench.add_argument("--cluster", action="store_true",
                        help="the cluster group alone: two nodes on PostgreSQL and Redis beside one process")
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
     command = {"serve": cmd_serve, "migrate": cmd_migrate, "events": cmd_events, "sessions": cmd_sessions,
-               "bench": cmd_bench}[args.command]
+               "history": cmd_history, "bench": cmd_bench}[args.command]
     try:
         return command(args)
     except BrokenPipeError:  # `events | head` closed our stdout: a reader that had enough, not an error
@@ -357,6 +365,82 @@ def cmd_sessions(args) -> int:
         print(f"{len(rows)} session(s)")
         return 0
     return asyncio.run(run())
+
+
+def cmd_history(args) -> int:
+    """Stretches of edits (one user, no pause longer than --pause) with what they added and removed; or,
+    with --diff, what changed between two revisions."""
+    try:
+        since = since_value(args.since)
+    except ValueError:
+        print(f"error: --since must be a duration (1d, 2h), a date or an RFC 3339 time, not {args.since!r}",
+              file=sys.stderr)
+        return 2
+
+    async def content_at(store, revision: int) -> str:
+        from .documents import replay_values
+        snapshot = await store.latest_snapshot(args.document, revision)
+        content, at = (snapshot.content, snapshot.revision) if snapshot else ("", 0)
+        return replay_values(content, [value for _, value, _ in await store.op_values(args.document, at, revision)])
+
+    async def run() -> int:
+        store = await _open_store(args.db)
+        if store is None:
+            return 1
+        try:
+            document = await store.get_document(args.document)
+            if document is None:
+                print(f"error: no document {args.document!r}", file=sys.stderr)
+                return 1
+            last = await store.last_revision(args.document)
+            if args.diff:
+                low, high = args.diff
+                if not (0 <= low <= last and 0 <= high <= last):
+                    print(f"error: {args.document} has revisions 0 to {last}", file=sys.stderr)
+                    return 2
+                before, after = await content_at(store, low), await content_at(store, high)
+                print(_readable_diff(before, after, document.format, f"{args.document}@{low}",
+                                     f"{args.document}@{high}"), end="")
+                return 0
+            ops = await store.ops(args.document, 0)
+        finally:
+            await store.close()
+        from .ot import TextOperation
+        stretches: list[dict] = []
+        for row in ops:
+            if since is not None and row.time < since:
+                continue
+            op = TextOperation.from_json(row.op)
+            added = sum(len(part) for part in op.ops if isinstance(part, str))
+            removed = -sum(part for part in op.ops if isinstance(part, int) and part < 0)
+            current = stretches[-1] if stretches else None
+            if current and current["user"] == row.user_id and row.time - current["until"] <= args.pause:
+                current.update(until=row.time, to=row.revision, added=current["added"] + added,
+                               removed=current["removed"] + removed, edits=current["edits"] + 1)
+            else:
+                stretches.append({"user": row.user_id, "since": row.time, "until": row.time, "from": row.revision,
+                                  "to": row.revision, "added": added, "removed": removed, "edits": 1})
+        print(f"{args.document} ({document.format}), revisions 1 to {last}; {len(stretches)} stretch(es) of edits"
+              + (f" since {iso(since)}" if since else ""))
+        for s in stretches:
+            print(f"{iso(s['since'])[:19]} – {iso(s['until'])[11:19]}  {(s['user'] or '-'):<20} revisions "
+                  f"{s['from']}–{s['to']} ({s['edits']} edit(s)): +{s['added']} −{s['removed']} characters")
+        if stretches:
+            print(f"what changed: python -m mcprt history {args.document} --diff {stretches[0]['from'] - 1} "
+                  f"{stretches[-1]['to']}")
+        return 0
+    return asyncio.run(run())
+
+
+def _readable_diff(before: str, after: str, format_: str, old: str, new: str) -> str:
+    """A unified diff of the text, a line per paragraph (an HTML document's text, from its markup)."""
+    import difflib
+    if format_ == "html":
+        from .handlers.rest import text_of
+        before, after = text_of(before), text_of(after)
+    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True), old, new)
+    out = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    return out or f"no change between {old} and {new}\n"
 
 
 def cmd_bench(args) -> int:

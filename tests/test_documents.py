@@ -530,3 +530,24 @@ async def test_a_documents_content_as_plain_text_or_html(app):
     plain = await app.fetch("GET", "/api/documents/notes?format=html", admin=True)
     assert plain.body.decode() == "<pre></pre>"
     assert (await app.fetch("GET", "/api/documents/page?format=pdf", admin=True)).status == 400
+
+
+async def test_history_cli_says_who_edited_when_and_shows_a_readable_diff(start, database, capsys, clock):
+    from mcprt.__main__ import main
+    app = await start(clock=clock)
+    alice = await app.editor("alice", "story")
+    for i, word in enumerate(("<p>Once</p>", "<p>upon</p>")):
+        await edit(alice, {"base_revision": i, "change_delta": {"position": len("<p>Once</p>") * i, "insert": word}})
+    clock.now += 3600  # an hour later, bob
+    bob = await app.editor("bob", "story")
+    await edit(bob, {"base_revision": 2, "change_delta": {"position": 11, "insert": "<p>a time</p>"}})
+    await app.settle()
+    assert await asyncio.to_thread(main, ["history", "story", "--db", database]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "story (html), revisions 1 to 3; 2 stretch(es) of edits"
+    assert "alice" in out[1] and "revisions 1–2 (2 edit(s)): +22 −0 characters" in out[1]
+    assert "bob" in out[2] and "revisions 3–3 (1 edit(s)): +13 −0 characters" in out[2]
+    assert await asyncio.to_thread(main, ["history", "story", "--db", database, "--diff", "2", "3"]) == 0
+    diff = capsys.readouterr().out
+    assert "--- story@2" in diff and "+++ story@3" in diff and "+a time\n" in diff and " Once\n" in diff
+    assert await asyncio.to_thread(main, ["history", "story", "--db", database, "--diff", "0", "9"]) == 2
