@@ -185,3 +185,20 @@ def test_events_cli_says_how_many_more_exist_and_takes_what_it_prints(tmp_path, 
     assert refused.value.code == 2 and "invalid choice: 'securty'" in capsys.readouterr().err
     long_details = max((line for line in out[1:]), key=len)
     assert not long_details.endswith("…")  # not a terminal: nothing cut
+
+
+def test_the_python_client_example_edits_a_document(tmp_path):
+    from support import spawn_server
+    port = free_port()
+    proc = spawn_server(str(tmp_path / "ex.db"), port, "--log-level", "warning")
+    try:
+        for user, text in (("alice", "hello "), ("bob", "world")):
+            done = subprocess.run([sys.executable, "-c", f"import asyncio, client; print(repr(asyncio.run(client.run("
+                                   f"'http://127.0.0.1:{port}', 'notes', {user!r}, {text!r}, listen=0))))"],
+                                  cwd=ROOT / "examples", capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "joined notes at revision 1: 'hello '" and lines[-1] == "'hello world'"
+    finally:
+        proc.terminate()
+        proc.wait(20)
