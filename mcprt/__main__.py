@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cluster", action="store_true",
                        help="the cluster group alone: two nodes on PostgreSQL and Redis beside one process")
     bench.add_argument("--json", action="store_true", help="print results as JSON too")
+    bench.add_argument("--chart", metavar="FILE", help="write an SVG of every row's ratio to its baseline")
     return parser
 
 
@@ -452,7 +453,7 @@ def cmd_bench(args) -> int:
     only = args.only.split(",") if args.only else None
     if args.cluster:
         only = [*(only or []), "cluster"]
-    return run_bench(quick=args.quick, only=only, as_json=args.json)
+    return run_bench(quick=args.quick, only=only, as_json=args.json, chart_path=args.chart)
 
 
 if __name__ == "__main__":

@@ -594,28 +594,74 @@ def print_header(info: dict, quick: bool) -> None:
     print("-" * len(HEADER), flush=True)
 
 
+def _progress(text: str) -> None:
+    """What runs now, on a terminal only (a pipe or a file gets the table alone)."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\x1b[2K{text}")
+        sys.stderr.flush()
+
+
+def _coloured(line: str) -> str:
+    if not sys.stdout.isatty():
+        return line
+    for word, colour in (("PASS", "32"), ("MISS", "31"), ("ERROR", "1;31")):
+        if line.endswith(word):
+            return f"{line[:-len(word)]}\x1b[{colour}m{word}\x1b[0m"
+    return line
+
+
 async def _run(groups: list[str], params: dict) -> tuple[list[dict], list[str]]:
     rows, notes = [], []
+    run_started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mcprt-bench-") as workdir:
-        for group in groups:
+        for n, group in enumerate(groups, 1):
             started = time.monotonic()
+            _progress(f"[{n}/{len(groups)}] {group} ({len(ROWS[group])} rows), {started - run_started:.0f} s so far…")
             try:
                 outcome = await run_group(group, params, workdir)
             except Exception as exc:  # one failed group still leaves the others' rows
                 notes.append(f"{group}: failed: {type(exc).__name__}: {exc}")
                 print(f"{group:<20} FAILED: {type(exc).__name__}: {exc}", flush=True)
                 continue
+            _progress("")
             for row in evaluate(group, outcome, params):
                 row["seconds"] = round(time.monotonic() - started, 1)
                 rows.append(row)
-                print(format_row(row), flush=True)
+                print(_coloured(format_row(row)), flush=True)
             notes += outcome.get("notes", [])
             notes += [f"{group}: error message from the server: {e}" for e in outcome["errors"][:3]]
             notes += [f"{group}: server log: {line}" for line in outcome["logged"][:3]]
     return rows, notes
 
 
-def run_bench(quick: bool = False, only: list[str] | None = None, as_json: bool = False) -> int:
+def chart(rows: list[dict], info: dict, quick: bool) -> str:
+    """An SVG of every row: its ratio to its baseline on a log scale (1.0 = the baseline), green where the
+    target is met, red where missed, grey for rows that only report."""
+    import math
+    from html import escape
+    height, left, width = 22 * len(rows) + 70, 420, 420
+    scale = lambda r: left + width / 2 + (width / 2) * max(-1.0, min(1.0, math.log10(max(r, 1e-6)) / 2))  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+             'font-family="sans-serif" font-size="12">',
+             f'<text x="8" y="18" font-size="14">mcprt bench ({"quick" if quick else "normal"} run): '
+             f'{escape(info["cpu"])}, {info["cores"]} cores, Python {escape(info["python"])}: mcprt / baseline</text>']
+    for tick in (0.01, 0.1, 0.5, 1, 2, 10, 100):
+        x = scale(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="30" x2="{x:.1f}" y2="{height - 30}" stroke="#ddd"/>'
+                     f'<text x="{x:.1f}" y="{height - 14}" text-anchor="middle" fill="#666">{tick:g}×</text>')
+    for i, r in enumerate(rows):
+        y = 40 + 22 * i
+        colour = "#aaa" if r["met"] is None else "#3a3" if r["met"] else "#d33"
+        x0, x1 = sorted((scale(1.0), scale(r["ratio"])))
+        parts.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end">{escape(r["title"])}</text>'
+                     f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="15" fill="{colour}"/>'
+                     f'<text x="{left + width + 6}" y="{y + 12}">{_ratio(r["ratio"])}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None, as_json: bool = False,
+              chart_path: str | None = None) -> int:
     """Run the benchmarks and print the table; 0 when every group ran without errors (misses are not errors)."""
     try:
         groups = select(only)
@@ -634,6 +680,9 @@ def run_bench(quick: bool = False, only: list[str] | None = None, as_json: bool 
           f"Ratios are mcprt/bare; a baseline below the resolution counts as the resolution.")
     for note in notes:
         print(f"note: {note}")
+    if chart_path and rows:
+        Path(chart_path).write_text(chart(rows, info, quick), encoding="utf-8")
+        print(f"chart: {chart_path}")
     if as_json:
         print(json.dumps({"machine": info, "quick": quick, "params": params, "seconds": round(elapsed, 1),
                           "rows": rows, "notes": notes}))

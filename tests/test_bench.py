@@ -27,8 +27,9 @@ def cells(stdout: str, name: str, title: str) -> list[str]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.slow
-def test_quick_bench_prints_every_row():
-    result = subprocess.run([sys.executable, "-m", "mcprt", "bench", "--quick", "--json"], cwd=ROOT,
+def test_quick_bench_prints_every_row(tmp_path):
+    svg = tmp_path / "bench.svg"
+    result = subprocess.run([sys.executable, "-m", "mcprt", "bench", "--quick", "--json", "--chart", str(svg)], cwd=ROOT,
                             capture_output=True, text=True, timeout=240,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -43,6 +44,10 @@ def test_quick_bench_prints_every_row():
         assert NUMBER.match(value) and unit == row["unit"] and NUMBER.match(bare), (row["name"], value, bare)
         assert re.match(r"^(\d+\.\d\d|\de-\d\d)x$", ratio), (row["name"], ratio)
         assert rest[-1] in ("PASS", "MISS", "-"), (row["name"], rest)
+    import xml.etree.ElementTree as ET
+    drawn = ET.parse(svg).getroot()
+    bars = [e for e in drawn.iter() if e.tag.endswith("rect")]
+    assert len(bars) == len(report["rows"]) and "\x1b" not in result.stdout  # no colour into a pipe
 
 
 def test_bench_refuses_unknown_names(capsys):
