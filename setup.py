@@ -21,6 +21,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
+    license="MIT",
     # schemas/, migrations/ and static/ sit beside the package in a checkout; an installed mcprt
     # carries them inside as mcprt/_data/<name> (see mcprt.resource_dir).
     packages=find_packages(include=["mcprt", "mcprt.*"]) + [f"mcprt._data.{name}" for name in DATA],

@@ -428,3 +428,27 @@ async def test_a_viewers_editor_is_read_only_until_it_is_made_an_editor(start, b
     content = await converged(harness, [demo], doc)
     assert content.count("owner text") == 1 and "and bob" in content
     demo.assert_clean()
+
+
+async def test_the_browser_client_example_edits_a_document(start, browser):
+    harness = await start()
+    page = await browser.new_page()
+    demo = Demo(page)
+    OPENED.append(demo)
+    await page.goto(f"{harness.base}/")  # a page of the server's origin
+    doc = unique("example")
+    code = (Path(__file__).resolve().parent.parent / "examples" / "client.js").read_text()
+    seen = await page.evaluate(f"""async () => {{
+        {code}
+        const seen = [];
+        const client = await mcprtJoin({doc!r}, 'carol', (content, type) => seen.push([type, content]));
+        client.append('hello from the example');
+        await new Promise((resolve) => {{ const t = setInterval(() => {{
+            if (seen.some(([type]) => type === 'edit_ack')) {{ clearInterval(t); resolve(); }} }}, 20); }});
+        client.close();
+        return seen;
+    }}""")
+    assert seen == [["document_state", ""], ["edit_ack", "hello from the example"]]
+    stored = await harness.fetch("GET", f"/api/documents/{doc}", admin=True)
+    assert stored.json["content"] == "hello from the example"
+    demo.assert_clean()
