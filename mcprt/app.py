@@ -196,6 +196,13 @@ class Server:
             deps.tasks.spawn(ws.refresh_roles(deps, body["d"]), "refresh roles")
         deps.cluster.handlers["members"] = members_changed
 
+        def deleted(body: dict) -> None:
+            document = deps.documents.get_open(body["d"])
+            deps.access.forget(body["d"])
+            if document is not None and deps.documents.discard(document):
+                deps.hub.close_document(document, ws.CLOSE_DOCUMENT_DELETED, "document_deleted")
+        deps.cluster.handlers["deleted"] = deleted
+
     def _unlock(self) -> None:
         if getattr(self, "_lock", None) is not None:
             self._lock.close()

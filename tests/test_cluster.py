@@ -499,3 +499,15 @@ async def test_a_change_of_members_reaches_sockets_on_every_node(cluster):
     assert (await a.call("DELETE", "/api/documents/plan/members?member=user:bob", session=alice))[0] == 200
     await asyncio.wait_for(ws.wait_closed(), 5)
     assert ws.close_code == 4013
+
+
+async def test_deleting_a_document_closes_its_sockets_on_every_node(cluster):
+    a, b = await cluster(2)
+    await a.call("POST", "/api/documents", {"document_id": "doomed", "format": "text"}, admin=True)
+    on_a, _ = await a.socket(await a.session("alice"), "doomed")  # node1 owns it
+    on_b, _ = await b.socket(await b.session("bob"), "doomed")
+    assert (await b.call("DELETE", "/api/documents/doomed", admin=True))[0] == 200  # asked of a follower
+    for ws in (on_a, on_b):
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 4014
+    assert (await a.call("GET", "/api/documents/doomed", admin=True))[0] == 404

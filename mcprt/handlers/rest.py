@@ -285,6 +285,8 @@ class DocumentHandler(ProbedHandler):
         if document is not None:
             self.deps.hub.close_document(document, ws.CLOSE_DOCUMENT_DELETED, "document_deleted")
         self.deps.access.forget(document_id)
+        if self.deps.cluster is not None:  # the copies on other nodes go too, and their sockets close
+            self.deps.cluster.publish(self.deps.cluster.control, {"t": "deleted", "d": document_id})
         self.deps.audit.event("document", "document_deleted", "info", {"revision": document.revision if document
                               else None}, document_id=document_id, user_id=author.user_id,
                               client_addr=self.request.remote_ip)
