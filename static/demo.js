@@ -7,7 +7,8 @@
 // own HTML, which the server has sanitized.
 
 import {
-  OTClient, TextOperation, diff, toDelta, transformCursor, splitOp, spanOf, cpLength, cpToUtf16, utf16ToCp,
+  OTClient, TextOperation, UndoManager, diff, toDelta, transformCursor, splitOp, spanOf, cpLength, cpToUtf16,
+  utf16ToCp,
 } from './ot.js';
 
 const HEARTBEAT_MS = 5000;
@@ -239,7 +240,7 @@ class Editor {
       formatBadge: q('.format-badge'), wrap: q('.editor-wrap'), rich: q('.rich'), plain: q('.plain'),
       carets: q('.carets'), presence: q('.presence'), sync: q('.sync'), log: q('.log'), logCount: q('.log-count'),
       showHeartbeats: q('.show-heartbeats'), tokenField: q('.token-field'), token: q('.user-token'),
-      roleBadge: q('.role-badge'),
+      roleBadge: q('.role-badge'), undo: q('.btn-undo'), redo: q('.btn-redo'),
     };
     this.els.sideName.textContent = this.label;
     this.els.userName.value = userName;
@@ -261,12 +262,15 @@ class Editor {
     this.peers = new Map();
     this.logEntries = 0;
     this.role = 'editor';     // the document_state's role; a viewer's editor is read-only
+    this.history = new UndoManager();  // this editor's own steps: undo never touches a collaborator's text
 
     this.client = new OTClient({
       send: (op, base) => this.sendEdit(op, base),
       canSend: () => this.canSend(),
       split: (op) => splitOp(op, MAX_PARTS, MAX_INSERT, this.format === 'html' ? htmlCut : undefined),
       changed: (before, op, full) => {
+        if (full) this.history.clear();            // a new document: nothing of ours to undo
+        else if (op) this.history.transform(op);   // someone else's edit: my undo steps move over it
         if (op) this.shiftCursors(op);
         this.render(before, op, full);
       },
@@ -326,7 +330,22 @@ class Editor {
     els.plain.addEventListener('compositionend', () => this.onPlainInput());
     for (const target of [els.rich, els.plain]) {
       for (const type of ['keyup', 'mouseup', 'focus']) target.addEventListener(type, () => this.scheduleCursor());
+      // The page has one browser undo stack for both editors: ours replaces it.
+      target.addEventListener('keydown', (event) => {
+        if (!(event.ctrlKey || event.metaKey) || event.altKey) return;
+        const key = event.key.toLowerCase();
+        if (key !== 'z' && key !== 'y') return;
+        event.preventDefault();
+        this.undoStep(key === 'y' || event.shiftKey);
+      });
+      target.addEventListener('beforeinput', (event) => {
+        if (event.inputType !== 'historyUndo' && event.inputType !== 'historyRedo') return;
+        event.preventDefault();
+        this.undoStep(event.inputType === 'historyRedo');
+      });
     }
+    els.undo.addEventListener('click', () => this.undoStep(false));
+    els.redo.addEventListener('click', () => this.undoStep(true));
     document.addEventListener('selectionchange', () => {
       if (document.activeElement === els.rich || document.activeElement === els.plain) this.scheduleCursor();
     });
@@ -405,7 +424,14 @@ class Editor {
     if (!client.pending && client.revision >= 0) parts.push(this.isLive() ? 'in sync' : 'not connected');
     if (client.corrections) parts.push(`${client.corrections} corrected by the server`);
     this.els.sync.textContent = parts.join(' · ');
+    this.renderUndo();
     this.card.classList.toggle('pending', client.pending);
+  }
+
+  renderUndo() {
+    if (!this.els.undo) return;
+    this.els.undo.disabled = this.readOnly || !this.history.canUndo;
+    this.els.redo.disabled = this.readOnly || !this.history.canRedo;
   }
 
   log(direction, type, text, extraClass = '') {
@@ -795,12 +821,23 @@ class Editor {
     });
   }
 
-  /** A local edit, not yet in the OT client. */
-  localEdit(op) {
+  /** A local edit, not yet in the OT client; typing (not an undo or a redo) is an undo step. */
+  localEdit(op, typed = true) {
     if (op.isNoop()) return;
+    if (typed) this.history.record(op, this.content);
     this.shiftCursors(op);
     this.client.edit(op);
     this.renderSync();
+  }
+
+  /** Undo (or redo) this editor's last step, wherever collaborators' edits moved it. */
+  undoStep(redo = false) {
+    if (this.readOnly || this.hold) return;
+    const op = redo ? this.history.redo(this.content) : this.history.undo(this.content);
+    if (!op) return;
+    const before = this.content;
+    this.localEdit(op, false);
+    this.render(before, op, false);
   }
 
   /** One server revision, in whatever order it came. */
@@ -944,7 +981,10 @@ class Editor {
     const rich = this.format === 'html';
     els.rich.contentEditable = this.hold || this.readOnly ? 'false' : 'true';
     els.plain.readOnly = this.readOnly;
-    for (const button of els.toolbar.querySelectorAll('button')) button.disabled = !rich || this.readOnly;
+    for (const button of els.toolbar.querySelectorAll('button[data-cmd], .btn-link')) {
+      button.disabled = !rich || this.readOnly;
+    }
+    this.renderUndo();
     if (!rich || this.readOnly) els.linkBox.hidden = true;
     els.roleBadge.hidden = this.role === 'editor';
     els.roleBadge.textContent = this.readOnly ? 'view only' : this.role;
@@ -1112,6 +1152,7 @@ class Editor {
     this.dropSocket('switching documents');
     this.docId = docId;
     this.client.reset('', -1);
+    this.history.clear();
     this.client.corrections = 0;
     this.peers.clear();
     this.shown = '';
@@ -1132,6 +1173,7 @@ class Editor {
       text: this.format === 'text' ? this.els.plain.value : this.els.rich.textContent,
       peers: [...this.peers.values()].map((p) => ({ user: p.user, cursor: p.cursor })),
       corrections: this.client.corrections, role: this.role,
+      canUndo: this.history.canUndo, canRedo: this.history.canRedo,
     };
   }
 }

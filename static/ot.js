@@ -513,3 +513,77 @@ export class OTClient {
     return true;
   }
 }
+
+/**
+ * Undo and redo of one client's own edits, as ot.js's UndoManager: each stack holds inverse operations
+ * against the current document; a remote operation (or a server correction) transforms both stacks,
+ * so that undo never touches what someone else wrote, and undo after a remote edit still undoes my
+ * last change. Edits within `pause` ms of each other form one step, and a step ends after a word
+ * (inserted text ending in whitespace).
+ */
+export class UndoManager {
+  constructor(maxSteps = 200, pause = 1000) {
+    this.maxSteps = maxSteps;
+    this.pause = pause;
+    this.clear();
+  }
+
+  clear() {
+    this.undoStack = [];
+    this.redoStack = [];
+    this.lastAt = -Infinity;
+    this.sealed = true;
+  }
+
+  get canUndo() { return this.undoStack.length > 0; }
+
+  get canRedo() { return this.redoStack.length > 0; }
+
+  /** A local edit `op` made on `before` (typing, not an undo or a redo): its inverse is a step. */
+  record(op, before, now = performance.now()) {
+    const inverse = op.invert(before);
+    if (!this.sealed && now - this.lastAt < this.pause && this.undoStack.length) {
+      this.undoStack.push(inverse.compose(this.undoStack.pop()));
+    } else {
+      this.undoStack.push(inverse);
+      if (this.undoStack.length > this.maxSteps) this.undoStack.shift();
+    }
+    this.redoStack = [];
+    this.lastAt = now;
+    this.sealed = op.ops.some((part) => typeof part === 'string' && /\s$/.test(part));
+  }
+
+  /** The operation that undoes the last step (its inverse goes to the redo stack), or null. */
+  undo(content) {
+    const op = this.undoStack.pop();
+    if (!op) return null;
+    this.redoStack.push(op.invert(content));
+    this.sealed = true;
+    return op;
+  }
+
+  /** The operation that redoes the last undone step, or null. */
+  redo(content) {
+    const op = this.redoStack.pop();
+    if (!op) return null;
+    this.undoStack.push(op.invert(content));
+    this.sealed = true;
+    return op;
+  }
+
+  /** Someone else's operation reached the document: both stacks move over it. */
+  transform(op) {
+    this.undoStack = transformStack(this.undoStack, op);
+    this.redoStack = transformStack(this.redoStack, op);
+  }
+}
+
+function transformStack(stack, op) {
+  const moved = [];
+  for (let i = stack.length - 1; i >= 0; i -= 1) {
+    const [mine, theirs] = TextOperation.transform(stack[i], op);
+    if (!mine.isNoop()) moved.push(mine);
+    op = theirs;
+  }
+  return moved.reverse();
+}

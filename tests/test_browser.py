@@ -452,3 +452,37 @@ async def test_the_browser_client_example_edits_a_document(start, browser):
     stored = await harness.fetch("GET", f"/api/documents/{doc}", admin=True)
     assert stored.json["content"] == "hello from the example"
     demo.assert_clean()
+
+
+@pytest.mark.parametrize("fmt", ["html", "text"])
+async def test_undo_takes_back_my_words_never_a_collaborators_and_redo_restores_them(start, browser, fmt):
+    harness = await start()
+    doc = unique(f"undo-{fmt}")
+    if fmt == "text":
+        await harness.fetch("POST", "/api/documents", {"document_id": doc, "format": "text"}, admin=True)
+    demo = await Demo.open(browser, harness, doc=doc)
+    area = ".rich" if fmt == "html" else ".plain"
+    await demo.type_at_end(1, "alice one ", area)
+    await demo.type_at_end(1, "two ", area)
+    await converged(harness, [demo], doc)
+    await asyncio.sleep(1.1)  # a pause: a new step
+    await demo.type_at_end(1, "three ", area)
+    await converged(harness, [demo], doc)
+    await demo.type_at_end(2, "BOB", area)  # the collaborator's text arrives in alice's editor
+    content = await converged(harness, [demo], doc)
+    assert "BOB" in content and "three" in content
+
+    await demo.card(1).locator(area).click()
+    await demo.page.keyboard.press("Control+z")  # alice's last step only
+    content = await converged(harness, [demo], doc)
+    assert "three" not in content and "BOB" in content and "alice one two" in content
+    await demo.card(1).locator(".btn-undo").click()  # and the step before, by the button
+    content = await converged(harness, [demo], doc)
+    assert "two" not in content and "BOB" in content and "alice one" in content
+    await demo.card(1).locator(area).click()
+    await demo.page.keyboard.press("Control+Shift+z")
+    await demo.page.keyboard.press("Control+y")
+    content = await converged(harness, [demo], doc)
+    assert "alice one two three" in content.replace("  ", " ") and content.count("BOB") == 1
+    assert (await demo.states())[0]["canRedo"] is False
+    demo.assert_clean()
