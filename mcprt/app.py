@@ -85,6 +85,7 @@ def make_app(settings: Settings, *, store: Store, clock: Callable[[], float] = s
         (r"/schemas/([^/]+).json", rest.SchemaHandler, common),
         (r"/ws", ws.EditorSocket, common),
         (r"/()", StaticHandler, {"path": str(STATIC_DIR)}),
+        (r"/p/()[A-Za-z0-9._-]{1,128}", StaticHandler, {"path": str(STATIC_DIR)}),  # a pad: the same page
     ]
     routes.append((r"/metrics", rest.MetricsHandler, common))  # with the admin token (without: --metrics-port)
     app = _Application(

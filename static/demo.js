@@ -413,6 +413,7 @@ class Editor {
     this.statusText = text;
     this.els.status.dataset.status = kind;
     this.els.status.textContent = text;
+    if (PAD) renderPadStatus(kind);
   }
 
   renderSync() {
@@ -1109,6 +1110,7 @@ class Editor {
       presence.append(' ', chip);
     }
     this.drawCarets();
+    if (PAD) renderPadPeople(this);
   }
 
   /** A position as a person counts it: characters of visible text. */
@@ -1218,13 +1220,15 @@ function summarize(type, p, editor, message = {}) {
 // ---------------------------------------------------------------- the page
 
 const params = new URLSearchParams(location.search);
+// /p/<document>: the pad, one editor for people; / is the developer view.
+const PAD = location.pathname.startsWith('/p/') ? decodeURIComponent(location.pathname.slice(3)) : null;
 const editors = [];
 const demo = {
   editors,
   auth: 'open',  // the server's --auth, from /health
   api,
   get ready() {
-    return editors.length === 2 && editors.every((e) => e.joined && e.revision >= 0);
+    return editors.length === (PAD ? 1 : 2) && editors.every((e) => e.joined && e.revision >= 0);
   },
   get states() {
     return editors.map((e) => e.state);
@@ -1253,7 +1257,7 @@ async function openDocument(docId, format) {
   document.getElementById('doc-id').value = docId;
   const query = new URLSearchParams(location.search);
   query.set('doc', docId);
-  history.replaceState(null, '', `${location.pathname}?${query}`);
+  if (!PAD) history.replaceState(null, '', `${location.pathname}?${query}`);  // a pad's link stays as shared
   for (const editor of editors) editor.openDocument(docId);
   return true;
 }
@@ -1375,9 +1379,81 @@ function setUpSecurityPanel() {
   });
 }
 
+// ---------------------------------------------------------------- the pad
+
+/** Who is here: "N people here" and a circle of initials per person, in their colour. */
+function renderPadPeople(editor) {
+  const me = editor.session ? editor.session.user_id : null;
+  const names = [...new Set([me, ...[...editor.peers.values()].map((p) => p.user)].filter(Boolean))];
+  document.getElementById('pad-people').textContent = `${names.length} ${names.length === 1 ? 'person' : 'people'} here`;
+  document.getElementById('pad-avatars').replaceChildren(...names.map((name) => {
+    const initials = name.split(/[\s._-]+/).filter(Boolean).slice(0, 2).map((w) => [...w][0].toUpperCase()).join('');
+    const avatar = h('span', { class: 'avatar', title: name === me ? `${name} (you)` : name }, initials || '?');
+    avatar.style.setProperty('--user', colorFor(name));
+    return avatar;
+  }));
+}
+
+/** The socket's state in plain words: a banner while it is away, and the badge that follows it. */
+function renderPadStatus(kind) {
+  const banner = document.getElementById('banner');
+  const words = { reconnecting: 'Connection lost. Reconnecting…', closed: 'Disconnected from the server.',
+    offline: 'You are offline; your changes wait until you are back.', connecting: 'Connecting…' }[kind];
+  banner.hidden = !words || kind === 'connecting';
+  banner.textContent = words || '';
+  const box = document.getElementById('health');
+  box.dataset.state = kind === 'connected' ? 'ok' : 'bad';
+  document.getElementById('health-text').textContent = kind === 'connected' ? 'connected' : words || kind;
+}
+
+async function padName() {
+  const remembered = localStorage.getItem('mcprt.name');
+  if (remembered) return remembered;
+  const form = document.getElementById('pad-name');
+  form.hidden = false;
+  form.name.value = `guest-${Math.random().toString(36).slice(2, 6)}`;
+  form.name.select();
+  const name = await new Promise((resolve) => form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    resolve(form.name.value.trim());
+  }));
+  form.hidden = true;
+  localStorage.setItem('mcprt.name', name);
+  return name;
+}
+
+async function pad(section, template) {
+  document.body.classList.add('pad');
+  document.title = `${PAD} · mcprt`;
+  document.getElementById('pad-bar').hidden = false;
+  document.getElementById('pad-dev').href = `/?doc=${encodeURIComponent(PAD)}`;
+  document.getElementById('pad-share').addEventListener('click', async () => {
+    const note = document.getElementById('pad-shared');
+    try {
+      await navigator.clipboard.writeText(location.href);
+      note.textContent = 'link copied';
+    } catch {
+      note.textContent = location.href;  // no clipboard here: the link to copy by hand
+    }
+  });
+  const name = await padName();
+  const card = template.content.firstElementChild.cloneNode(true);
+  section.append(card);
+  const editor = new Editor(0, card, name);
+  editor.els.sideName.textContent = PAD;
+  editors.push(editor);
+  await editor.createSession(name, true);
+  const format = params.get('format') === 'text' ? 'text' : 'html';
+  await openDocument(PAD, format);
+}
+
 async function main() {
   const section = document.querySelector('.editors');
   const template = document.getElementById('editor-template');
+  if (PAD) {
+    await pad(section, template);
+    return;
+  }
   const users = (params.get('users') || 'alice,bob').split(',').map((u) => u.trim()).filter(Boolean);
   for (let i = 0; i < 2; i++) {
     const card = template.content.firstElementChild.cloneNode(true);

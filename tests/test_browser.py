@@ -486,3 +486,38 @@ async def test_undo_takes_back_my_words_never_a_collaborators_and_redo_restores_
     assert "alice one two three" in content.replace("  ", " ") and content.count("BOB") == 1
     assert (await demo.states())[0]["canRedo"] is False
     demo.assert_clean()
+
+
+async def test_two_people_on_one_pad_link_get_their_own_names_and_see_each_other(start, browser):
+    harness = await start()
+    doc = unique("pad")
+    pages = []
+    for name in ("Ana Lima", "Ben"):
+        context = await browser.new_context(viewport={"width": 1000, "height": 800})
+        page = await context.new_page()
+        demo = Demo(page)
+        OPENED.append(demo)
+        await page.goto(f"{harness.base}/p/{doc}")
+        form = page.locator("#pad-name")
+        await form.wait_for(state="visible")
+        assert (await form.locator("input").input_value()).startswith("guest-")  # not alice or bob
+        await form.locator("input").fill(name)
+        await form.locator("button").click()
+        await page.wait_for_function("() => window.mcprtDemo.ready", timeout=10_000)
+        pages.append(demo)
+    ana, ben = pages
+    await until(lambda: ana.page.locator("#pad-people").inner_text(), what="people here")
+    for demo in pages:
+        await demo.page.wait_for_function("() => document.getElementById('pad-people').textContent === '2 people here'")
+    assert await ana.page.locator(".avatar").evaluate_all("els => els.map(e => [e.textContent, e.title])") == [
+        ["AL", "Ana Lima (you)"], ["B", "Ben"]]
+    assert [s["user"] for s in await ben.states()] == ["Ben"]
+    assert await ana.page.locator(".panels").is_hidden() and await ana.page.locator(".log-box").is_hidden()
+    await ana.type_at_end(1, "hello from Ana")
+    await converged(harness, [ana, ben], doc)
+    assert "hello from Ana" in (await ben.states())[0]["content"]
+    await ben.page.reload()  # the name is remembered: no form
+    await ben.page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.ready", timeout=10_000)
+    assert await ben.page.locator("#pad-name").is_hidden() and [s["user"] for s in await ben.states()] == ["Ben"]
+    for demo in pages:
+        demo.assert_clean()

@@ -15,7 +15,7 @@ from mcprt import protocol as P
 
 pytestmark = pytest.mark.asyncio
 
-UNDOCUMENTED = {"/ws", "/()"}  # the socket (AsyncAPI's) and the demo page
+UNDOCUMENTED = {"/ws", "/()", "/p/()[A-Za-z0-9._-]{1,128}"}  # the socket (AsyncAPI's), the demo and a pad
 
 
 def routes(app) -> dict[str, type]:
