@@ -354,7 +354,7 @@ class Editor {
       button.addEventListener('mousedown', (event) => event.preventDefault()); // keep the selection
     }
     for (const button of els.toolbar.querySelectorAll('[data-cmd]')) {
-      button.addEventListener('click', () => this.command(button.dataset.cmd));
+      button.addEventListener('click', () => this.command(button.dataset.cmd, button.dataset.value || null));
     }
     els.toolbar.querySelector('.btn-link').addEventListener('click', () => this.openLinkBox());
     els.toolbar.querySelector('.btn-link-ok').addEventListener('click', () => this.applyLink());
@@ -365,12 +365,12 @@ class Editor {
     window.addEventListener('resize', () => this.drawCarets());
   }
 
-  command(name) {
-    if (this.format !== 'html' || this.hold) return;
+  command(name, value = null) {
+    if (this.format !== 'html' || this.hold || this.readOnly) return;
     const { rich } = this.els;
     rich.focus();
     const before = selectionUnits(rich);
-    document.execCommand(name, false, null);
+    document.execCommand(name, false, value);
     // Chrome puts a collapsed caret at the start of a line it turns into a list: put it back.
     const after = selectionUnits(rich);
     if (before && before[0] === before[1] && (!after || after[0] !== before[0])) {
@@ -656,6 +656,7 @@ class Editor {
   goOffline() {
     this.wantOnline = false;
     this.els.online.checked = false;
+    this.card.querySelector('.switch-label').textContent = 'offline';  // the label says the state
     this.card.classList.add('offline');
     this.disconnect('offline', 'offline');
     this.info('offline: edits are kept and sent when you go online');
@@ -664,6 +665,7 @@ class Editor {
   goOnline() {
     this.wantOnline = true;
     this.els.online.checked = true;
+    this.card.querySelector('.switch-label').textContent = 'online';
     this.card.classList.remove('offline');
     this.reconnectAttempt = 0;
     this.connect();

@@ -267,6 +267,7 @@ async def test_reconnection_catches_up_and_keeps_offline_edits(start, browser):
     await demo.card(2).locator(".switch").click()
     await until(lambda: demo.page.evaluate("() => window.mcprtDemo.states[1].status === 'offline'"),
                 what="editor 2 offline")
+    assert await demo.card(2).locator(".switch-label").inner_text() == "offline"  # the label follows the switch
     await demo.type_at_end(1, " Alice while bob is away.")
     await until(lambda: demo.page.evaluate("() => window.mcprtDemo.states[0].synchronized"), what="editor 1 sync")
     assert "away" not in (await demo.states())[1]["content"]
@@ -279,6 +280,7 @@ async def test_reconnection_catches_up_and_keeps_offline_edits(start, browser):
 
     await demo.card(2).locator(".switch").click()
     content = await converged(harness, [demo])
+    assert await demo.card(2).locator(".switch-label").inner_text() == "online"
     assert "Alice while bob is away." in content and "Bob offline." in content
     assert content.startswith("Shared start.")
 
@@ -521,3 +523,36 @@ async def test_two_people_on_one_pad_link_get_their_own_names_and_see_each_other
     assert await ben.page.locator("#pad-name").is_hidden() and [s["user"] for s in await ben.states()] == ["Ben"]
     for demo in pages:
         demo.assert_clean()
+
+
+@pytest.mark.parametrize("width, height", [(390, 844), (320, 640)])
+async def test_a_phone_sees_nothing_wider_than_its_screen(start, browser, width, height):
+    harness = await start()
+    page = await browser.new_page(viewport={"width": width, "height": height})
+    demo = Demo(page)
+    OPENED.append(demo)
+    await page.goto(f"{harness.base}/?doc={unique('phone')}")
+    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.ready", timeout=10_000)
+    wider = await page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().right > innerWidth + 1)
+        .map((e) => `${e.tagName}.${e.className}`)""")
+    assert wider == [] and await page.evaluate("document.documentElement.scrollWidth") <= width
+    demo.assert_clean()
+
+
+async def test_the_toolbar_makes_blocks_the_policy_keeps(start, browser):
+    harness = await start()
+    doc = unique("blocks")
+    demo = await Demo.open(browser, harness, doc=doc)
+    await demo.type_at_end(1, "Title")
+    await demo.card(1).locator('.toolbar button[data-value="h1"]').click()
+    content = await converged(harness, [demo], doc)
+    assert content == "<h1>Title</h1>"
+    await demo.card(1).locator('.toolbar button[data-value="blockquote"]').click()
+    content = await converged(harness, [demo], doc)
+    assert content.startswith("<blockquote>") and "Title" in content
+    await demo.card(1).locator('.toolbar button[data-value="pre"]').click()
+    content = await converged(harness, [demo], doc)
+    assert "<pre>" in content and "Title" in content
+    assert (await demo.states())[0]["corrections"] == 0  # nothing the server had to take out
+    demo.assert_clean()
