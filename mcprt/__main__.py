@@ -259,6 +259,19 @@ def since_value(text: str | None) -> float | None:
     return parse_iso(text)
 
 
+_REFUSED = object()
+
+
+def since_arg(text: str | None, examples: str):
+    """since_value, or _REFUSED after saying in one line what --since takes."""
+    try:
+        return since_value(text)
+    except ValueError:
+        print(f"error: --since must be a duration ({examples}), a date or an RFC 3339 time, not {text!r}",
+              file=sys.stderr)
+        return _REFUSED
+
+
 _COLOURS = {"low": "36", "medium": "33", "high": "31", "critical": "1;31"}  # cyan, yellow, red, bold red
 
 
@@ -286,11 +299,8 @@ def _line_maker(stream):
 
 
 def cmd_events(args) -> int:
-    try:
-        since = since_value(args.since)
-    except ValueError:
-        print(f"error: --since must be a duration (1h, 30m, 7d), a date or an RFC 3339 time, not {args.since!r}",
-              file=sys.stderr)
+    since = since_arg(args.since, "1h, 30m, 7d")
+    if since is _REFUSED:
         return 2
 
     from .audit import EventTail, event_json
@@ -371,18 +381,13 @@ def cmd_sessions(args) -> int:
 def cmd_history(args) -> int:
     """Stretches of edits (one user, no pause longer than --pause) with what they added and removed; or,
     with --diff, what changed between two revisions."""
-    try:
-        since = since_value(args.since)
-    except ValueError:
-        print(f"error: --since must be a duration (1d, 2h), a date or an RFC 3339 time, not {args.since!r}",
-              file=sys.stderr)
+    since = since_arg(args.since, "1d, 2h")
+    if since is _REFUSED:
         return 2
 
     async def content_at(store, revision: int) -> str:
-        from .documents import replay_values
-        snapshot = await store.latest_snapshot(args.document, revision)
-        content, at = (snapshot.content, snapshot.revision) if snapshot else ("", 0)
-        return replay_values(content, [value for _, value, _ in await store.op_values(args.document, at, revision)])
+        from .documents import replay_stored
+        return (await replay_stored(store, args.document, revision))[0]
 
     async def run() -> int:
         store = await _open_store(args.db)
@@ -437,7 +442,7 @@ def _readable_diff(before: str, after: str, format_: str, old: str, new: str) ->
     """A unified diff of the text, a line per paragraph (an HTML document's text, from its markup)."""
     import difflib
     if format_ == "html":
-        from .handlers.rest import text_of
+        from .documents import text_of
         before, after = text_of(before), text_of(after)
     lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True), old, new)
     out = "".join(line if line.endswith("\n") else line + "\n" for line in lines)

@@ -157,7 +157,7 @@ class Cluster:
             except (ValueError, TypeError):
                 log.warning("a cluster message that is not JSON on %s", message.get("channel"))
                 continue
-            if body.get("from") == self.node_id and body.get("t") != "echo":
+            if body.get("from") == self.node_id:
                 continue  # our own publish on a shared channel
             self.received += 1
             handler = self.handlers.get(body.get("t"))

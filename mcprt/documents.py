@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Callable
 
 from . import sanitize
@@ -153,6 +154,43 @@ def replay(content: str, ops: list[TextOperation]) -> str:
     return ops[0].apply(content) if ops else content
 
 
+async def replay_stored(store: Store, document_id: str, revision: int | None) -> tuple[str, int, int, int]:
+    """(content, revision, snapshot revision, op bytes since it) of a stored document at `revision`, or the
+    newest: its latest snapshot up to there and the ops after it."""
+    snapshot = await store.latest_snapshot(document_id, revision)
+    content, at = (snapshot.content, snapshot.revision) if snapshot else ("", 0)
+    rows = await store.op_values(document_id, at, revision)
+    values = [value for _, value, _ in rows]
+    if len(values) > _REPLAY_IN_THREAD:
+        content = await asyncio.to_thread(replay_values, content, values)
+    else:
+        content = replay_values(content, values)
+    return content, rows[-1][0] if rows else at, at, sum(size for _, _, size in rows)
+
+
+class _Text(HTMLParser):
+    BLOCKS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "br", "tr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BLOCKS and self.parts and not self.parts[-1].endswith("\n"):
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def text_of(markup: str) -> str:
+    """The text of (sanitized) HTML, a line per block."""
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    return "".join(parser.parts).strip("\n") + "\n"
+
+
 def check_document_id(document_id: str) -> str:
     """The id itself, or INVALID_MESSAGE."""
     if not isinstance(document_id, str) or not DOCUMENT_ID.match(document_id):
@@ -276,16 +314,7 @@ class DocumentService:
         return content, at
 
     async def _replay(self, document_id: str, revision: int | None) -> tuple[str, int, int, int]:
-        """(content, revision, snapshot revision, op bytes since it) at `revision`, or the newest."""
-        snapshot = await self.store.latest_snapshot(document_id, revision)
-        content, at = (snapshot.content, snapshot.revision) if snapshot else ("", 0)
-        rows = await self.store.op_values(document_id, at, revision)
-        values = [value for _, value, _ in rows]
-        if len(values) > _REPLAY_IN_THREAD:
-            content = await asyncio.to_thread(replay_values, content, values)
-        else:
-            content = replay_values(content, values)
-        return content, rows[-1][0] if rows else at, at, sum(size for _, _, size in rows)
+        return await replay_stored(self.store, document_id, revision)
 
     async def read(self, document_id: str, revision: int | None = None) -> dict:
         """{document_id, format, content, revision}: now, or as it was at `revision`."""

@@ -554,19 +554,15 @@ export class UndoManager {
   }
 
   /** The operation that undoes the last step (its inverse goes to the redo stack), or null. */
-  undo(content) {
-    const op = this.undoStack.pop();
-    if (!op) return null;
-    this.redoStack.push(op.invert(content));
-    this.sealed = true;
-    return op;
-  }
+  undo(content) { return this.move(this.undoStack, this.redoStack, content); }
 
   /** The operation that redoes the last undone step, or null. */
-  redo(content) {
-    const op = this.redoStack.pop();
+  redo(content) { return this.move(this.redoStack, this.undoStack, content); }
+
+  move(from, to, content) {
+    const op = from.pop();
     if (!op) return null;
-    this.undoStack.push(op.invert(content));
+    to.push(op.invert(content));
     this.sealed = true;
     return op;
   }

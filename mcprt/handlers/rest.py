@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import html
 import json
-from html.parser import HTMLParser
 from urllib.parse import urlencode
 
 from .. import __version__
 from ..clock import iso, iso_seconds, parse_iso
-from ..documents import Author, check_document_id, creator
+from ..documents import Author, check_document_id, creator, text_of
 from ..protocol import AppError, ErrorCode
 from ..audit import EVENT_KINDS, SEVERITIES, event_json
 from ..config import parse_duration
@@ -368,29 +367,6 @@ class MetricsHandler(ApiHandler):
             self.require_admin()
         self.set_header("Content-Type", self.deps.metrics.content_type)
         self.finish(await self.deps.metrics.render(self.deps.documents.open_count))
-
-
-class _Text(HTMLParser):
-    BLOCKS = {"p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "br", "tr"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self.BLOCKS and self.parts and not self.parts[-1].endswith("\n"):
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        self.parts.append(data)
-
-
-def text_of(markup: str) -> str:
-    """The text of (sanitized) HTML, a line per block."""
-    parser = _Text()
-    parser.feed(markup)
-    parser.close()
-    return "".join(parser.parts).strip("\n") + "\n"
 
 
 class ContractHandler(ApiHandler):
