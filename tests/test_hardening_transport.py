@@ -658,3 +658,30 @@ async def test_frames_are_read_alike_whole_in_a_burst_in_pieces_padded_or_fragme
         assert await _acks(raw, 1) == ["after"]  # the connection is intact
     finally:
         raw.sock.close()
+
+
+def _reserved(data: bytes) -> bytes:
+    """The frame with RSV2 set, a bit no extension agreed on may set."""
+    return bytes([data[0] | 0x20]) + data[1:]
+
+
+@pytest.mark.parametrize("bad", [
+    _reserved(frame(0x1, b"{}")),                                                # an extension nobody agreed on
+    frame(0x0, b"more"),                                                         # a continuation of nothing
+    frame(0x1, b'{"id":', fin=False) + frame(0x1, b"{}"),                        # a new message inside a fragmented one
+    frame(0x9, b"ping", fin=False),                                              # a fragmented control frame
+])
+@pytest.mark.asyncio
+async def test_frames_that_break_the_framing_rules_drop_the_connection_and_only_it(app, bad):
+    session = await app.session()
+    raw = await Raw.websocket(app, session["session_id"])
+    other = await Raw.websocket(app, session["session_id"])
+    try:
+        await raw.frame()  # document_state
+        await raw.send(bad)
+        assert await raw.closed()
+        await other.send(frame(0x1, json.dumps({"id": "still", "type": "heartbeat", "payload": {}}).encode()))
+        assert await _acks(other, 1) == ["still"]
+    finally:
+        raw.close()
+        other.close()

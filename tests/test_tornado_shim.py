@@ -31,6 +31,7 @@ def _resolve(dotted: str):
 
 INSTANCE_ATTRIBUTES = {  # set in __init__, so looked for in the source of the class's module
     "_message_bytes_in", "_message_bytes_out", "_wire_bytes_out", "_frame_compressed", "_compressor",
+    "_fragmented_message_buffer", "_fragmented_message_opcode", "_decompressor",
     "_write_buffer", "_read_buffer", "_read_buffer_size", "_sockets", "_handlers", "_processes",
 }
 
