@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import platform
 import time
 
 import tornado
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .audit import Audit
@@ -17,17 +21,65 @@ from .storage.base import Store
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-class _ByLabel(dict):
-    """A one-label metric's children by label value, each resolved once: labels() takes a lock and
-    builds a key on every call, which the hot path would pay per message."""
+class _Count:
+    """One counter's value as a plain number. prometheus_client's children take a lock on every inc (a
+    histogram's observe takes two), and an edit made seven such calls; every write here comes from the
+    event loop's thread, so the numbers are kept plainly and turned into samples when scraped."""
 
-    def __init__(self, metric):
-        super().__init__()
-        self.metric = metric
+    __slots__ = ("value",)
 
-    def __missing__(self, value: str):
-        child = self[value] = self.metric.labels(value)
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class _Counts:
+    """A counter by one label: its children (_Count) by label value, made on first use."""
+
+    def __init__(self, name: str, documentation: str, label: str | None = None):
+        self.name, self.documentation, self.label = name, documentation, label
+        self.children: dict[str, _Count] = {}
+
+    def __getitem__(self, value: str) -> _Count:
+        child = self.children.get(value)
+        if child is None:
+            child = self.children[value] = _Count()
         return child
+
+    def inc(self, amount: float = 1) -> None:  # an unlabelled counter
+        self[""].inc(amount)
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label] if self.label else None)
+        if self.label is None:
+            family.add_metric([], self[""].value)  # an unlabelled counter is there from the start, at 0
+        else:
+            for value, count in list(self.children.items()):
+                family.add_metric([value], count.value)
+        yield family
+
+
+class _Histogram:
+    """A histogram as plain numbers (see _Count): a count per bucket and a sum, cumulated when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self.name, self.documentation = name, documentation
+        self.bounds = [*buckets, math.inf]
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: the first bound at or above it
+        self.sum += value
+
+    def collect(self):
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
 
 
 class Metrics:
@@ -46,20 +98,21 @@ class Metrics:
         Gauge("mcprt_build_info", "This build: its version, Python and Tornado", ["version", "python", "tornado"],
               registry=r).labels(__version__, platform.python_version(), tornado.version).set(1)
         self.sessions = Gauge("mcprt_sessions", "Sessions by state", ["state"], registry=r)
-        self.messages_in = Counter("mcprt_messages_in", "WebSocket messages received, by type", ["type"], registry=r)
-        self.messages_out = Counter("mcprt_messages_out", "WebSocket messages sent, by type", ["type"], registry=r)
-        self.errors = Counter("mcprt_errors", "Error replies, by code", ["code"], registry=r)
-        self.received, self.sent, self.error_codes = (_ByLabel(self.messages_in), _ByLabel(self.messages_out),
-                                                      _ByLabel(self.errors))
+        # What every message, edit or commit updates: plain numbers (see _Count).
+        self.received = _Counts("mcprt_messages_in", "WebSocket messages received, by type", "type")
+        self.sent = _Counts("mcprt_messages_out", "WebSocket messages sent, by type", "type")
+        self.error_codes = _Counts("mcprt_errors", "Error replies, by code", "code")
+        self.edit_latency = _Histogram("mcprt_edit_latency_seconds", "realtime_edit received to acknowledged",
+                                       _LATENCY_BUCKETS)
+        self.commit_latency = _Histogram("mcprt_db_commit_seconds", "One batched database commit", _LATENCY_BUCKETS)
+        self.commit_rows = _Counts("mcprt_db_rows_written", "Rows written by the batched writer")
+        for collector in (self.received, self.sent, self.error_codes, self.edit_latency, self.commit_latency,
+                          self.commit_rows):
+            r.register(collector)
         self.security_events = Counter("mcprt_security_events", "Security events, by type", ["type"], registry=r)
-        self.edit_latency = Histogram("mcprt_edit_latency_seconds", "realtime_edit received to acknowledged",
-                                      buckets=_LATENCY_BUCKETS, registry=r)
-        self.commit_latency = Histogram("mcprt_db_commit_seconds", "One batched database commit",
-                                        buckets=_LATENCY_BUCKETS, registry=r)
         cleans = Counter("mcprt_markup_cleans", "Markup edits sanitized, by what was sanitized: the top-level "
                          "span the edit touched, or the whole document", ["scope"], registry=r)
         self.cleaned_span, self.cleaned_whole = cleans.labels("span"), cleans.labels("whole")
-        self.commit_rows = Counter("mcprt_db_rows_written", "Rows written by the batched writer", registry=r)
         queue = Gauge("mcprt_event_queue_depth", "Writes waiting for the next database batch", registry=r)
         queue.set_function(lambda: store.queue_depth)
         store.commit_listeners.append(self._committed)

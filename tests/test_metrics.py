@@ -59,3 +59,24 @@ async def test_metrics_on_a_separate_port_need_no_token(start):
     finally:
         http.close()
     assert reply.code == 200 and b"mcprt_connections" in reply.body
+
+
+@pytest.mark.parametrize("values", [(), (0.0005,), (0.0005, 0.001, 0.002, 0.01, 0.5, 0.1, 2.0, float("inf"))])
+async def test_the_plain_counters_and_histograms_expose_what_prometheus_client_would(values):
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from mcprt.metrics import _Counts, _Histogram
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    ours.register(histogram := _Histogram("x_seconds", "a histogram", (0.001, 0.01, 0.1)))
+    ours.register(by_type := _Counts("y", "a counter by type", "type"))
+    ours.register(plain := _Counts("z", "a counter"))
+    their_histogram = Histogram("x_seconds", "a histogram", buckets=(0.001, 0.01, 0.1), registry=theirs)
+    their_by_type = Counter("y", "a counter by type", ["type"], registry=theirs)
+    their_plain = Counter("z", "a counter", registry=theirs)
+    for i, value in enumerate(values):
+        histogram.observe(value), their_histogram.observe(value)
+        by_type[f"t{i % 2}"].inc(i), their_by_type.labels(f"t{i % 2}").inc(i)
+        plain.inc(2), their_plain.inc(2)
+
+    def text(registry) -> list[str]:  # prometheus_client adds *_created timestamps, which are optional
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+    assert text(ours) == text(theirs)
