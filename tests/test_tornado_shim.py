@@ -31,7 +31,7 @@ def _resolve(dotted: str):
 
 INSTANCE_ATTRIBUTES = {  # set in __init__, so looked for in the source of the class's module
     "_message_bytes_in", "_message_bytes_out", "_wire_bytes_out", "_frame_compressed", "_compressor",
-    "_fragmented_message_buffer", "_fragmented_message_opcode", "_decompressor",
+    "_fragmented_message_buffer", "_fragmented_message_opcode", "_decompressor", "_state",
     "_write_buffer", "_read_buffer", "_read_buffer_size", "_sockets", "_handlers", "_processes",
 }
 
@@ -50,10 +50,11 @@ def test_nothing_outside_the_list_reaches_into_tornado():
     """The private names the server's own code uses on Tornado objects are all listed."""
     listed = {d.rpartition(".")[2] for d in TORNADO_INTERNALS}
     from mcprt import transport
-    from mcprt.handlers import wire
-    source = inspect.getsource(wire) + inspect.getsource(transport)
+    from mcprt.handlers import sockets, wire, ws
+    source = "".join(inspect.getsource(m) for m in (wire, transport, sockets, ws))
     for cls in (tornado.websocket.WebSocketProtocol13, tornado.iostream.IOStream, tornado.iostream.BaseIOStream,
-                tornado.tcpserver.TCPServer, tornado.httpserver.HTTPServer):
+                tornado.tcpserver.TCPServer, tornado.httpserver.HTTPServer, tornado.websocket.WebSocketHandler,
+                tornado.iostream._StreamBuffer):
         private = {n for n in vars(cls) if n.startswith("_") and not n.startswith("__")}
         used = {n for n in private if re.search(rf"\.{n}\b|\n +def {n}\(", source)}
         assert used <= listed, used - listed

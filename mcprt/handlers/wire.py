@@ -50,8 +50,14 @@ TORNADO_INTERNALS = {
     "tornado.websocket.WebSocketProtocol13._wire_bytes_out": "where a sync answer ends in the output, for pacing",
     "tornado.websocket.WebSocketProtocol13._frame_compressed": "compressed frames keep Tornado's own path",
     "tornado.websocket.WebSocketProtocol13._compressor": "permessage-deflate keeps write_message's path",
-    "tornado.iostream.IOStream._write_buffer": "bytes queued for a peer: the output buffer limit",
-    "tornado.iostream.IOStream._read_buffer": "transport gives back bytes read past a request head",
+    "tornado.websocket.WebSocketHandler._detach_stream": "the socket leaves the IOStream for an asyncio transport "
+                                                         "once the handshake is answered (sockets.py)",
+    "tornado.iostream.IOStream._state": "whether Tornado watches the socket, to stop it before the transport does",
+    "tornado.iostream.IOStream._write_buffer": "what the IOStream had not written when the transport took over",
+    "tornado.iostream._StreamBuffer.peek": "the same",
+    "tornado.iostream._StreamBuffer.advance": "the same",
+    "tornado.iostream.IOStream._read_buffer": "transport gives back bytes read past a request head; the transport "
+                                              "takes what was read past the handshake",
     "tornado.iostream.IOStream._read_buffer_size": "the same",
     "tornado.tcpserver.TCPServer._sockets": "EdgeServer installs its own accept handler (EMFILE back-off)",
     "tornado.tcpserver.TCPServer._handlers": "the same",
@@ -67,7 +73,7 @@ class Protocol(WebSocketProtocol13):
     which does not read its output is dropped once that output passes its budget (Redis's
     client-output-buffer-limit); and that a close code not valid on the wire is answered with 1002."""
 
-    __slots__ = ("budget", "answer_end", "answer_size", "_later", "_later_bytes")  # see EditorSocket.__slots__
+    __slots__ = ("budget", "answer_end", "answer_size", "_later", "_later_bytes", "_unparsed")  # see EditorSocket.__slots__
 
     def __init__(self, handler, mask_outgoing, params):
         super().__init__(handler, mask_outgoing, params)
@@ -77,11 +83,12 @@ class Protocol(WebSocketProtocol13):
         # together at the end of the turn: one send() for a burst of acks or broadcasts, not one each.
         self._later: list[bytes] | None = None  # None: nothing written this turn yet
         self._later_bytes = 0
+        self._unparsed = b""  # the start of a frame still arriving
 
     def pending(self) -> int:
         """Bytes queued for this peer and not yet taken by the kernel."""
         stream = self.stream
-        return 0 if stream is None or stream.closed() else len(stream._write_buffer) + self._later_bytes
+        return 0 if stream is None or stream.closed() else stream.buffered() + self._later_bytes
 
     def unsent_answer(self) -> int:
         """How much of the last sync answer is still queued here."""
@@ -118,12 +125,12 @@ class Protocol(WebSocketProtocol13):
         frame = header + data
         self._wire_bytes_out += len(frame)
         if self._later is None:
-            stream.write(frame)
+            stream.write_now(frame)
             self._later = []
             asyncio.get_running_loop().call_soon(self._write_later)
         elif self._later_bytes + len(frame) > _GATHER_BYTES:  # big frames gain nothing by waiting: the
             self._write_later()                               # stream takes what the kernel will
-            stream.write(frame)
+            stream.write_now(frame)
             self._later = []
         else:
             self._later.append(frame)
@@ -134,7 +141,7 @@ class Protocol(WebSocketProtocol13):
         if later:
             self._later_bytes = 0
             if self.stream is not None and not self.stream.closed():
-                self.stream.write(b"".join(later))
+                self.stream.write_now(b"".join(later))
 
     def _too_slow(self, which: str, adding: int) -> None:
         handler = self.handler
@@ -157,30 +164,25 @@ class Protocol(WebSocketProtocol13):
 
     async def _receive_frame_loop(self) -> None:
         """Tornado's loop reads each frame in three or four awaited reads (header, length, mask, payload);
-        this one reads whatever has arrived and handles every whole frame in it, with the same checks and
-        the same answers (abort, or 1009 for a message over the size limit)."""
-        if self.handler.joined and hasattr(self.stream, "promote"):
+        here the socket hands over whatever has arrived (sockets.SocketStream) and every whole frame in it is
+        handled at once, with Tornado's checks and answers (abort, or 1009 for a message over the size
+        limit). A handler that returns a future holds the next frames until it is done, as Tornado's did."""
+        if self.handler.joined:
             self.stream.promote()  # an authenticated editor no longer counts under the pre-auth caps
         try:
-            buffer, work = b"", 0
-            while not self.client_terminated:
-                chunk = await self.stream.read_bytes(_READ_CHUNK, partial=True)
-                self._wire_bytes_in += len(chunk)
-                buffer = buffer + chunk if buffer else chunk
-                used = await self._frames(buffer)
-                if used < 0:
-                    return
-                buffer = buffer[used:]
-                work += _FRAME_YIELD_COST + len(chunk)
-                if work >= _YIELD_THRESHOLD:  # as Tornado does: a flood never holds the loop
-                    work = 0
-                    await asyncio.sleep(0)
-        except StreamClosedError:
-            self._abort()
+            await self.stream.start_reading(self._received)
         finally:
+            self._abort()
             self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
-    async def _frames(self, data: bytes) -> int:
+    def _received(self, data: bytes) -> None:
+        self._wire_bytes_in += len(data)
+        buffer, self._unparsed = (self._unparsed + data if self._unparsed else data), b""
+        used = self._frames(buffer)
+        if used >= 0:
+            self._unparsed = buffer[used:]
+
+    def _frames(self, data: bytes) -> int:
         """Handle every whole frame at the start of `data`; how many bytes they took, or -1 once the
         connection was aborted."""
         at, size = 0, len(data)
@@ -222,9 +224,16 @@ class Protocol(WebSocketProtocol13):
                 self._abort()
                 return -1
             handled = self._handle_message(*message)
-            if handled is not None:
-                await handled
+            if handled is not None:  # the next frames wait for it
+                self.stream.pause_reading()
+                handled.add_done_callback(self._handled)
+                break
         return at
+
+    def _handled(self, _future) -> None:
+        """A handler that ran on is done: the frames that arrived meanwhile, then what comes next."""
+        if not self.client_terminated:
+            self.stream.resume_reading()
 
     def _whole(self, final: bool, opcode: int, payload: bytes):
         """(opcode, data) of a whole message, None while fragments are still coming, or _ABORT (RFC 6455

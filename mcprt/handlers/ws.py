@@ -24,6 +24,7 @@ from ..sessions import Client, mask
 from ..identity import TokenRefused
 from ..storage.base import ConnectionRecord, connection_closed, connection_opened
 from . import wire
+from .sockets import SocketStream
 from .base import client_of, session_ids_given
 # The wire-level close codes (1002, 1007, 4009) live in wire.py.
 
@@ -81,6 +82,10 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
 
     def get_websocket_protocol(self):
         return wire.protocol_for(self)
+
+    def _detach_stream(self):
+        """The socket, once the handshake is answered, on an asyncio transport (sockets.SocketStream)."""
+        return SocketStream(super()._detach_stream())
 
     # -- handshake -------------------------------------------------------
 
