@@ -107,6 +107,7 @@ class Applied:
     content: str | None            # the document at this revision; None once no reader needs it (lean mode)
     length: int                    # of content
     again: bool = False            # the original ack of an edit applied before (a resend), not a new revision
+    op_json: str | None = None     # op as stored (JSON text), so an ack need not encode it again
 
 
 def _utf8_length(content: str | Text) -> int:
@@ -483,9 +484,9 @@ class DocumentService:
             del document.authors[: len(document.authors) - self.history_window]
         if message_id is not None:
             document.edits.setdefault(author.peer_id, {})[message_id] = document.revision
-        durable = self._persist(document, full, author, message_id, correction)
+        durable, op_json = self._persist(document, full, author, message_id, correction)
         return Applied(document, document.revision, full, correction, tuple(removed),
-                       str(content) if keep_content else None, len(content)), durable
+                       str(content) if keep_content else None, len(content), op_json=op_json), durable
 
     def follow(self, document: Document, revision: int, op: TextOperation, peer_id: str | None,
                message_id: str | None) -> None:
@@ -550,7 +551,8 @@ class DocumentService:
         return found[0], found[1] + op.target_length - op.base_length
 
     def _persist(self, document: Document, op: TextOperation, author: Author, message_id: str | None,
-                 correction: TextOperation | None) -> asyncio.Future:
+                 correction: TextOperation | None) -> tuple[asyncio.Future, str]:
+        """Queue the op's row (and a snapshot when due): the future of its commit, and the op's JSON."""
         now = self.clock()
         op_json = json.dumps(op.to_json())
         durable = self.store.submit(op_written(document.document_id, document.revision, op_json, author.user_id,
@@ -563,7 +565,7 @@ class DocumentService:
             document.snapshot_revision, document.op_bytes = document.revision, 0
         self._pending.add(durable)
         durable.add_done_callback(self._pending.discard)
-        return durable
+        return durable, op_json
 
     async def restore_op(self, document_id: str, revision: int) -> tuple[Document, TextOperation]:
         """The open document and the op that writes an old revision's content over its current one."""

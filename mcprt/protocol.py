@@ -104,6 +104,20 @@ def dumps(message: dict) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
+_ENCODE_STRING = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as dumps does)
+
+
+def edit_ack_text(id_: str, revision: int, op_json: str, correction_json: str | None, length: int | None,
+                  content: str | None, timestamp: str) -> str:
+    """dumps(build(EDIT_ACK, ...)) written out by hand: the message every edit is answered with, where the
+    op is JSON already (as stored) and a generic encoder would walk the dicts again. With `length` the lean
+    form, else the reference form with `content`."""
+    tail = f'"length":{length:d}' if length is not None else f'"content":{_ENCODE_STRING(content)}'
+    quoted = _ENCODE_STRING(id_)
+    return (f'{{"id":{quoted},"type":"{EDIT_ACK}","payload":{{"edit_id":{quoted},"revision":{revision:d},'
+            f'"op":{op_json},"correction":{correction_json or "null"},{tail}}},"timestamp":"{timestamp}"}}')
+
+
 def _pointer(path) -> str:
     return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path) if path else "/"
 

@@ -69,7 +69,8 @@ class RefusingWrites:
     """Faults injected into a running store, on either backend: while active, a transaction holding a
     write that `refuse(write)` matches fails before it reaches the database, as a full disk would fail
     it; every other write commits as ever (the group commit retries the units of a failed batch one at a
-    time, so only the matching unit fails). It wraps `_commit`, the one method every backend provides."""
+    time, so only the matching unit fails). It wraps `_commit`, the one method every backend provides, and
+    `_commit_now`, the end-of-turn commit of a backend with sync_commits."""
 
     def __init__(self, store, refuse):
         self.store, self.refuse = store, refuse
@@ -83,11 +84,18 @@ class RefusingWrites:
                 self.refused += 1
                 raise StoreRefused("refused")
             await inner(units)
-        self.store._commit = commit
+        now = type(self.store)._commit_now.__get__(self.store)
+
+        def commit_now(units):
+            if any(self.refuse(w) for u in units for w in u.writes):
+                self.refused += 1
+                raise StoreRefused("refused")
+            return now(units)
+        self.store._commit, self.store._commit_now = commit, commit_now
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.store._commit
+        del self.store._commit, self.store._commit_now
 
 
 def refuse_op(document_id: str, revision: int | None = None):

@@ -62,3 +62,20 @@ def test_rejections_name_the_pointer():
         REGISTRY.parse(json.dumps({"id": "1", "type": "realtime_edit",
                                    "payload": {"change_delta": {"position": -1, "insert": "a"}}}))
     assert caught.value.details["pointer"].startswith("/payload/change_delta")
+
+
+_ops = st.lists(st.one_of(st.integers(-10**6, 10**6).filter(bool), st.text(min_size=1)), max_size=6)
+
+
+@given(id_=st.text(min_size=1, max_size=128), revision=st.integers(0, 2**53 - 1), op=_ops,
+       correction=st.one_of(st.none(), _ops), lean=st.booleans(), content=st.text(), ascii_op=st.booleans())
+def test_the_hand_written_edit_ack_is_the_generic_one(id_, revision, op, correction, lean, content, ascii_op):
+    stamp = "2026-12-05T08:00:00.000000Z"
+    op_json = json.dumps(op) if ascii_op else P.dumps(op)  # stored ops are ASCII-escaped JSON
+    text = P.edit_ack_text(id_, revision, op_json, P.dumps(correction) if correction is not None else None,
+                           len(content) if lean else None, None if lean else content, stamp)
+    payload = {"edit_id": id_, "revision": revision, "op": op, "correction": correction,
+               **({"length": len(content)} if lean else {"content": content})}
+    assert json.loads(text) == P.build(P.EDIT_ACK, payload, stamp, id_)
+    if not ascii_op:
+        assert text == P.dumps(P.build(P.EDIT_ACK, payload, stamp, id_))  # byte for byte, key order too

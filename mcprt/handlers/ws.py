@@ -453,10 +453,11 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             if isinstance(outcome, AppError):
                 self.send_error(outcome, message["id"])
                 return
-            ack = {"edit_id": message["id"], "revision": outcome.revision, "op": outcome.op.to_json(),
-                   "correction": outcome.correction.to_json() if outcome.correction else None}
-            ack.update({"length": outcome.length} if self.lean else {"content": outcome.content})
-            self.send(P.EDIT_ACK, ack, message["id"])
+            self.deps.metrics.sent[P.EDIT_ACK].inc()
+            self.send_text(P.edit_ack_text(
+                message["id"], outcome.revision, outcome.op_json or P.dumps(outcome.op.to_json()),
+                P.dumps(outcome.correction.to_json()) if outcome.correction else None,
+                outcome.length if self.lean else None, None if self.lean else outcome.content, self.now_iso()))
         return done
 
     async def _edit_from_old_base(self, message: dict) -> None:

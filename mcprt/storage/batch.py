@@ -1,6 +1,11 @@
 """Group commit, backend-neutral: one writer task takes every unit queued meanwhile and asks the backend
 to commit them in one transaction; a caller's future resolves only after its unit committed.
 
+A backend that can commit without waiting (`sync_commits`: SQLite's WAL commit on the loop's thread) has a
+shorter path while the writer is idle: what is submitted in one turn of the event loop commits at the end
+of that turn (`_commit_now`), without waking the writer task; anything else, or a batch it did not commit,
+goes to the writer task in order, as before.
+
 A unit is what `submit(*writes)` was given: its writes commit together or not at all. Writes of one
 chain (a document's ops) land without gaps: after one fails, the later ones fail without being tried
 until the chain is reset. A backend implements `_commit(units)` only: one transaction, raise if it did
@@ -69,9 +74,14 @@ class Unit:
 class GroupCommit:
     """The queue, the supervised writer task, chains, the barrier and the health probe."""
 
+    sync_commits = False  # the backend's _commit_now can commit a batch without waiting
+
     def __init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._busy = False  # the writer task holds a batch (or runs maintenance)
+        self._failures: list[float] = []  # time.monotonic() of the writer's recent failures
+        self._gathering: list[Unit] | None = None  # units of this turn, committed at its end (_flush)
         self._broken_chains: set[str] = set()
         self._held: list[Unit] = []  # the batch being committed
         self._stopping = False
@@ -87,6 +97,11 @@ class GroupCommit:
         """Every write of `units` in one transaction (setting each counted write's result)."""
         raise NotImplementedError
 
+    def _commit_now(self, units: list[Unit]) -> bool:
+        """Every write of `units` in one transaction, without waiting; False when it did not commit (then
+        the writer task commits them). Raise Lost as _commit does."""
+        return False
+
     async def _maintain(self) -> None:
         """Work the backend asked for with request_maintenance(), run between two batches."""
 
@@ -100,22 +115,66 @@ class GroupCommit:
         if self.failed is not None:
             future.set_exception(StoreFailed(self.failed))
         else:
-            self._queue.put_nowait(Unit(writes, future))
+            self._put(Unit(writes, future))
         return future
 
     def enqueue(self, *writes: Write) -> None:
         if self.failed is None:
-            self._queue.put_nowait(Unit(writes, None))
+            self._put(Unit(writes, None))
 
     def barrier(self) -> asyncio.Future:
         return self.submit()
 
     def reset_chain(self, chain: str) -> None:
-        self._queue.put_nowait(Unit((), None, chain))
+        self._put(Unit((), None, chain))
+
+    def _put(self, unit: Unit) -> None:
+        """Into this turn's batch while one gathers, or starts one while the writer is idle; otherwise to
+        the writer task. Either way units commit in the order they were put."""
+        if self._gathering is not None:
+            self._gathering.append(unit)
+        elif self.sync_commits and not self._busy and self._queue.empty() and self._task is not None:
+            self._gathering = [unit]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._queue.put_nowait(unit)
+
+    def _flush(self) -> None:
+        """The end of the turn: commit what gathered at once when nothing stands in the way (the writer
+        idle, no failure, no chain to respect, no reset or barrier), else hand it to the writer task."""
+        batch, self._gathering = self._gathering, None
+        if not batch:
+            return
+        simple = (not self._busy and self._queue.empty() and self.failed is None and not self._broken_chains
+                  and all(u.writes and u.reset is None for u in batch)
+                  and sum(len(u.writes) for u in batch) <= BATCH_MAX)
+        started = time.perf_counter()
+        try:
+            committed = simple and self._commit_now(batch)
+        except Lost as lost:
+            writes = sum(len(u.writes) for u in batch)
+            self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged){lost.detail}")
+            self._settle(batch, {}, StoreFailed(self.failed))
+            return
+        except Exception:  # the writer task tries again, and goes unit by unit if it must
+            committed = False
+        if not committed:
+            for unit in batch:
+                self._queue.put_nowait(unit)
+            return
+        self._settle(batch, {}, None)
+        try:
+            self._notify(time.perf_counter() - started, sum(len(u.writes) for u in batch))
+        except Exception as exc:
+            self._writer_failed(exc, [])
+
+    def _notify(self, seconds: float, writes: int) -> None:
+        for listener in self.commit_listeners:
+            listener(seconds, writes)
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._gathering or ())
 
     def _start_writer(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._write_loop())
@@ -123,6 +182,7 @@ class GroupCommit:
     async def _stop_writer(self) -> None:
         """Drain the queue: every write accepted before this is committed (or failed)."""
         if self._task is not None:
+            self._flush()  # this turn's units first, in order
             await self._queue.put(None)
             await self._task
             self._task = None
@@ -164,30 +224,38 @@ class GroupCommit:
         RESTARTS failures within RESTART_WINDOW fail the store (on_fatal). A failed store keeps the loop
         running, failing each write without touching the database, so every future resolves and close()
         still drains."""
-        failures: list[float] = []
         while True:
             try:
                 await self._write_batches()
                 return
             except Exception as exc:
                 held, self._held = self._held, []
-                log.exception("the writer failed holding %d writes; failing them and restarting",
-                              sum(len(u.writes) for u in held))
-                self._fail_held(held, exc)
-                now = time.monotonic()
-                failures = [t for t in failures if now - t < RESTART_WINDOW] + [now]
-                if len(failures) >= RESTARTS:
-                    self._fail(f"the writer failed {len(failures)} times in {RESTART_WINDOW:g}s "
-                               f"(last: {type(exc).__name__}: {exc})", fatal=True)
-                if self._stopping or len(failures) > RESTARTS:  # closing, or failing even without the database
+                failures = self._writer_failed(exc, held)
+                if self._stopping or failures > RESTARTS:  # closing, or failing even without the database
                     self._fail_queued()
                     return
-                await asyncio.sleep(0.05 * len(failures))
+                await asyncio.sleep(0.05 * failures)
+
+    def _writer_failed(self, exc: Exception, held: list[Unit]) -> int:
+        """Log a failure of the writer (the loop, or a commit at the end of a turn) with its traceback, fail
+        what it held, and fail the store at RESTARTS within RESTART_WINDOW; how many failures that window
+        holds now."""
+        log.exception("the writer failed holding %d writes; failing them and restarting",
+                      sum(len(u.writes) for u in held))
+        self._fail_held(held, exc)
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if now - t < RESTART_WINDOW] + [now]
+        if len(self._failures) >= RESTARTS:
+            self._fail(f"the writer failed {len(self._failures)} times in {RESTART_WINDOW:g}s "
+                       f"(last: {type(exc).__name__}: {exc})", fatal=True)
+        return len(self._failures)
 
     async def _write_batches(self) -> None:
         queue = self._queue
         while not self._stopping:
+            self._busy = False
             batch, size = [await queue.get()], 0
+            self._busy = True
             while not queue.empty() and size < BATCH_MAX:
                 batch.append(queue.get_nowait())
                 size += len(batch[-1].writes) if isinstance(batch[-1], Unit) else 0
@@ -248,8 +316,7 @@ class GroupCommit:
             self._settle(batch, {}, StoreFailed(self.failed))
             return
         self._settle(batch, failed, None)
-        for listener in self.commit_listeners:
-            listener(time.perf_counter() - started, writes)
+        self._notify(time.perf_counter() - started, writes)
 
     def _broken(self, unit: Unit) -> str | None:
         for chain in unit.chains():

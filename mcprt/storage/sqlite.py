@@ -295,20 +295,36 @@ class SqliteStore(SqlStore):
 
     # -- commits ---------------------------------------------------------------------------------------
 
+    sync_commits = True  # a batch that fits commits on the loop's thread (_commit_now)
+
     async def _commit(self, units: list[Unit]) -> None:
-        try:
-            self._writer.in_transaction  # noqa: B018 (a closed connection raises)
-        except sqlite3.ProgrammingError as exc:
-            raise WriterBroken(f"the writer connection cannot be used: {exc}") from exc
+        groups = self._groups(units)
         started = time.perf_counter()
-        groups = [(STATEMENTS[kind], [self._times(kind, w.values) for w in writes], writes)
-                  for kind, writes in grouped(units)]
         if not self._inline_fits(groups, started) or not self._commit_inline(groups, started):
             try:
                 waiting = self._on_writer(self._commit_waiting, groups)
             except RuntimeError as exc:  # the writer thread is gone
                 raise WriterBroken(f"the writer thread cannot run: {exc}") from exc
             await waiting
+        self._committed()
+
+    def _commit_now(self, units: list[Unit]) -> bool:
+        groups = self._groups(units)
+        started = time.perf_counter()
+        if not self._inline_fits(groups, started) or not self._commit_inline(groups, started):
+            return False
+        self._committed()
+        return True
+
+    def _groups(self, units: list[Unit]) -> list:
+        try:
+            self._writer.in_transaction  # noqa: B018 (a closed connection raises)
+        except sqlite3.ProgrammingError as exc:
+            raise WriterBroken(f"the writer connection cannot be used: {exc}") from exc
+        return [(STATEMENTS[kind], [self._times(kind, w.values) for w in writes], writes)
+                for kind, writes in grouped(units)]
+
+    def _committed(self) -> None:
         self._commits_since_checkpoint += 1
         lost = self._file_problem()
         if lost is not None:
