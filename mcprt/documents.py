@@ -14,7 +14,7 @@ from .clock import iso
 from .ot import OpError, TextOperation, diff, extent, from_delta, span, transform_cursor, widened
 from .text import Text
 from .protocol import AppError, ErrorCode
-from .ratelimit import KeyedWindows
+from .ratelimit import KeyedWindows, seconds
 from .storage.base import Store, document_chain, document_deleted, document_written, op_written, snapshot_written
 
 # "." and ".." are refused: an id ends up in URLs and paths, where they mean something else.
@@ -125,12 +125,14 @@ class DocumentQuota:
     def admit(self, creator: tuple[str, ...], now: float) -> None:
         """Count one creation by `creator` (its keys, e.g. user:…, session:…, addr:…), or RATE_LIMITED."""
         if self.count is not None and self.count >= self.max_documents:
+            # Room comes only when someone deletes a document: ask again in an hour, as for the hourly quota.
             raise AppError(ErrorCode.RATE_LIMITED, f"the server holds its maximum of {self.max_documents} documents",
-                           {"quota": "max_documents", "limit": self.max_documents})
+                           {"quota": "max_documents", "limit": self.max_documents, "retry_after": 3600})
         if creator and not self.creates.allow_all(creator, now):
             raise AppError(ErrorCode.RATE_LIMITED, f"at most {self.creates.limit} new documents an hour; "
                            "use an existing one or wait", {"quota": "document_create_limit",
-                                                           "limit": self.creates.limit})
+                                                           "limit": self.creates.limit,
+                                                           "retry_after": seconds(self.creates.wait(creator, now))})
 
     def prune(self, now: float) -> None:
         """Forget creators with no creation in the last hour."""

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 from .config import Settings
 from .documents import DocumentQuota
 from .protocol import AppError, ErrorCode
-from .ratelimit import Buckets, KeyedWindows, TokenBucket
+from .ratelimit import Buckets, KeyedWindows, TokenBucket, seconds
 
 NOTICE_WINDOW = 1.0  # at most one RATE_LIMITED reply (and event) per connection per second
 SYNC_RATE, SYNC_BURST = 2.0, 10  # sync answers per connection (each may be a whole document_state)
@@ -79,13 +79,19 @@ class Limits:
 
     def create_session(self, addr: str | None) -> None:
         """Count a session creation from an address, or RATE_LIMITED (with retry_after in seconds)."""
-        if not self.session_creates.allow(addr or "-", self.clock()):
+        now = self.clock()
+        if not self.session_creates.allow(addr or "-", now):
             raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
-                           {"limit_per_minute": self.session_creates.limit, "retry_after": 60})
+                           {"limit_per_minute": self.session_creates.limit,
+                            "retry_after": seconds(self.session_creates.wait([addr or "-"], now))})
 
     def probing(self, key: str) -> bool:
         """True while a session is over its NOT_FOUND limit for the minute."""
         return self.probes.count(key, self.clock()) >= self.probes.limit
+
+    def probe_wait(self, key: str) -> int:
+        """Whole seconds until a session over its NOT_FOUND limit may ask again."""
+        return seconds(self.probes.wait([key], self.clock()))
 
     def probed(self, key: str) -> bool:
         """Count a NOT_FOUND for a session; True when this one reached the limit (record it once)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 
@@ -53,6 +54,11 @@ class WindowCounter:
         return len(self.hits)
 
 
+def seconds(wait: float) -> int:
+    """A wait as a Retry-After value: whole seconds, rounded up, at least one."""
+    return max(1, math.ceil(wait))
+
+
 class KeyedWindows:
     """A WindowCounter per key (e.g. per client address), with idle keys dropped."""
 
@@ -76,6 +82,15 @@ class KeyedWindows:
         for counter in counters:
             counter.hit(now)
         return True
+
+    def wait(self, keys, now: float) -> float:
+        """Seconds until every one of `keys` is under `limit` again (0 when they are)."""
+        waits = [0.0]
+        for key in keys:
+            counter = self._counters.get(key)
+            if counter is not None and counter.count(now) >= self.limit:
+                waits.append(counter.hits[counter.count(now) - self.limit] + self.window - now)
+        return max(waits)
 
     def count(self, key: str, now: float) -> int:
         """Hits of `key` inside the window."""

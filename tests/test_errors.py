@@ -102,3 +102,40 @@ async def test_each_error_path_has_the_shape_and_status(app, name):
     assert body["error"]["code"] == code.value
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert isinstance(body["error"]["details"], dict)
+
+
+async def _too_many_documents(app):
+    session = await app.session()
+    for i in range(app.deps.settings.document_create_limit):
+        await app.fetch("POST", "/api/documents", {"document_id": f"quota-{i}"},
+                        headers={"X-Session-ID": session["session_id"]})
+    return await app.fetch("POST", "/api/documents", {"document_id": "quota-over"},
+                           headers={"X-Session-ID": session["session_id"]})
+
+
+async def _document_guessing(app):
+    headers = {"X-Session-ID": (await app.session())["session_id"]}
+    for i in range(app.deps.settings.document_probe_limit):
+        await app.fetch("GET", f"/api/documents/guess-{i}", headers=headers)
+    return await app.fetch("GET", "/api/documents/guess-over", headers=headers)
+
+
+async def _server_full(app):
+    for i in range(app.deps.settings.max_documents):
+        await app.fetch("POST", "/api/documents", {"document_id": f"full-{i}"}, admin=True)
+    return await app.fetch("POST", "/api/documents", {"document_id": "full-over"}, admin=True)
+
+
+@pytest.mark.parametrize("trigger, limits, most", [
+    (_rate_limited, {"session_create_limit": 3}, 60),
+    (_too_many_documents, {"document_create_limit": 2}, 3600),
+    (_document_guessing, {"document_probe_limit": 2}, 60),
+    (_server_full, {"max_documents": 2}, 3600),
+])
+async def test_every_rate_limited_reply_says_when_to_retry(start, trigger, limits, most):
+    app = await start(**limits)
+    reply = await trigger(app)
+    assert reply.status == 429 and reply.json["error"]["code"] == "RATE_LIMITED", reply.body
+    wait = reply.headers["Retry-After"]
+    assert wait.isdigit() and 1 <= int(wait) <= most
+    assert int(wait) == reply.json["error"]["details"]["retry_after"]

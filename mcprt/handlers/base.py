@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import traceback
 
 import tornado.httputil
@@ -33,6 +34,11 @@ def session_ids_given(request: tornado.httputil.HTTPServerRequest, *more: str | 
     """The session ids a request carries in `Authorization: Bearer` and `X-Session-ID` (and `more`)."""
     values = (bearer_token(request), request.headers.get("X-Session-ID"), *more)
     return {v.strip() for v in values if v and v.strip()}
+
+
+def retry_after(details: dict) -> int:
+    """A RATE_LIMITED reply's Retry-After: its details' retry_after, in whole seconds (a minute if unsaid)."""
+    return max(1, math.ceil(details.get("retry_after", 60)))
 
 
 OPERATOR = Author(user_id="operator", peer_id="operator")
@@ -200,6 +206,8 @@ class ApiHandler(tornado.web.RequestHandler):
                 return
             self.clear()
             self.set_default_headers()
+            if e.code == ErrorCode.RATE_LIMITED:  # when to ask again, for clients that read no JSON bodies
+                self.set_header("Retry-After", str(retry_after(e.details)))
             self.set_status(e.status)
             self.write_error(e.status, exc_info=(type(e), e, e.__traceback__))
             return

@@ -101,7 +101,6 @@ class SessionsHandler(ApiHandler):
                 await self.deps.shared_limits.create_session(client.addr)
         except AppError as exc:
             self.security("session_rate_limited", None, {"limit_per_minute": exc.details["limit_per_minute"]})
-            self.set_header("Retry-After", str(exc.details["retry_after"]))
             raise
         user_id, identity = await self.who(body)
         session = await self.deps.sessions.create(user_id, body.get("client_info"), body.get("activate", True), client,
@@ -241,7 +240,7 @@ class ProbedHandler(ApiHandler):
         limit = self.deps.limits.probes.limit
         if author is not OPERATOR and self.deps.limits.probing(author.peer_id):
             raise AppError(ErrorCode.RATE_LIMITED, "too many unknown documents asked for; slow down",
-                           {"limit_per_minute": limit})
+                           {"limit_per_minute": limit, "retry_after": self.deps.limits.probe_wait(author.peer_id)})
         try:
             return await call(document_id, *args)
         except AppError as exc:
