@@ -14,6 +14,7 @@ import {
   api, clip, clock, colorFor, domPoint, errorText, h, htmlIndexOfText, selectUnits, selectionUnits,
   textUnitsBefore,
 } from './ui.js';
+import { HistoryPanel } from './history.js';
 
 const HEARTBEAT_MS = 5000;
 const HEARTBEAT_TIMEOUT_MS = 15000;
@@ -61,8 +62,12 @@ function sessionHeaders(session) {
   return session && session.state === 'Active' ? { 'X-Session-ID': session.session_id } : {};
 }
 
+function activeEditor() {
+  return editors.find((e) => e.session && e.session.state === 'Active') || null;
+}
+
 function anySessionHeaders() {
-  const editor = editors.find((e) => e.session && e.session.state === 'Active');
+  const editor = activeEditor();
   return sessionHeaders(editor && editor.session);
 }
 
@@ -1099,6 +1104,7 @@ const demo = {
     return editors.map((e) => e.state);
   },
   openDocument,
+  history: null,
 };
 window.mcprtDemo = demo;
 
@@ -1124,7 +1130,20 @@ async function openDocument(docId, format) {
   query.set('doc', docId);
   if (!PAD) history.replaceState(null, '', `${location.pathname}?${query}`);  // a pad's link stays as shared
   for (const editor of editors) editor.openDocument(docId);
+  if (demo.history.isOpen) demo.history.load();
   return true;
+}
+
+/** The history view of the open document, asked for with the first active editor's session. */
+function setUpHistory() {
+  demo.history = new HistoryPanel(document.getElementById('history-panel'), {
+    documentId: () => (editors[0] && editors[0].docId) || document.getElementById('doc-id').value,
+    headers: anySessionHeaders,
+    role: () => (activeEditor() ? activeEditor().role : null),
+  });
+  for (const button of document.querySelectorAll('.history-open')) {
+    button.addEventListener('click', () => (demo.history.isOpen ? demo.history.close() : demo.history.open()));
+  }
 }
 
 function setUpHealth() {
@@ -1315,6 +1334,7 @@ async function pad(section, template) {
 async function main() {
   const section = document.querySelector('.editors');
   const template = document.getElementById('editor-template');
+  setUpHistory();
   if (PAD) {
     await pad(section, template);
     return;

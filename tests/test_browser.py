@@ -556,3 +556,117 @@ async def test_the_toolbar_makes_blocks_the_policy_keeps(start, browser):
     assert "<pre>" in content and "Title" in content
     assert (await demo.states())[0]["corrections"] == 0  # nothing the server had to take out
     demo.assert_clean()
+
+
+async def history_of(harness, doc: str) -> list[dict]:
+    """The document's stored ops, as the history endpoint gives them."""
+    await harness.settle()
+    return (await harness.fetch("GET", f"/api/documents/{doc}/history?limit=1000", admin=True)).json["ops"]
+
+
+async def open_history(demo: Demo, latest: int) -> None:
+    """Open the history view and wait until it shows revision `latest`."""
+    await demo.page.locator(".history-open:visible").click()
+    await demo.page.wait_for_function("(latest) => window.mcprtDemo.history.state.latest === latest", arg=latest)
+
+
+async def slide_to(demo: Demo, revision: int) -> None:
+    """Drag the slider back from the newest revision with the keyboard, one revision a step."""
+    slider = demo.page.locator(".history-slider")
+    await slider.focus()
+    await demo.page.keyboard.press("End")
+    latest = int(await slider.get_attribute("max"))
+    for _ in range(latest - revision):
+        await demo.page.keyboard.press("ArrowLeft")
+    assert (await demo.page.evaluate("() => window.mcprtDemo.history.state"))["revision"] == revision
+
+
+async def alice_then_bob(harness, demo: Demo, doc: str) -> tuple[int, int]:
+    """Alice writes a sentence, then Bob one: the last revisions of each."""
+    await demo.type_at_end(1, "Hello from alice.")
+    await converged(harness, [demo], doc)
+    await demo.type_at_end(2, " Bob was here.")
+    await converged(harness, [demo], doc)
+    ops = await history_of(harness, doc)
+    alice = max(op["revision"] for op in ops if op["user_id"] == "alice")
+    return alice, ops[-1]["revision"]
+
+
+async def test_the_timeslider_shows_an_earlier_revision_in_its_authors_colours(start, browser):
+    harness = await start()
+    doc = unique("history")
+    demo = await Demo.open(browser, harness, doc=doc)
+    alice, latest = await alice_then_bob(harness, demo, doc)
+    await open_history(demo, latest)
+    panel = demo.page.locator("#history-panel")
+    assert await panel.locator(".history-view").inner_text() == "Hello from alice. Bob was here."
+    assert await panel.locator('.history-view .by[title="bob"]').all_inner_texts() == [" Bob was here."]
+
+    await slide_to(demo, alice)
+    assert await panel.locator(".history-view").inner_text() == "Hello from alice."
+    assert (await panel.locator(".history-at").inner_text()).startswith(f"Revision {alice} of {latest} · by alice")
+    assert "".join(await panel.locator('.history-view .by[title="alice"]').all_inner_texts()) == "Hello from alice."
+    assert await panel.locator('.history-view .by[title="bob"]').count() == 0
+    colours = await panel.locator(".history-view .by").evaluate_all(
+        "els => [...new Set(els.map(e => e.style.getPropertyValue('--user')))]")
+    chip = await demo.card(1).locator(".user-chip").evaluate("e => e.style.getPropertyValue('--user')")
+    assert colours == [chip]  # alice's colour, as on her editor card
+    assert await panel.locator(".history-authors").inner_text() == "alice · 17 characters"
+    assert (await demo.states())[0]["content"] == "Hello from alice. Bob was here."  # the editors stay as they are
+
+    await panel.locator(".history-compare button").click()  # from the revision shown to the newest
+    assert await panel.locator(".history-diff ins").all_inner_texts() == [" Bob was here."]
+    assert await panel.locator(".history-diff del").count() == 0
+    assert "3 words added, 0 removed" in await panel.locator(".history-summary").inner_text()
+    demo.assert_clean()
+
+
+async def test_an_editor_restores_a_revision_from_the_history_view(start, browser):
+    harness = await start()
+    doc = unique("restore")
+    demo = await Demo.open(browser, harness, doc=doc)
+    alice, latest = await alice_then_bob(harness, demo, doc)
+    await open_history(demo, latest)
+    await slide_to(demo, alice)
+    await demo.page.locator(".history-restore").click()
+    await demo.page.wait_for_function("(latest) => window.mcprtDemo.history.state.latest > latest", arg=latest)
+    assert "restored as revision" in await demo.page.locator(".history-note").inner_text()
+    content = await converged(harness, [demo], doc)
+    assert content == "Hello from alice."
+    assert await demo.rich(1).inner_text() == await demo.rich(2).inner_text() == "Hello from alice."
+    assert await demo.page.locator(".history-view").inner_text() == "Hello from alice."
+    demo.assert_clean()
+
+
+async def test_a_viewer_is_told_that_restoring_needs_the_editor_role(start, browser):
+    import jwt
+    secret = "a-deployment-secret-of-at-least-32-characters"
+    harness = await start(auth="jwt", jwt_secret=secret)
+    doc = unique("viewed")
+    owner = (await harness.fetch("POST", "/api/sessions", {"user_id": "alice"}, admin=True)).json
+    headers = {"X-Session-ID": owner["session_id"]}
+    assert (await harness.fetch("POST", "/api/documents", {"document_id": doc}, headers=headers)).status == 201
+    ws = await harness.ws_connect(owner["session_id"], doc)
+    for i, word in enumerate(("one ", "two ")):
+        await ws.send_msg("realtime_edit", {"base_revision": i, "change_delta": [{"position": 4 * i, "insert": word}]})
+        await ws.recv_type("edit_ack")
+    assert (await harness.fetch("PUT", f"/api/documents/{doc}/members", {"member": "user:bob", "role": "viewer"},
+                                admin=True)).status == 200
+
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    demo = Demo(page)
+    OPENED.append(demo)
+    await page.goto(f"{harness.base}/?doc={doc}")
+    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.auth === 'jwt'")
+    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+    await demo.card(2).locator(".user-token").fill(token)
+    await demo.card(2).locator(".btn-create").click()
+    await page.wait_for_function("() => window.mcprtDemo.states[1].role === 'viewer'", timeout=10_000)
+    await open_history(demo, 2)
+    await slide_to(demo, 1)
+    assert await page.locator(".history-view").inner_text() == "one "
+    assert await page.locator(".history-restore").is_disabled()  # never sent: the server would refuse
+    note = page.locator(".history-note")
+    assert "needs the editor role" in await note.inner_text() and await note.get_attribute("role") == "alert"
+    assert (await harness.fetch("GET", f"/api/documents/{doc}", admin=True)).json["content"] == "one two "
+    demo.assert_clean()
