@@ -106,7 +106,7 @@ class Editor {
       activateNow: q('.activate-now'), activate: q('.btn-activate'), invalidate: q('.btn-invalidate'),
       sessionInfo: q('.session-info'), toolbar: q('.toolbar'), linkBox: q('.link-box'), linkUrl: q('.link-url'),
       formatBadge: q('.format-badge'), wrap: q('.editor-wrap'), rich: q('.rich'), plain: q('.plain'),
-      carets: q('.carets'), presence: q('.presence'), sync: q('.sync'), log: q('.log'), logCount: q('.log-count'),
+      carets: q('.carets'), mirror: q('.plain-mirror'), presence: q('.presence'), sync: q('.sync'), log: q('.log'), logCount: q('.log-count'),
       showHeartbeats: q('.show-heartbeats'), tokenField: q('.token-field'), token: q('.user-token'),
       roleBadge: q('.role-badge'), undo: q('.btn-undo'), redo: q('.btn-redo'),
     };
@@ -194,6 +194,7 @@ class Editor {
     });
     els.rich.addEventListener('drop', (event) => event.preventDefault());
     els.rich.addEventListener('scroll', () => this.drawCarets());
+    els.plain.addEventListener('scroll', () => this.drawCarets());
     els.plain.addEventListener('input', (event) => { if (!event.isComposing) this.onPlainInput(); });
     els.plain.addEventListener('compositionend', () => this.onPlainInput());
     for (const target of [els.rich, els.plain]) {
@@ -610,7 +611,7 @@ class Editor {
       },
       presence: (p) => {
         const peer = this.peer(p);
-        if (p.cursor) peer.cursor = Math.min(p.cursor.position, cpLength(this.content));
+        if (p.cursor) this.placeCursor(peer, p.cursor);
         peer.state = p.state;
         this.renderPresence();
       },
@@ -635,7 +636,7 @@ class Editor {
     if (this.session && p.peer_id === this.session.peer_id) return { connections: 0 }; // our own other tabs
     let peer = this.peers.get(p.peer_id);
     if (!peer) {
-      peer = { user: p.user_id, connections: 1, cursor: null };
+      peer = { user: p.user_id, connections: 1, cursor: null, end: null };
       this.peers.set(p.peer_id, peer);
     }
     return peer;
@@ -650,10 +651,9 @@ class Editor {
     const mine = this.session && this.session.peer_id;
     for (const participant of p.participants || []) {
       if (participant.peer_id === mine) continue;
-      this.peers.set(participant.peer_id, {
-        user: participant.user_id, connections: participant.connections,
-        cursor: participant.cursor ? participant.cursor.position : null,
-      });
+      const peer = { user: participant.user_id, connections: participant.connections, cursor: null, end: null };
+      if (participant.cursor) this.placeCursor(peer, participant.cursor, p.content);
+      this.peers.set(participant.peer_id, peer);
     }
     this.renderStatus('connected', 'connected');
     const { client } = this;
@@ -930,6 +930,7 @@ class Editor {
   shiftCursors(op) {
     for (const peer of this.peers.values()) {
       if (peer.cursor !== null && peer.cursor <= op.baseLength) peer.cursor = transformCursor(peer.cursor, op);
+      if (peer.end !== null && peer.end <= op.baseLength) peer.end = transformCursor(peer.end, op);
     }
   }
 
@@ -974,8 +975,10 @@ class Editor {
     presence.append(h('span', { class: 'muted' }, 'Here: '),
       h('span', { class: 'who me' }, `${you} (you)`));
     for (const peer of this.peers.values()) {
-      const where = peer.cursor === null ? '' : ` at ${this.displayPosition(peer.cursor)}`;
-      const chip = h('span', { class: 'who' }, `${peer.user}${where}`);
+      // A name in its colour, as on the caret; where they are is shown in the text itself.
+      const selecting = peer.end !== null && peer.end !== peer.cursor;
+      const chip = h('span', { class: 'who', title: selecting ? `${peer.user} has text selected` : peer.user },
+        peer.user);
       chip.style.setProperty('--user', colorFor(peer.user));
       presence.append(' ', chip);
     }
@@ -983,38 +986,79 @@ class Editor {
     if (PAD) renderPadPeople(this);
   }
 
-  /** A position as a person counts it: characters of visible text. */
-  displayPosition(position) {
-    if (this.format === 'text') return position;
-    return textUnitsBefore(this.content, cpToUtf16(this.content, position));
+  /** A peer's cursor from a presence entry, within `content` (ours unless given). */
+  placeCursor(peer, cursor, content = this.content) {
+    const length = cpLength(content);
+    peer.cursor = Math.min(cursor.position, length);
+    peer.end = cursor.selection_end === null || cursor.selection_end === undefined
+      ? null : Math.min(cursor.selection_end, length);
   }
 
+  /** The element whose text nodes show the document, and the UTF-16 offset there of a document position. */
+  textSurface() {
+    if (this.format === 'html') {
+      return [this.els.rich, (position) => textUnitsBefore(this.content, cpToUtf16(this.content, position))];
+    }
+    // A textarea has no text nodes to measure: a hidden copy with the same box and font lays the text out.
+    const { plain, mirror } = this.els;
+    mirror.textContent = `${this.content}\u200b`;  // a last empty line still has a place
+    mirror.style.width = `${plain.clientWidth + 2 * plain.clientLeft}px`;
+    return [mirror, (position) => cpToUtf16(this.content, position)];
+  }
+
+  /** Other people's carets and selections, in their colours, over whichever editor shows the document. */
   drawCarets() {
-    const { carets, rich, wrap } = this.els;
+    const { carets, wrap, rich, plain } = this.els;
     carets.replaceChildren();
-    if (this.format !== 'html' || this.hold || !this.joined) return;
-    const wrapBox = wrap.getBoundingClientRect();
-    const richBox = rich.getBoundingClientRect();
+    if (this.hold || !this.joined) return;
+    const [surface, unitsOf] = this.textSurface();
+    const field = this.format === 'html' ? rich : plain;
+    const box = field.getBoundingClientRect();
+    const origin = wrap.getBoundingClientRect();
+    const scroll = field === plain ? plain.scrollTop : 0;  // the copy does not scroll with the textarea
+    const place = (el, rect, width) => {
+      const top = rect.top - scroll;
+      if (top < box.top - 2 || top > box.bottom - 8) return false;  // scrolled out of view
+      el.style.left = `${rect.left - origin.left}px`;
+      el.style.top = `${top - origin.top}px`;
+      el.style.height = `${rect.height || 18}px`;
+      if (width !== undefined) el.style.width = `${width}px`;
+      carets.append(el);
+      return true;
+    };
+    const length = cpLength(this.content);
     for (const peer of this.peers.values()) {
       if (peer.cursor === null) continue;
-      const units = textUnitsBefore(this.content, cpToUtf16(this.content, Math.min(peer.cursor, cpLength(this.content))));
-      const [node, offset] = domPoint(rich, units);
-      const range = document.createRange();
-      range.setStart(node, offset);
-      range.collapse(true);
-      let box = range.getClientRects()[0] || range.getBoundingClientRect();
-      if (!box || (!box.height && node === rich)) {
-        const style = getComputedStyle(rich);
-        box = { left: richBox.left + parseFloat(style.paddingLeft), top: richBox.top + parseFloat(style.paddingTop), height: 18 };
+      const colour = colorFor(peer.user);
+      const at = Math.min(peer.cursor, length), end = peer.end === null ? at : Math.min(peer.end, length);
+      if (end !== at) {
+        for (const rect of this.rangeAt(surface, unitsOf(Math.min(at, end)), unitsOf(Math.max(at, end))).getClientRects()) {
+          const mark = h('span', { class: 'remote-selection' });
+          mark.style.setProperty('--user', colour);
+          if (rect.width) place(mark, rect, rect.width);
+        }
       }
-      if (box.top < richBox.top - 2 || box.top > richBox.bottom - 8) continue; // scrolled out of view
       const caret = h('span', { class: 'caret' }, h('span', { class: 'caret-label' }, peer.user));
-      caret.style.setProperty('--user', colorFor(peer.user));
-      caret.style.left = `${box.left - wrapBox.left}px`;
-      caret.style.top = `${box.top - wrapBox.top}px`;
-      caret.style.height = `${box.height || 18}px`;
-      carets.append(caret);
+      caret.style.setProperty('--user', colour);
+      place(caret, this.caretRect(surface, unitsOf(end)));
     }
+  }
+
+  /** A Range over text units [start, end) of root. */
+  rangeAt(root, start, end) {
+    const range = document.createRange();
+    range.setStart(...domPoint(root, start));
+    range.setEnd(...domPoint(root, end));
+    return range;
+  }
+
+  /** Where a caret after `units` text units of root stands (the start of root when it is empty). */
+  caretRect(root, units) {
+    const range = this.rangeAt(root, units, units);
+    const rect = range.getClientRects()[0] || range.getBoundingClientRect();
+    if (rect && (rect.height || root.textContent)) return rect;
+    const box = root.getBoundingClientRect(), style = getComputedStyle(root);
+    return { left: box.left + parseFloat(style.paddingLeft), top: box.top + parseFloat(style.paddingTop), height: 18 };
   }
 
   // -------------------------------------------------------------- documents
@@ -1043,7 +1087,7 @@ class Editor {
       synchronized: this.isLive() && !this.syncing && this.client.synchronized,
       pending: this.client.pending, syncing: this.syncing, latency: this.latency,
       text: this.format === 'text' ? this.els.plain.value : this.els.rich.textContent,
-      peers: [...this.peers.values()].map((p) => ({ user: p.user, cursor: p.cursor })),
+      peers: [...this.peers.values()].map((p) => ({ user: p.user, cursor: p.cursor, end: p.end })),
       corrections: this.client.corrections, role: this.role,
       canUndo: this.history.canUndo, canRedo: this.history.canRedo,
     };

@@ -670,3 +670,64 @@ async def test_a_viewer_is_told_that_restoring_needs_the_editor_role(start, brow
     assert "needs the editor role" in await note.inner_text() and await note.get_attribute("role") == "alert"
     assert (await harness.fetch("GET", f"/api/documents/{doc}", admin=True)).json["content"] == "one two "
     demo.assert_clean()
+
+
+async def test_a_remote_selection_is_highlighted_in_its_owners_colour(start, browser):
+    harness = await start()
+    doc = unique("select")
+    demo = await Demo.open(browser, harness, doc=doc)
+    await demo.type_at_end(1, "Hello wonderful world")
+    await converged(harness, [demo], doc)
+    await demo.page.keyboard.press("End")
+    for _ in range(len(" world")):
+        await demo.page.keyboard.press("ArrowLeft")
+    for _ in range(len("wonderful")):
+        await demo.page.keyboard.press("Shift+ArrowLeft")
+    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].peers.some(p => p.end !== null)")
+    marks = demo.card(2).locator(".carets .remote-selection")
+    await marks.first.wait_for()
+    assert await marks.count() == 1
+    word = await demo.rich(2).evaluate("""(root) => {
+        const node = root.firstChild, start = node.data.indexOf('wonderful');
+        const range = document.createRange();
+        range.setStart(node, start);
+        range.setEnd(node, start + 'wonderful'.length);
+        const r = range.getBoundingClientRect();
+        return {left: r.left, width: r.width, top: r.top};
+    }""")
+    mark = await marks.evaluate("e => { const r = e.getBoundingClientRect(); return {left: r.left, width: r.width, top: r.top}; }")
+    assert abs(mark["left"] - word["left"]) < 2 and abs(mark["width"] - word["width"]) < 2 and abs(mark["top"] - word["top"]) < 2
+    alice = await demo.card(1).locator(".user-chip").evaluate("e => e.style.getPropertyValue('--user')")
+    assert await marks.evaluate("e => e.style.getPropertyValue('--user')") == alice
+    assert await demo.card(2).locator(".carets .caret-label").all_inner_texts() == ["alice"]
+    chips = demo.card(2).locator(".presence .who:not(.me)")  # a name in a colour, no code-point numbers
+    assert await chips.all_inner_texts() == ["alice"]
+    assert await chips.evaluate("e => e.style.getPropertyValue('--user')") == alice
+    demo.assert_clean()
+
+
+async def test_a_plain_text_document_shows_a_remote_caret_where_its_owner_types(start, browser):
+    harness = await start()
+    doc = unique("plain-caret")
+    await harness.fetch("POST", "/api/documents", {"document_id": doc, "format": "text"}, admin=True)
+    demo = await Demo.open(browser, harness, doc=doc)
+    await demo.type_at_end(1, "line one", area=".plain")
+    await demo.page.keyboard.press("Enter")
+    await demo.page.keyboard.type("line two")
+    await converged(harness, [demo], doc)
+    caret = demo.card(2).locator(".carets .caret")
+    await demo.page.wait_for_function(
+        "() => window.mcprtDemo.states[1].peers.some(p => p.cursor === 'line one\\nline two'.length)")
+    await caret.wait_for()
+    assert await demo.card(2).locator(".carets .caret-label").all_inner_texts() == ["alice"]
+    where = await demo.card(2).locator(".plain").evaluate("""(ta) => {
+        const style = getComputedStyle(ta), box = ta.getBoundingClientRect();
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = `${style.fontSize} ${style.fontFamily}`;
+        return {left: box.left + ta.clientLeft + parseFloat(style.paddingLeft) + ctx.measureText('line two').width,
+                firstLine: box.top + ta.clientTop + parseFloat(style.paddingTop), line: parseFloat(style.lineHeight)};
+    }""")
+    box = await caret.evaluate("e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top}; }")
+    assert abs(box["left"] - where["left"]) < 2, (box, where)
+    assert abs(box["top"] - (where["firstLine"] + where["line"])) < where["line"] / 2, (box, where)  # the second line
+    demo.assert_clean()
