@@ -130,6 +130,7 @@ class Editor {
     this.peers = new Map();
     this.logEntries = 0;
     this.role = 'editor';     // the document_state's role; a viewer's editor is read-only
+    this.blocked = false;     // no session to be had yet (rate limited): read-only too
     this.history = new UndoManager();  // this editor's own steps: undo never touches a collaborator's text
 
     this.client = new OTClient({
@@ -333,14 +334,30 @@ class Editor {
     const reply = await api('POST', '/api/sessions', body, token ? { Authorization: `Bearer ${token}` } : {});
     if (!reply.ok) {
       this.info(`could not create a session: ${errorText(reply)}`);
+      if (reply.status === 429) {
+        this.sessionRefused(reply.retryAfter || 60, () => this.createSession(userId, activate, token));
+      }
       return;
     }
+    this.setBlocked(false);
     this.session = reply.json;
     this.els.userName.value = this.session.user_id;
     this.info(`new ${this.session.state.toLowerCase()} session for ${this.session.user_id}`);
     this.renderSession();
     if (this.session.state === 'Active') this.connect();
     else this.disconnect('no-session', 'waiting for activation');
+  }
+
+  /** Too many sessions from this address: nothing to edit with until the server says to try again. */
+  sessionRefused(seconds, retry) {
+    this.setBlocked(true);
+    this.renderStatus('no-session', 'no session: rate limited');
+    retryLater(this, seconds, retry);
+  }
+
+  setBlocked(blocked) {
+    this.blocked = blocked;
+    this.applyRole();
   }
 
   async activate() {
@@ -844,7 +861,7 @@ class Editor {
   }
 
   get readOnly() {
-    return this.role === 'viewer';
+    return this.role === 'viewer' || this.blocked;
   }
 
   applyRole() {
@@ -1170,6 +1187,7 @@ async function openDocument(docId, format) {
     note.textContent = '';
   }
   document.getElementById('doc-id').value = docId;
+  document.querySelector('#api-panel [data-api="document"]').document_id.value = docId;  // asks about what is open
   const query = new URLSearchParams(location.search);
   query.set('doc', docId);
   if (!PAD) history.replaceState(null, '', `${location.pathname}?${query}`);  // a pad's link stays as shared
@@ -1307,6 +1325,48 @@ function setUpSecurityPanel() {
   });
 }
 
+// ---------------------------------------------------------------- when the server says "later"
+
+// Editors waiting for a session the server refused (429), and when its Retry-After ends.
+const retry = { waiting: new Map(), until: 0, timer: null };
+
+/** Say when a refused session can be had, count down to it, and try again then (or at a click). */
+function retryLater(editor, seconds, again) {
+  retry.waiting.set(editor, again);
+  retry.until = Math.max(retry.until, Date.now() + seconds * 1000);
+  const banner = document.getElementById('banner');
+  if (!banner.querySelector('.retry-now')) {
+    const button = h('button', { type: 'button', class: 'retry-now' }, 'Try now');
+    button.addEventListener('click', retryNow);
+    banner.replaceChildren(h('span', { class: 'retry-text' }), ' ', button);
+  }
+  banner.hidden = false;
+  clearInterval(retry.timer);
+  retry.timer = setInterval(renderRetry, 1000);
+  renderRetry();
+}
+
+function renderRetry() {
+  const left = Math.ceil((retry.until - Date.now()) / 1000);
+  if (left <= 0) {
+    retryNow();
+    return;
+  }
+  document.querySelector('#banner .retry-text').textContent = `Too many new sessions from this address: the server `
+    + `asks to wait. Editing starts by itself in ${left} s (at ${clock(new Date(retry.until))}).`;
+}
+
+function retryNow() {
+  clearInterval(retry.timer);
+  const waiting = [...retry.waiting.values()];
+  retry.waiting.clear();
+  retry.until = 0;
+  const banner = document.getElementById('banner');
+  banner.hidden = true;
+  banner.replaceChildren();
+  for (const again of waiting) again();
+}
+
 // ---------------------------------------------------------------- the pad
 
 /** Who is here: "N people here" and a circle of initials per person, in their colour. */
@@ -1327,8 +1387,10 @@ function renderPadStatus(kind) {
   const banner = document.getElementById('banner');
   const words = { reconnecting: 'Connection lost. Reconnecting…', closed: 'Disconnected from the server.',
     offline: 'You are offline; your changes wait until you are back.', connecting: 'Connecting…' }[kind];
-  banner.hidden = !words || kind === 'connecting';
-  banner.textContent = words || '';
+  if (!retry.waiting.size) {  // the retry banner says more than "no session"
+    banner.hidden = !words || kind === 'connecting';
+    banner.textContent = words || '';
+  }
   const box = document.getElementById('health');
   box.dataset.state = kind === 'connected' ? 'ok' : 'bad';
   document.getElementById('health-text').textContent = kind === 'connected' ? 'connected' : words || kind;

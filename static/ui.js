@@ -25,7 +25,7 @@ export function clock(date = new Date()) {
   return date.toLocaleTimeString([], { hour12: false });
 }
 
-/** fetch + JSON, never throwing: {ok, status, statusText, json, ms}. */
+/** fetch + JSON, never throwing: {ok, status, statusText, json, ms, retryAfter (seconds, or 0)}. */
 export async function api(method, path, body, headers = {}) {
   const started = performance.now();
   const init = { method, headers: { Accept: 'application/json', ...headers } };
@@ -39,7 +39,7 @@ export async function api(method, path, body, headers = {}) {
     let json = null;
     try { json = text ? JSON.parse(text) : null; } catch { json = text; }
     return { ok: response.ok, status: response.status, statusText: response.statusText, json,
-      ms: performance.now() - started };
+      ms: performance.now() - started, retryAfter: Number(response.headers.get('Retry-After')) || 0 };
   } catch (err) {
     return { ok: false, status: 0, statusText: String(err.message || err), json: null,
       ms: performance.now() - started };

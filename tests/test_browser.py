@@ -4,6 +4,7 @@ console in every test."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from pathlib import Path
@@ -184,6 +185,7 @@ async def test_plain_text_document_created_from_the_picker(start, browser):
         arg=doc, timeout=10_000)
     assert (await harness.fetch("GET", f"/api/documents/{doc}", admin=True)).json["format"] == "text"
     assert await demo.rich(1).is_hidden()
+    assert await demo.page.input_value('#api-panel [data-api="document"] [name="document_id"]') == doc  # follows
 
     await demo.type_at_end(1, "<b>not bold</b> & caf\u00e9 \U0001F600", area=".plain")
     await demo.page.keyboard.press("Enter")
@@ -730,4 +732,43 @@ async def test_a_plain_text_document_shows_a_remote_caret_where_its_owner_types(
     box = await caret.evaluate("e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top}; }")
     assert abs(box["left"] - where["left"]) < 2, (box, where)
     assert abs(box["top"] - (where["firstLine"] + where["line"])) < where["line"] / 2, (box, where)  # the second line
+    demo.assert_clean()
+
+
+async def test_a_refused_session_says_when_to_retry_and_the_editors_wait(start, browser, clock):
+    harness = await start(clock=clock, session_create_limit=2)
+    for name in ("early", "bird"):  # this address's two sessions of the minute
+        await harness.session(name)
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    demo = Demo(page)
+    OPENED.append(demo)
+    refusals = []
+    page.on("response", lambda r: refusals.append(r) if r.url.endswith("/api/sessions") else None)
+    doc = unique("later")
+    await page.goto(f"{harness.base}/?doc={doc}")
+    banner = page.locator("#banner")
+    await banner.locator(".retry-text").wait_for()
+
+    async def both_refused():
+        return len(refusals) == 2
+    await until(both_refused, what="both editors' requests")
+    assert [(r.status, await r.header_value("retry-after")) for r in refusals] == [(429, "60"), (429, "60")]
+    wait = re.search(r"Editing starts by itself in (\d+) s \(at ", await banner.inner_text())
+    assert wait and 55 <= int(wait.group(1)) <= 60
+    for side in (1, 2):  # nothing that looks editable while there is no session
+        assert await demo.rich(side).get_attribute("contenteditable") == "false"
+        assert await demo.card(side).locator('.toolbar button[data-cmd="bold"]').is_disabled()
+    assert [s["status"] for s in await demo.states()] == ["no-session", "no-session"]
+    # Chromium logs each refused request itself; nothing else reached the console.
+    assert demo.errors == ["console: Failed to load resource: the server responded with a status of 429 "
+                           "(Too Many Requests)"] * 2
+    demo.errors.clear()
+
+    clock.advance(61)  # the server's window has passed
+    await banner.locator(".retry-now").click()
+    await page.wait_for_function("() => window.mcprtDemo.ready", timeout=10_000)
+    assert await banner.is_hidden()
+    assert await demo.rich(1).get_attribute("contenteditable") == "true"
+    await demo.type_at_end(1, "at last")
+    assert await converged(harness, [demo], doc) == "at last"
     demo.assert_clean()
