@@ -26,6 +26,7 @@ const MAX_PARTS = 150;      // change_delta holds at most 200 parts
 const MAX_INSERT = 2000;    // code points per message, well inside the 10 KB message limit
 const LOG_LIMIT = 300;
 const DOCUMENT_ID = /^[A-Za-z0-9._-]{1,128}$/;
+const BLOCKS = /^(p|h[1-6]|li|ul|ol|blockquote|pre|div)$/;  // a line inside one of these is already a block
 
 const CLOSE_REASONS = {
   1000: 'closed', 1001: 'server going away', 1006: 'connection lost', 1008: 'closed for abuse',
@@ -92,6 +93,26 @@ function describeOp(op) {
 }
 
 
+/**
+ * Chrome makes a list inside the <p> it was asked to turn into one; HTML cannot hold that (the
+ * sanitizer would split the paragraph and correct us), so the list takes the paragraph's place.
+ */
+function unnestLists(root) {
+  const selection = document.getSelection();
+  const range = selection.rangeCount ? selection.getRangeAt(0) : null;
+  const kept = range && [range.startContainer, range.startOffset, range.endContainer, range.endOffset];
+  let changed = false;
+  for (const list of root.querySelectorAll('p > ul, p > ol')) {
+    const p = list.parentNode;
+    const empty = (n) => n === list || n.localName === 'br' || (n.nodeType === Node.TEXT_NODE && !n.data.trim());
+    if ([...p.childNodes].every(empty)) {
+      p.replaceWith(list);
+      changed = true;
+    }
+  }
+  if (changed && kept) selection.setBaseAndExtent(...kept);  // the caret's own nodes moved with the list
+}
+
 // ---------------------------------------------------------------- one editor
 
 class Editor {
@@ -131,6 +152,7 @@ class Editor {
     this.logEntries = 0;
     this.role = 'editor';     // the document_state's role; a viewer's editor is read-only
     this.blocked = false;     // no session to be had yet (rate limited): read-only too
+    this.inCommand = false;   // a toolbar command is changing the editor: its input events wait
     this.history = new UndoManager();  // this editor's own steps: undo never touches a collaborator's text
 
     this.client = new OTClient({
@@ -194,6 +216,9 @@ class Editor {
       if (text) document.execCommand('insertText', false, text);
     });
     els.rich.addEventListener('drop', (event) => event.preventDefault());
+    els.rich.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) this.paragraphOnEnter();
+    });
     els.rich.addEventListener('scroll', () => this.drawCarets());
     els.plain.addEventListener('scroll', () => this.drawCarets());
     els.plain.addEventListener('input', (event) => { if (!event.isComposing) this.onPlainInput(); });
@@ -240,12 +265,34 @@ class Editor {
     const { rich } = this.els;
     rich.focus();
     const before = selectionUnits(rich);
-    document.execCommand(name, false, value);
+    this.inCommand = true;  // one edit for the command and the clean-up after it
+    try {
+      document.execCommand(name, false, value);
+      unnestLists(rich);
+    } finally {
+      this.inCommand = false;
+    }
     // Chrome puts a collapsed caret at the start of a line it turns into a list: put it back.
     const after = selectionUnits(rich);
     if (before && before[0] === before[1] && (!after || after[0] !== before[0])) {
       selectUnits(rich, before[0], before[0]);
     }
+    this.onRichInput();
+  }
+
+  /**
+   * Enter splits paragraphs: a line still bare in the editor (the first one typed) becomes a <p>
+   * first, so the browser's split (a <p> too, see main) makes two paragraphs, never a text and a <div>.
+   */
+  paragraphOnEnter() {
+    if (this.format !== 'html' || this.hold || this.readOnly) return;
+    const { rich } = this.els;
+    const selection = document.getSelection();
+    if (!selection.rangeCount || !rich.contains(selection.anchorNode)) return;
+    for (let node = selection.anchorNode; node && node !== rich; node = node.parentNode) {
+      if (node.nodeType === Node.ELEMENT_NODE && BLOCKS.test(node.localName)) return;
+    }
+    document.execCommand('formatBlock', false, 'p');
   }
 
   openLinkBox() {
@@ -807,7 +854,7 @@ class Editor {
   // -------------------------------------------------------------- local input
 
   onRichInput() {
-    if (this.hold || this.format !== 'html') return;
+    if (this.hold || this.inCommand || this.format !== 'html') return;
     if (this.readOnly) {  // never sent: a viewer's edit would only be refused
       this.render(this.content, null, true);
       return;
@@ -1438,6 +1485,7 @@ async function pad(section, template) {
 }
 
 async function main() {
+  document.execCommand('defaultParagraphSeparator', false, 'p');  // Enter makes paragraphs, not Chrome's <div>s
   const section = document.querySelector('.editors');
   const template = document.getElementById('editor-template');
   setUpHistory();

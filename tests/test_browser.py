@@ -772,3 +772,42 @@ async def test_a_refused_session_says_when_to_retry_and_the_editors_wait(start, 
     await demo.type_at_end(1, "at last")
     assert await converged(harness, [demo], doc) == "at last"
     demo.assert_clean()
+
+
+async def test_enter_makes_paragraphs(start, browser):
+    harness = await start()
+    doc = unique("paragraphs")
+    demo = await Demo.open(browser, harness, doc=doc)
+    await demo.type_at_end(1, "First")
+    await demo.page.keyboard.press("Enter")
+    await demo.page.keyboard.type("Second")
+    await demo.page.keyboard.press("Enter")
+    await demo.page.keyboard.type("Third")
+    content = await converged(harness, [demo], doc)
+    assert content == "<p>First</p><p>Second</p><p>Third</p>"
+    assert await demo.rich(2).locator("p").all_inner_texts() == ["First", "Second", "Third"]
+    await demo.page.keyboard.press("Enter")  # a list from an empty paragraph takes its place, never inside it
+    await demo.card(1).locator('[data-cmd="insertUnorderedList"]').click()
+    await demo.page.keyboard.type("item")
+    content = await converged(harness, [demo], doc)
+    assert content == "<p>First</p><p>Second</p><p>Third</p><ul><li>item</li></ul>"
+    assert (await demo.states())[0]["corrections"] == 0  # nothing the sanitizer had to mend
+    demo.assert_clean()
+
+
+async def test_a_link_without_an_address_is_not_shown_as_a_link(start, browser):
+    harness = await start()
+    doc = unique("links")
+    demo = await Demo.open(browser, harness, doc=doc)
+    ws = await harness.editor("carol", doc)
+    html = '<p>see <a href="javascript:alert(1)">bad</a> or <a href="https://example.com/">good</a></p>'
+    await ws.send_msg("realtime_edit", {"base_revision": 0, "change_delta": [{"position": 0, "insert": html}]})
+    await ws.recv_type("edit_ack")
+    content = await converged(harness, [demo], doc)
+    assert "<a>bad</a>" in content  # the sanitizer took the href and kept the element
+    looks = await demo.rich(1).locator("a").evaluate_all("""els => els.map(a => {
+        const s = getComputedStyle(a), p = getComputedStyle(a.parentNode);
+        return [a.textContent, s.color === p.color, s.textDecorationLine];
+    })""")
+    assert looks == [["bad", True, "none"], ["good", False, "underline"]]
+    demo.assert_clean()
