@@ -4,6 +4,7 @@ console in every test."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import uuid
@@ -811,3 +812,63 @@ async def test_a_link_without_an_address_is_not_shown_as_a_link(start, browser):
     })""")
     assert looks == [["bad", True, "none"], ["good", False, "underline"]]
     demo.assert_clean()
+
+
+async def join_pad(browser, harness, doc: str, name: str, width: int = 1100, height: int = 800) -> Demo:
+    """A person opening the pad's link in their own browser and giving their name."""
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    demo = Demo(await context.new_page())
+    OPENED.append(demo)
+    await demo.page.goto(f"{harness.base}/p/{doc}")
+    await demo.page.locator("#pad-name input").fill(name)
+    await demo.page.locator("#pad-name button").click()
+    await demo.page.wait_for_function("() => window.mcprtDemo.ready", timeout=10_000)
+    return demo
+
+
+async def test_screenshots_of_the_pad_its_history_and_a_phone(start, browser, tmp_path):
+    """The README's pictures, from a real session (MCPRT_SCREENSHOTS=docs writes them there); each page's
+    console stays clean, the pad's and its history view's included, and the phone sees nothing too wide."""
+    shots = Path(os.environ.get("MCPRT_SCREENSHOTS") or tmp_path)
+    harness = await start()
+    doc = "launch-plan"
+    ana = await join_pad(browser, harness, doc, "Ana Lima")
+    ben = await join_pad(browser, harness, doc, "Ben")
+    await ana.type_at_end(1, "Launch plan")
+    await ana.card(1).locator('.toolbar button[data-value="h1"]').click()
+    await ana.page.keyboard.press("End")
+    await ana.page.keyboard.press("Enter")
+    await ana.page.keyboard.type("We ship the editor on Monday. ")
+    await ana.page.keyboard.press("Enter")
+    await ana.page.keyboard.type("Open questions: pricing, the phone layout.")
+    await converged(harness, [ana, ben], doc)
+    await ben.type_at_end(1, " Ben: the phone layout is done.")
+    await converged(harness, [ana, ben], doc)
+    for _ in range(len("Monday. ")):  # Ana's caret where she stopped; Ben selects what he wrote
+        await ana.page.keyboard.press("ArrowLeft")
+    for _ in range(len(" the phone layout is done.")):
+        await ben.page.keyboard.press("Shift+ArrowLeft")
+    await ana.page.wait_for_selector(".carets .remote-selection")
+    await ana.page.screenshot(path=str(shots / "pad.png"))
+
+    await ana.page.locator("#pad-bar .history-open").click()
+    await ana.page.wait_for_function("() => window.mcprtDemo.history.state.latest > 0")
+    latest = (await ana.page.evaluate("() => window.mcprtDemo.history.state"))["latest"]
+    await slide_to(ana, latest - 10)  # part of Ben's sentence still to come
+    await ana.page.locator(".history-compare button").click()
+    await ana.page.locator(".history-diff ins").first.wait_for()
+    assert await ana.page.locator('.history-view .by[title="Ben"]').count() >= 1
+    assert await ana.page.locator('.history-view .by[title="Ana Lima"]').count() >= 1
+    await ana.page.screenshot(path=str(shots / "history.png"), full_page=True)
+
+    phone = await join_pad(browser, harness, doc, "Caro", width=390, height=844)
+    await phone.page.locator("#pad-bar .history-open").click()
+    await phone.page.wait_for_function("() => window.mcprtDemo.history.state.latest > 0")
+    wider = await phone.page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().right > innerWidth + 1)
+        .map((e) => `${e.tagName}.${e.className}`)""")
+    assert wider == [] and await phone.page.evaluate("document.documentElement.scrollWidth") <= 390
+    await phone.page.evaluate("() => window.scrollTo(0, 0)")
+    await phone.page.screenshot(path=str(shots / "phone.png"))
+    for name in ("pad", "history", "phone"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000
