@@ -35,12 +35,14 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, dict[int, str]]] = {
                                 {200: "a page of documents", 401: "no session"}),
     ("/api/documents/{document_id}", "get"): ("A document now, or at ?revision=N; ?format=text or html for "
                                               "its content alone", None,
-                                              {200: "the document", 404: "no such document or revision"}),
+                                              {200: "the document", 404: "no such document or revision",
+                                               429: "too many unknown documents asked for"}),
     ("/api/documents/{document_id}", "delete"): ("Delete a document, its history and members (owner or admin)",
                                                  None, {200: "deleted", 403: "not the owner",
                                                         404: "no such document"}),
     ("/api/documents/{document_id}/history", "get"): ("Stored ops after ?since=N", None,
-                                                      {200: "ops, oldest first", 404: "no such document"}),
+                                                      {200: "ops, oldest first", 404: "no such document",
+                                                       429: "too many unknown documents asked for"}),
     ("/api/documents/{document_id}/restore", "post"): ("Write an old revision's content as a new revision",
                                                        "document_restore",
                                                        {200: "the document's state", 403: "not an editor",
@@ -77,12 +79,22 @@ def _error_schema() -> dict:
             "details": {"type": "object"}}}}}
 
 
+def _response(status: int, text: str) -> dict:
+    """One documented reply: errors in the one error shape, a 429 with its Retry-After."""
+    if status < 400:
+        return {"description": text}
+    response = {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if status == 429:
+        response["headers"] = {"Retry-After": {"description": "seconds until a retry can succeed",
+                                               "schema": {"type": "integer", "minimum": 1}}}
+    return response
+
+
 def openapi() -> dict:
     paths: dict[str, dict] = {}
     for (path, method), (summary, body, responses) in OPERATIONS.items():
-        operation = {"summary": summary, "responses": {str(status): {"description": text, "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}} if status >= 400 else
-            {"description": text} for status, text in responses.items()}}
+        operation = {"summary": summary, "responses": {str(status): _response(status, text)
+                                                       for status, text in responses.items()}}
         parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                       for name in _path_names(path)]
         if parameters:
