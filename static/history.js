@@ -136,11 +136,11 @@ export class HistoryPanel {
 
   /** Fetch the history again and show its latest revision. */
   load() {
-    this.loading = this.fetch();
+    this.loading = this.fetchTimeline();
     return this.loading;
   }
 
-  async fetch() {
+  async fetchTimeline() {
     const docId = this.documentId();
     this.els.title.textContent = docId;
     this.note('Loading the history…');
