@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -549,19 +550,50 @@ def _num(value: float | None, width: int) -> str:
     return f"{value:,.{digits}f}".rjust(width)
 
 
-HEADER = (f"{'benchmark':<20} {'measures':<42} {'value':>10} {'unit':<7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'bare':>10} {'ratio':>7} {'cpu%':>9} {'target':<16} result")
+@dataclass(frozen=True)
+class Layout:
+    """The table's columns: all of them into a pipe or a file; on a terminal narrower than that, the
+    `measures` column cut (marked …) down to 16 characters, then p99 and cpu% left out."""
+
+    measures: int = 42
+    detail: bool = True  # the p99 ms and cpu% columns
+
+    @classmethod
+    def fitting(cls, columns: int | None) -> "Layout":
+        if columns is None:
+            return cls()
+        over = len(cls().header()) - columns
+        if over <= 42 - 16:
+            return cls(42 - max(0, over))
+        over = len(cls(detail=False).header()) - columns
+        return cls(max(16, 42 - max(0, over)), detail=False)
+
+    def header(self) -> str:
+        detail = (f" {'p99 ms':>8}", f" {'cpu%':>9}") if self.detail else ("", "")
+        return (f"{'benchmark':<20} {'measures':<{self.measures}} {'value':>10} {'unit':<7} {'p50 ms':>8}{detail[0]} "
+                f"{'bare':>10} {'ratio':>7}{detail[1]} {'target':<16} result")
+
+    def row(self, r: dict) -> str:
+        cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0f}/{r['bare_cpu']:.0f}"
+        result = "ERROR" if r["errors"] else "-" if r["met"] is None else "PASS" if r["met"] else "MISS"
+        title = r["title"] if len(r["title"]) <= self.measures else r["title"][:self.measures - 1] + "…"
+        detail = (f" {_num(r['p99_ms'], 8)}", f" {cpu:>9}") if self.detail else ("", "")
+        return (f"{r['name']:<20} {title:<{self.measures}} {_num(r['value'], 10)} {r['unit']:<7} "
+                f"{_num(r['p50_ms'], 8)}{detail[0]} {_num(r['bare'], 10)} {_ratio(r['ratio']):>7}{detail[1]} "
+                f"{r['target']:<16} {result}")
 
 
 def _ratio(ratio: float) -> str:
     return f"{ratio:.0e}x" if 0 < ratio < 0.01 else f"{ratio:.2f}x"
 
 
-def format_row(r: dict) -> str:
-    cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0f}/{r['bare_cpu']:.0f}"
-    result = "ERROR" if r["errors"] else "-" if r["met"] is None else "PASS" if r["met"] else "MISS"
-    return (f"{r['name']:<20} {r['title']:<42} {_num(r['value'], 10)} {r['unit']:<7} {_num(r['p50_ms'], 8)} "
-            f"{_num(r['p99_ms'], 8)} {_num(r['bare'], 10)} {_ratio(r['ratio']):>7} {cpu:>9} {r['target']:<16} {result}")
+def format_row(r: dict, layout: Layout = Layout()) -> str:
+    return layout.row(r)
+
+
+def _layout() -> Layout:
+    """The table fitted to the terminal it is printed on (whole into a pipe or a file)."""
+    return Layout.fitting(shutil.get_terminal_size().columns if sys.stdout.isatty() else None)
 
 
 def machine() -> dict:
@@ -590,8 +622,9 @@ def print_header(info: dict, quick: bool) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
         print(f"warning: load average {load:.2f} before the run: other processes share the CPUs; expect noise")
-    print(HEADER)
-    print("-" * len(HEADER), flush=True)
+    header = _layout().header()
+    print(header)
+    print("-" * len(header), flush=True)
 
 
 def _progress(text: str) -> None:
@@ -627,7 +660,7 @@ async def _run(groups: list[str], params: dict) -> tuple[list[dict], list[str]]:
             for row in evaluate(group, outcome, params):
                 row["seconds"] = round(time.monotonic() - started, 1)
                 rows.append(row)
-                print(_coloured(format_row(row)), flush=True)
+                print(_coloured(format_row(row, _layout())), flush=True)
             notes += outcome.get("notes", [])
             notes += [f"{group}: error message from the server: {e}" for e in outcome["errors"][:3]]
             notes += [f"{group}: server log: {line}" for line in outcome["logged"][:3]]
@@ -674,7 +707,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, as_json: bool 
     started = time.monotonic()
     rows, notes = asyncio.run(_run(groups, params))
     elapsed = time.monotonic() - started
-    print("-" * len(HEADER))
+    print("-" * len(_layout().header()))
     print(f"{len(rows)} rows in {elapsed:.1f} s; "
           f"{sum(r['met'] is True for r in rows)} PASS, {sum(r['met'] is False for r in rows)} MISS. "
           f"Ratios are mcprt/bare; a baseline below the resolution counts as the resolution.")

@@ -54,3 +54,19 @@ def test_bench_refuses_unknown_names(capsys):
     from mcprt.bench import run_bench
     assert run_bench(quick=True, only=["nonsense"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", [None, 200, 153, 140, 127, 120, 110, 108])
+def test_the_table_fits_the_terminal_and_marks_what_it_cut(columns):
+    from mcprt.bench import Layout
+    row = {"name": "edits_1", "title": "edits acked, 1 conn, 200 B, 1 in flight", "value": 1454.0, "unit": "edit/s",
+           "p50_ms": 0.6, "p99_ms": 2.2, "bare": 5264.0, "ratio": 0.28, "server_cpu": 97, "bare_cpu": 97,
+           "target": ">=50% bare", "met": False, "errors": 0}
+    layout = Layout.fitting(columns)
+    header, line = layout.header(), layout.row(row)
+    if columns is None or columns >= len(Layout().header()):
+        assert layout == Layout() and row["title"] in line and "2.20" in line and "97/97" in line
+    else:
+        assert len(header) <= columns and len(line) <= columns
+        assert ("…" in line) == (layout.measures < len(row["title"]))
+    assert line.startswith("edits_1 ") and line.endswith("MISS") and "0.28x" in line

@@ -162,6 +162,7 @@ class SocketStream(asyncio.Protocol):
         promote = getattr(self.edge, "promote", None)
         if promote is not None:
             promote()
+        self.edge = None  # nothing more to give back: the IOStream and its buffers can go
 
 
 def _unread(stream: IOStream) -> bytes:
