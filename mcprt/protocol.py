@@ -185,6 +185,8 @@ class Registry:
     def parse(self, raw: str) -> dict:
         """Decode and validate an inbound socket message: the envelope, then its payload's schema."""
         message = loads(raw)
+        if plain_edit(message):  # the commonest message, in its commonest shape: certainly valid
+            return message
         self.validate("envelope", message)
         if message["type"] not in INBOUND_TYPES:
             raise AppError(ErrorCode.INVALID_MESSAGE, f"unknown message type {message['type']!r}",
@@ -196,6 +198,47 @@ class Registry:
             raise AppError(exc.code, exc.message.replace(f"(at {exc.details['pointer']})", f"(at {pointer})"),
                            {**exc.details, "pointer": pointer}) from None
         return message
+
+
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
+_ENVELOPE_KEYS = frozenset(("id", "type", "payload", "timestamp"))
+_EDIT_KEYS = frozenset(("content", "cursor_position", "user_id", "operation", "base_revision", "change_delta"))
+_DELTA_KEYS = frozenset(("position", "insert", "delete"))
+
+
+def _count(value: Any, least: int) -> bool:
+    """An integer of the schemas (not a bool) from `least` to MAX_INTEGER."""
+    return type(value) is int and least <= value <= MAX_INTEGER
+
+
+def _text(value: Any, least: int, most: int) -> bool:
+    return type(value) is str and least <= len(value) <= most
+
+
+def plain_edit(message: Any) -> bool:
+    """True only for a realtime_edit the envelope and realtime_edit schemas certainly accept, with one
+    delta or content: the shape nearly every edit has, checked by hand in a fraction of the compiled
+    validators' time. False says nothing: the schemas decide (a property test holds every True to them)."""
+    if type(message) is not dict or message.get("type") != REALTIME_EDIT or not message.keys() <= _ENVELOPE_KEYS:
+        return False
+    payload = message.get("payload")
+    if not _text(message.get("id"), 1, 128) or type(payload) is not dict or not payload.keys() <= _EDIT_KEYS:
+        return False
+    if "timestamp" in message and not (_text(message["timestamp"], 0, 64) and _STAMP.match(message["timestamp"])):
+        return False
+    if "change_delta" not in payload:
+        if "content" not in payload:
+            return False
+    elif (type(delta := payload["change_delta"]) is not dict or not delta.keys() <= _DELTA_KEYS
+          or not _count(delta.get("position"), 0) or ("insert" not in delta and "delete" not in delta)
+          or ("insert" in delta and not _text(delta["insert"], 0, 10240))
+          or ("delete" in delta and not _count(delta["delete"], 1))):
+        return False
+    return (("content" not in payload or type(payload["content"]) is str)
+            and ("cursor_position" not in payload or _count(payload["cursor_position"], 0))
+            and ("base_revision" not in payload or _count(payload["base_revision"], 0))
+            and ("user_id" not in payload or _text(payload["user_id"], 1, 128))
+            and ("operation" not in payload or _text(payload["operation"], 1, 32)))
 
 
 # Every number in this protocol is an integer: 1.0, 1e3, NaN and Infinity are refused, and integers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mcprt import protocol as P
@@ -79,3 +79,76 @@ def test_the_hand_written_edit_ack_is_the_generic_one(id_, revision, op, correct
     assert json.loads(text) == P.build(P.EDIT_ACK, payload, stamp, id_)
     if not ascii_op:
         assert text == P.dumps(P.build(P.EDIT_ACK, payload, stamp, id_))  # byte for byte, key order too
+
+
+stamps = st.sampled_from(["2026-12-05T08:00:00Z", "2026-12-05 08:00:00.123456789+01:00", "2026-12-05T08:00:00Z\n",
+                          "2026-12-05T08:00:00", "", "x" * 70]) | st.none() | st.integers()
+envelopes = st.fixed_dictionaries(
+    {"id": st.text(max_size=3) | st.integers() | st.sampled_from(["e1", "x" * 129]),
+     "type": st.sampled_from([P.REALTIME_EDIT, P.HEARTBEAT]), "payload": edits | values},
+    optional={"timestamp": stamps, "x": values})
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=envelopes | values)
+def test_a_plain_edit_is_one_both_schemas_accept(message):
+    if P.plain_edit(message):
+        for validate in (REGISTRY._fast, {n: v.validate for n, v in REGISTRY._validators.items()}):
+            assert _verdict(validate["envelope"], message), message
+            assert _verdict(validate[P.REALTIME_EDIT], message["payload"]), message
+
+
+@given(id_=st.text(min_size=1, max_size=128), position=st.integers(0, 2**53 - 1), insert=st.text(max_size=50),
+       delete=st.one_of(st.none(), st.integers(1, 2**53 - 1)), base=st.one_of(st.none(), st.integers(0, 99)))
+def test_the_usual_edits_are_plain(id_, position, insert, delete, base):
+    delta = {"position": position, "insert": insert, **({"delete": delete} if delete else {})}
+    payload = {"change_delta": delta, **({"base_revision": base} if base is not None else {})}
+    message = {"id": id_, "type": P.REALTIME_EDIT, "payload": payload, "timestamp": "2026-12-05T08:00:00.5Z"}
+    assert P.plain_edit(message)
+    assert P.plain_edit({"id": id_, "type": P.REALTIME_EDIT, "payload": {"content": insert}})
+
+
+_PLACES = [("id",), ("type",), ("payload",), ("timestamp",), ("x",), ("payload", "change_delta"),
+           *[("payload", k) for k in ("content", "cursor_position", "base_revision", "user_id", "operation", "x")],
+           *[("payload", "change_delta", k) for k in ("position", "insert", "delete", "x")]]
+spoilers = (values | stamps | st.text(max_size=3) | st.sampled_from(["", "x" * 33, "x" * 129, "x" * 10241])
+            | st.integers(-2, 2) | st.sampled_from([2**53 - 1, 2**53, True, False, 1.0]))
+
+
+_BOUNDARIES = [(("id",), ""), (("id",), "x" * 129), (("type",), P.HEARTBEAT), (("payload",), []),
+               (("timestamp",), "2026-12-05T08:00:00Z\n"), (("timestamp",), None), (("x",), 1),
+               (("payload", "change_delta"), None), (("payload", "change_delta"), []), (("payload", "content"), None),
+               (("payload", "cursor_position"), True), (("payload", "cursor_position"), -1),
+               (("payload", "base_revision"), 2**53), (("payload", "base_revision"), 1.0),
+               (("payload", "user_id"), ""), (("payload", "user_id"), "x" * 129), (("payload", "operation"), ""),
+               (("payload", "operation"), "x" * 33), (("payload", "x"), 1),
+               (("payload", "change_delta", "position"), -1), (("payload", "change_delta", "insert"), "x" * 10241),
+               (("payload", "change_delta", "insert"), 5), (("payload", "change_delta", "delete"), 0),
+               (("payload", "change_delta", "delete"), False), (("payload", "change_delta", "x"), 1)]
+
+
+def _spoil_examples(test):
+    for place, value in _BOUNDARIES:
+        test = example(places=[place], value=value, drop=False)(test)
+    return test
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(places=st.lists(st.sampled_from(_PLACES), min_size=1, max_size=2), value=spoilers, drop=st.booleans())
+@_spoil_examples
+def test_a_plain_edit_spoiled_in_one_place_is_plain_only_if_still_valid(places, value, drop):
+    message = {"id": "e1", "type": P.REALTIME_EDIT, "timestamp": "2026-12-05T08:00:00Z",
+               "payload": {"change_delta": {"position": 0, "insert": "a"}, "base_revision": 1}}
+    for place in places:
+        target = message
+        for key in place[:-1]:
+            target = target.get(key) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            if drop:
+                target.pop(place[-1], None)
+            else:
+                target[place[-1]] = value
+    if P.plain_edit(message):
+        for validate in (REGISTRY._fast, {n: v.validate for n, v in REGISTRY._validators.items()}):
+            assert _verdict(validate["envelope"], message), message
+            assert _verdict(validate[P.REALTIME_EDIT], message["payload"]), message
