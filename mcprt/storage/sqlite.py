@@ -372,8 +372,13 @@ class SqliteStore(SqlStore):
             db.execute("PRAGMA busy_timeout=0")
 
     def _execute(self, groups: list) -> None:
-        """One transaction; each group of one kind is one executemany (a counted write: one execute)."""
+        """One transaction; each group of one kind is one executemany (a counted write: one execute). A
+        batch of one row is one statement, its own transaction (no BEGIN and COMMIT to run)."""
         db = self._writer
+        if len(groups) == 1 and len(groups[0][1]) == 1:
+            sql, rows, writes = groups[0]
+            writes[0].result = db.execute(sql, rows[0]).rowcount
+            return
         db.execute("BEGIN")
         try:
             for sql, rows, writes in groups:
