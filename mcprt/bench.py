@@ -557,6 +557,7 @@ class Layout:
 
     measures: int = 42
     detail: bool = True  # the p99 ms and cpu% columns
+    fitted: bool = False  # titles longer than `measures` are cut (into a pipe they run on, whole)
 
     @classmethod
     def fitting(cls, columns: int | None) -> "Layout":
@@ -564,9 +565,9 @@ class Layout:
             return cls()
         over = len(cls().header()) - columns
         if over <= 42 - 16:
-            return cls(42 - max(0, over))
+            return cls(42 - max(0, over), fitted=True)
         over = len(cls(detail=False).header()) - columns
-        return cls(max(16, 42 - max(0, over)), detail=False)
+        return cls(max(16, 42 - max(0, over)), detail=False, fitted=True)
 
     def header(self) -> str:
         detail = (f" {'p99 ms':>8}", f" {'cpu%':>9}") if self.detail else ("", "")
@@ -576,7 +577,7 @@ class Layout:
     def row(self, r: dict) -> str:
         cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.0f}/{r['bare_cpu']:.0f}"
         result = "ERROR" if r["errors"] else "-" if r["met"] is None else "PASS" if r["met"] else "MISS"
-        title = r["title"] if len(r["title"]) <= self.measures else r["title"][:self.measures - 1] + "…"
+        title = r["title"] if len(r["title"]) <= self.measures or not self.fitted else r["title"][:self.measures - 1] + "…"
         detail = (f" {_num(r['p99_ms'], 8)}", f" {cpu:>9}") if self.detail else ("", "")
         return (f"{r['name']:<20} {title:<{self.measures}} {_num(r['value'], 10)} {r['unit']:<7} "
                 f"{_num(r['p50_ms'], 8)}{detail[0]} {_num(r['bare'], 10)} {_ratio(r['ratio']):>7}{detail[1]} "
