@@ -686,7 +686,9 @@ async def test_a_remote_selection_is_highlighted_in_its_owners_colour(start, bro
         await demo.page.keyboard.press("ArrowLeft")
     for _ in range(len("wonderful")):
         await demo.page.keyboard.press("Shift+ArrowLeft")
-    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].peers.some(p => p.end !== null)")
+    # the selection grows a character per key press, each reported: wait for the whole word
+    await demo.page.wait_for_function("() => window.mcprtDemo.states[1].peers.some("
+                                      "p => p.end !== null && Math.abs(p.end - p.cursor) === 'wonderful'.length)")
     marks = demo.card(2).locator(".carets .remote-selection")
     await marks.first.wait_for()
     assert await marks.count() == 1

@@ -126,12 +126,15 @@ class SocketStream(asyncio.Protocol):
         return future
 
     def write_now(self, data: bytes) -> None:
-        if self._closed:
-            raise StreamClosedError()
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
+            if self._closed:
+                raise StreamClosedError()
             self._unsent.append(data)
+        elif self._closed or transport.is_closing():  # a reset seen, connection_lost not yet delivered
+            raise StreamClosedError()
         else:
-            self.transport.write(data)
+            transport.write(data)
 
     def buffered(self) -> int:
         """Bytes written and not yet taken by the kernel."""
