@@ -307,3 +307,28 @@ async def test_a_pruning_chunk_holds_the_writer_briefly(tmp_path):
         assert time.perf_counter() - started < 1.0
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_the_commit_that_starts_the_wal_over_runs_on_the_writer_thread(tmp_path):
+    """After a checkpoint that copied every frame, the next commit resets the WAL (and truncates one past
+    journal_size_limit, milliseconds here): the writer thread takes it, never the event loop's."""
+    store = await Store(str(tmp_path / "wal.db"), checkpoint_interval=3600).open()
+    threads = []
+    inner = store._commit_waiting
+
+    def on_thread(groups):
+        threads.append(groups)
+        return inner(groups)
+    store._commit_waiting = on_thread
+    try:
+        for i in range(5):
+            await store.submit(event_written(EventRecord(time=1.0 + i, kind="t", type=f"e{i}", severity="low")))
+        assert threads == []  # small commits on the loop's thread
+        await store._maintain()
+        await store.submit(event_written(EventRecord(time=9.0, kind="t", type="after", severity="low")))
+        assert len(threads) == 1  # the one that starts the WAL over
+        await store.submit(event_written(EventRecord(time=10.0, kind="t", type="next", severity="low")))
+        assert len(threads) == 1 and [e.type for e in await store.events(limit=2)] == ["next", "after"]
+    finally:
+        await store.close()

@@ -116,6 +116,7 @@ class SqliteStore(SqlStore):
         self._checkpointer: asyncio.Task | None = None
         self._commits_since_checkpoint = 0
         self._inline_after = 0.0  # time.perf_counter() before which batches commit on the writer thread
+        self._restart_pending = False  # the next commit starts the WAL over: on the writer thread
         self._identity: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) at open
 
     def describe(self) -> str:
@@ -217,9 +218,13 @@ class SqliteStore(SqlStore):
 
     async def _maintain(self) -> None:
         try:
-            await self._on_writer(self._checkpoint, "PASSIVE")
+            _, frames, copied = await self._on_writer(self._checkpoint, "PASSIVE")
         except sqlite3.Error as exc:  # a reader holding an old snapshot, say: next time
             log.warning("checkpoint failed: %s", exc)
+            return
+        # Every frame copied: the next commit starts the WAL over, and truncates a WAL past
+        # journal_size_limit (6-10 ms for a second of single edits here): that commit goes to the thread.
+        self._restart_pending = frames > 0 and frames == copied
 
     def _checkpoint(self, mode: str) -> tuple:
         """On the writer thread. The row is read here: a cursor handed back to the loop would keep the
@@ -306,6 +311,7 @@ class SqliteStore(SqlStore):
             except RuntimeError as exc:  # the writer thread is gone
                 raise WriterBroken(f"the writer thread cannot run: {exc}") from exc
             await waiting
+            self._restart_pending = False
         self._committed()
 
     def _commit_now(self, units: list[Unit]) -> bool:
@@ -331,7 +337,8 @@ class SqliteStore(SqlStore):
             raise Lost(lost[0], f"; {lost[1]}{_still_open(lost[1])}")
 
     def _inline_fits(self, groups: list, now: float) -> bool:
-        if now < self._inline_after or sum(len(rows) for _, rows, _ in groups) > _INLINE_MAX_WRITES:
+        if (now < self._inline_after or self._restart_pending
+                or sum(len(rows) for _, rows, _ in groups) > _INLINE_MAX_WRITES):
             return False
         chars = 0
         for _, rows, _ in groups:
