@@ -84,7 +84,7 @@ class Author:
     grants: tuple | None = None  # the session's token grants (--jwt-roles-claim)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made once per edit and only read (see edits.Reply)
 class Staged:
     """An edit transformed and applied to a copy of the content, not yet the document's."""
 

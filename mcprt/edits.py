@@ -27,7 +27,9 @@ CLOSE_SERVER_ERROR = 4500  # the document was reset: reconnect to what is durabl
 Done = Callable[[Applied | AppError], None]
 
 
-@dataclass(frozen=True)
+# Reply, _Job and documents.Staged are made once per edit and only read: not frozen, whose __init__ sets each
+# field through object.__setattr__ (2.1 against 0.5 us for seven fields here).
+@dataclass(slots=True)
 class Reply:
     """How the pipeline answers whoever sent an edit."""
 
@@ -36,7 +38,7 @@ class Reply:
     abusive: Callable[[], None]               # the sender's xss attempts crossed the threshold
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Job:
     message: dict
     author: Author
