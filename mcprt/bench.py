@@ -93,7 +93,7 @@ ROWS = {
     "heartbeat": [Row("heartbeat", "heartbeat round trips, 1 conn", "rt/s", lambda r: r["rate"],
                       ">=50% bare", lambda v, x: x >= 0.5)],
     "edits": [Row("edits", "edits acked, 1 conn, 200 B, {window} in flight", "edit/s", lambda r: r["rate"],
-                  ">=8000/s, >=20%", lambda v, x: v >= 8000 and x >= 0.2),
+                  ">=8000/s, >=50%", lambda v, x: v >= 8000 and x >= 0.5),
               Row("edits_1", "edits acked, 1 conn, 200 B, 1 in flight", "edit/s", lambda r: r["rate_1"],
                   ">=50% bare", lambda v, x: x >= 0.5, samples="latency_1"),
               Row("edit_cpu", "server CPU per acked edit, 1 in flight", "ms", lambda r: 1000 * r["cpu_per_1"],
