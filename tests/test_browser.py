@@ -855,8 +855,12 @@ async def test_screenshots_of_the_pad_its_history_and_a_phone(start, browser, tm
 
     await ana.page.locator("#pad-bar .history-open").click()
     await ana.page.wait_for_function("() => window.mcprtDemo.history.state.latest > 0")
-    latest = (await ana.page.evaluate("() => window.mcprtDemo.history.state"))["latest"]
-    await slide_to(ana, latest - 10)  # part of Ben's sentence still to come
+    # A revision in the middle of Ben's typing: Ana's text and part of his, the rest of his still to come
+    # (how many revisions his sentence took depends on how his keystrokes met the acks).
+    ops = (await harness.fetch("GET", f"/api/documents/{doc}/history?limit=1000", admin=True)).json["ops"]
+    bens = [op["revision"] for op in ops if op["user_id"] == "Ben"]
+    assert len(bens) >= 2, bens
+    await slide_to(ana, bens[len(bens) // 2 - 1])
     await ana.page.locator(".history-compare button").click()
     await ana.page.locator(".history-diff ins").first.wait_for()
     assert await ana.page.locator('.history-view .by[title="Ben"]').count() >= 1
@@ -872,5 +876,15 @@ async def test_screenshots_of_the_pad_its_history_and_a_phone(start, browser, tm
     assert wider == [] and await phone.page.evaluate("document.documentElement.scrollWidth") <= 390
     await phone.page.evaluate("() => window.scrollTo(0, 0)")
     await phone.page.screenshot(path=str(shots / "phone.png"))
-    for name in ("pad", "history", "phone"):
+
+    developer = await Demo.open(browser, harness, doc=doc)  # the developer view of the same document
+    await developer.page.set_viewport_size({"width": 1400, "height": 900})
+    await developer.type_at_end(2, " Bob: pricing next week.")
+    await converged(harness, [developer, ana, ben], doc)
+    await developer.card(1).locator(".rich").click()
+    await developer.page.keyboard.press("Control+End")
+    await developer.page.wait_for_selector('.editor-card[data-side="2"] .carets .caret-label')
+    await developer.page.screenshot(path=str(shots / "demo.png"))
+    for name in ("pad", "history", "phone", "demo"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
+    developer.assert_clean()
