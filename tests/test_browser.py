@@ -401,11 +401,8 @@ async def test_a_viewers_editor_is_read_only_until_it_is_made_an_editor(start, b
     assert (await harness.fetch("PUT", f"/api/documents/{doc}/members", {"member": "user:bob", "role": "viewer"},
                                 admin=True)).status == 200
 
-    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-    demo = Demo(page)
-    OPENED.append(demo)
-    await page.goto(f"{harness.base}/?doc={doc}")
-    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.auth === 'jwt'")
+    demo = await jwt_demo(browser, harness, doc)
+    page = demo.page
     for side, user in ((1, "alice"), (2, "bob")):
         await demo.card(side).locator(".user-token").fill(token(user))
         await demo.card(side).locator(".btn-create").click()
@@ -656,11 +653,8 @@ async def test_a_viewer_is_told_that_restoring_needs_the_editor_role(start, brow
     assert (await harness.fetch("PUT", f"/api/documents/{doc}/members", {"member": "user:bob", "role": "viewer"},
                                 admin=True)).status == 200
 
-    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-    demo = Demo(page)
-    OPENED.append(demo)
-    await page.goto(f"{harness.base}/?doc={doc}")
-    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.auth === 'jwt'")
+    demo = await jwt_demo(browser, harness, doc)
+    page = demo.page
     token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
     await demo.card(2).locator(".user-token").fill(token)
     await demo.card(2).locator(".btn-create").click()
@@ -814,6 +808,16 @@ async def test_a_link_without_an_address_is_not_shown_as_a_link(start, browser):
     })""")
     assert looks == [["bad", True, "none"], ["good", False, "underline"]]
     demo.assert_clean()
+
+
+async def jwt_demo(browser, harness, doc: str) -> Demo:
+    """The developer view of `doc` on a server under --auth jwt, its cards waiting for tokens."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    demo = Demo(page)
+    OPENED.append(demo)
+    await page.goto(f"{harness.base}/?doc={doc}")
+    await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.auth === 'jwt'")
+    return demo
 
 
 async def join_pad(browser, harness, doc: str, name: str, width: int = 1100, height: int = 800) -> Demo:
