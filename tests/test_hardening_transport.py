@@ -685,3 +685,24 @@ async def test_frames_that_break_the_framing_rules_drop_the_connection_and_only_
     finally:
         raw.close()
         other.close()
+
+
+@pytest.mark.asyncio
+async def test_frames_sent_with_the_handshake_are_answered_in_order_after_the_join(app):
+    """Bytes that arrive with the upgrade request, and while the socket joins its document, are held and
+    handled once the join is done, in the order sent."""
+    session = await app.session("eager")
+    raw = await Raw.connect(app.server.port)
+    beats = b"".join(frame(0x1, json.dumps({"id": f"early-{i}", "type": "heartbeat", "payload": {}}).encode())
+                     for i in range(3))
+    try:
+        await raw.send(handshake(f"/ws?session_id={session['session_id']}") + beats)
+        head = await raw.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        opcode, payload = await raw.frame()
+        assert json.loads(payload)["type"] == "document_state"  # the join first, then the early frames
+        assert await _acks(raw, 3) == ["early-0", "early-1", "early-2"]
+        await raw.send(frame(0x1, json.dumps({"id": "later", "type": "heartbeat", "payload": {}}).encode()))
+        assert await _acks(raw, 1) == ["later"]
+    finally:
+        raw.close()
