@@ -165,7 +165,7 @@ class EditService:
                 self.on_published(applied, job.author, job.message, job.origin)
             self.metrics.edit_latency.observe(time.perf_counter() - job.started)
 
-        durable.add_done_callback(stored)
+        self.documents.store.then(durable, stored)
 
     async def _again(self, document: Document, revision: int, done: Done) -> None:
         """The original ack of an edit applied before: same revision, op, correction and content."""

@@ -159,6 +159,24 @@ async def test_a_failure_stops_its_chain_until_a_reset_and_other_writes_go_on(st
 
 
 @pytest.mark.asyncio
+async def test_a_then_callback_runs_once_with_its_commit_or_its_failure(store):
+    calls = []
+    first, second = store.submit(event("first")), store.submit(event("second"))
+    store.then(first, lambda f: calls.append(("first", f.done(), second.done())))
+    store.then(second, lambda f: calls.append(("second", f.done(), None)))
+    await second
+    await asyncio.sleep(0)  # a done callback would only now have run
+    # each ran as its own future resolved, in order: the first before the second was resolved
+    assert calls == [("first", True, False), ("second", True, None)]
+    store.failed = "refused for this test"  # a store that fails a write at once still calls back
+    third = store.submit(event("third"))
+    store.then(third, lambda f: calls.append(("third", type(f.exception()).__name__, None)))
+    await asyncio.sleep(0)
+    assert calls[-1] == ("third", "StoreFailed", None)
+    store.failed = None
+
+
+@pytest.mark.asyncio
 async def test_a_failing_writer_loop_is_logged_restarted_and_keeps_committing(store, caplog):
     calls = []
 

@@ -283,6 +283,9 @@ class Writes(Protocol):
     def barrier(self) -> asyncio.Future:
         """Resolves once every write submitted before it is committed (or has failed)."""
 
+    def then(self, future: asyncio.Future, callback: Callable[[asyncio.Future], None]) -> None:
+        """callback(future) once `future` (of submit) resolves, in the turn it resolves in."""
+
     def reset_chain(self, chain: str) -> None:
         """Writes of `chain` submitted after this are tried again (those before still fail)."""
 

@@ -81,6 +81,7 @@ class GroupCommit:
         self._task: asyncio.Task | None = None
         self._busy = False  # the writer task holds a batch (or runs maintenance)
         self._failures: list[float] = []  # time.monotonic() of the writer's recent failures
+        self._then: dict[asyncio.Future, Callable[[asyncio.Future], None]] = {}  # see then()
         self._gathering: list[Unit] | None = None  # units of this turn, committed at its end (_flush)
         self._broken_chains: set[str] = set()
         self._held: list[Unit] = []  # the batch being committed
@@ -124,6 +125,14 @@ class GroupCommit:
 
     def barrier(self) -> asyncio.Future:
         return self.submit()
+
+    def then(self, future: asyncio.Future, callback: Callable[[asyncio.Future], None]) -> None:
+        """callback(future) once `future` (of submit) resolves: in the same turn as its commit, where a done
+        callback would run a turn of the event loop later (an edit's ack leaves with its commit)."""
+        if future.done():
+            future.add_done_callback(callback)
+        else:
+            self._then[future] = callback
 
     def reset_chain(self, chain: str) -> None:
         self._put(Unit((), None, chain))
@@ -275,16 +284,15 @@ class GroupCommit:
         """After a loop failure: fail what it held and break their chains (no gaps)."""
         error = StoreFailed(f"the writer failed before this write was acknowledged: {type(exc).__name__}")
         for unit in held:
-            if unit.future is not None and not unit.future.done():
-                unit.future.set_exception(error)
+            self._resolve(unit, error)
             self._broken_chains.update(unit.chains())
 
     def _fail_queued(self) -> None:
         error = StoreFailed(self.failed or "the writer failed while the store was closing")
         while not self._queue.empty():
             unit = self._queue.get_nowait()
-            if isinstance(unit, Unit) and unit.future is not None and not unit.future.done():
-                unit.future.set_exception(error)
+            if isinstance(unit, Unit):
+                self._resolve(unit, error)
 
     async def _commit_batch(self, batch: list[Unit]) -> None:
         if not batch:
@@ -353,15 +361,25 @@ class GroupCommit:
                 self._broken_chains.update(unit.chains())
         return failed
 
-    @staticmethod
-    def _settle(batch: list[Unit], failed: dict[int, Exception], everything: Exception | None) -> None:
+    def _settle(self, batch: list[Unit], failed: dict[int, Exception], everything: Exception | None) -> None:
         for unit in batch:
-            if unit.future is not None and not unit.future.done():
-                error = everything or failed.get(id(unit))
-                if error is not None:
-                    unit.future.set_exception(error)
-                else:
-                    unit.future.set_result(unit.result())
+            self._resolve(unit, everything or failed.get(id(unit)))
+
+    def _resolve(self, unit: Unit, error: Exception | None) -> None:
+        """Resolve a unit's future (to its result, or `error`) and run the callback given to then()."""
+        future = unit.future
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(unit.result())
+        callback = self._then.pop(future, None)
+        if callback is not None:
+            try:
+                callback(future)
+            except Exception:  # a caller's bug: not the writer's failure
+                log.exception("a callback on a commit failed")
 
 
 def grouped(units: list[Unit]) -> list[tuple[str, list[Write]]]:
