@@ -20,8 +20,6 @@ from ..transport import output_budget
 log = logging.getLogger("mcprt.ws")
 
 _GATHER_BYTES = 64 * 1024  # text frames held for the end of a turn, at most
-_READ_CHUNK = 64 * 1024  # what one read of a socket takes at most
-_YIELD_THRESHOLD, _FRAME_YIELD_COST = 256 * 1024, 1024  # Tornado's: give others a turn after this much work
 _U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
 _ABORT = object()
 CLOSE_TOO_SLOW = 4009  # recorded, not sent: the peer is dropped without a close frame it would not read
@@ -73,7 +71,8 @@ class Protocol(WebSocketProtocol13):
     which does not read its output is dropped once that output passes its budget (Redis's
     client-output-buffer-limit); and that a close code not valid on the wire is answered with 1002."""
 
-    __slots__ = ("budget", "answer_end", "answer_size", "_later", "_later_bytes", "_unparsed")  # see EditorSocket.__slots__
+    # see EditorSocket.__slots__
+    __slots__ = ("budget", "answer_end", "answer_size", "_later", "_later_bytes", "_unparsed")
 
     def __init__(self, handler, mask_outgoing, params):
         super().__init__(handler, mask_outgoing, params)

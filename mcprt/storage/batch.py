@@ -161,9 +161,7 @@ class GroupCommit:
         try:
             committed = simple and self._commit_now(batch)
         except Lost as lost:
-            writes = sum(len(u.writes) for u in batch)
-            self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged){lost.detail}")
-            self._settle(batch, {}, StoreFailed(self.failed))
+            self._lost(batch, lost, sum(len(u.writes) for u in batch))
             return
         except Exception:  # the writer task tries again, and goes unit by unit if it must
             committed = False
@@ -318,13 +316,17 @@ class GroupCommit:
                     log.warning("batch of %d writes failed (%s: %s); retrying one unit at a time", writes,
                                 type(exc).__name__, exc)
                     failed = await self._one_by_one(batch)
-        except Lost as lost:  # not fatal: while this process lives, the data may still be copied out
-            self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged)"
-                       f"{lost.detail}")
-            self._settle(batch, {}, StoreFailed(self.failed))
+        except Lost as lost:
+            self._lost(batch, lost, writes)
             return
         self._settle(batch, failed, None)
         self._notify(time.perf_counter() - started, writes)
+
+    def _lost(self, batch: list[Unit], lost: Lost, writes: int) -> None:
+        """The batch committed where nobody will read it: refuse every later write (not fatal: while this
+        process lives, the data may still be copied out) and fail the batch."""
+        self._fail(lost.reason, fatal=False, detail=f" ({writes} writes of this batch not acknowledged){lost.detail}")
+        self._settle(batch, {}, StoreFailed(self.failed))
 
     def _broken(self, unit: Unit) -> str | None:
         for chain in unit.chains():
