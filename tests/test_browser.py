@@ -533,9 +533,7 @@ async def test_a_phone_sees_nothing_wider_than_its_screen(start, browser, width,
     OPENED.append(demo)
     await page.goto(f"{harness.base}/?doc={unique('phone')}")
     await page.wait_for_function("() => window.mcprtDemo && window.mcprtDemo.ready", timeout=10_000)
-    wider = await page.evaluate("""() => [...document.querySelectorAll('body *')]
-        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().right > innerWidth + 1)
-        .map((e) => `${e.tagName}.${e.className}`)""")
+    wider = await too_wide(page)
     assert wider == [] and await page.evaluate("document.documentElement.scrollWidth") <= width
     demo.assert_clean()
 
@@ -810,6 +808,13 @@ async def test_a_link_without_an_address_is_not_shown_as_a_link(start, browser):
     demo.assert_clean()
 
 
+async def too_wide(page) -> list[str]:
+    """The visible elements that reach past the right edge of the viewport (tag.class each)."""
+    return await page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().right > innerWidth + 1)
+        .map((e) => `${e.tagName}.${e.className}`)""")
+
+
 async def jwt_demo(browser, harness, doc: str) -> Demo:
     """The developer view of `doc` on a server under --auth jwt, its cards waiting for tokens."""
     page = await browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -874,9 +879,7 @@ async def test_screenshots_of_the_pad_its_history_and_a_phone(start, browser, tm
     phone = await join_pad(browser, harness, doc, "Caro", width=390, height=844)
     await phone.page.locator("#pad-bar .history-open").click()
     await phone.page.wait_for_function("() => window.mcprtDemo.history.state.latest > 0")
-    wider = await phone.page.evaluate("""() => [...document.querySelectorAll('body *')]
-        .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().right > innerWidth + 1)
-        .map((e) => `${e.tagName}.${e.className}`)""")
+    wider = await too_wide(phone.page)
     assert wider == [] and await phone.page.evaluate("document.documentElement.scrollWidth") <= 390
     await phone.page.evaluate("() => window.scrollTo(0, 0)")
     await phone.page.screenshot(path=str(shots / "phone.png"))
