@@ -25,7 +25,7 @@ class SocketStream(asyncio.Protocol):
     made before the transport is up are held and leave first, in order."""
 
     __slots__ = ("io_loop", "socket", "edge", "transport", "receiver", "_held", "_unsent", "_closed", "_lost",
-                 "_paused", "error")
+                 "_paused", "_connecting", "error")
 
     def __init__(self, stream: IOStream):
         self.io_loop = stream.io_loop
@@ -42,13 +42,15 @@ class SocketStream(asyncio.Protocol):
         if stream._state is not None:  # Tornado stops watching the socket; the transport watches it now
             stream.io_loop.remove_handler(stream.socket.fileno())
             stream._state = None
-        asyncio.ensure_future(self._connect())
+        self._connecting = asyncio.ensure_future(self._connect())  # held: the loop keeps only a weak one
 
     async def _connect(self) -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: self, self.socket)
-        except (OSError, RuntimeError) as exc:  # closed meanwhile
+        except (OSError, RuntimeError, ValueError) as exc:  # the socket is gone already
+            log.debug("a socket could not move to its transport: %s", exc)
             self.error = exc
+            self.socket.close()
             self._set_lost()
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
