@@ -204,7 +204,8 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 # What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>[+…]
 # (leave the publish of those revisions out, once each), ignore_lease (keep serving past the lease and
-# past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it).
+# past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it),
+# slow_give_up=<seconds> (hold the lease that long after leaving a document's channel, as a slow Redis would).
 TEST_HOOKS = "MCPRT_CLUSTER_TEST_HOOKS"
 
 
@@ -262,6 +263,7 @@ class SharedDocuments:
                                 restore=self._on_restore, answer=self._on_answer, hello=self._on_hello,
                                 head=self._on_head)
         self._questions: dict[str, asyncio.Future] = {}
+        self._leaving: dict[str, asyncio.Future] = {}  # document -> done when its give-up has ended
         deps.edits.on_published = self._published
         deps.edits.on_reset.append(self._reset)
         self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
@@ -289,6 +291,9 @@ class SharedDocuments:
         held.joining += 1  # before any await: a detach meanwhile leaves it
         if fresh:
             try:
+                leaving = self._leaving.get(document_id)
+                if leaving is not None:  # our own lease and channel are still being given up: after that
+                    await asyncio.shield(leaving)
                 await self.cluster.pubsub.subscribe(self.channel(document_id))
                 if not await self._claim(held):
                     self.cluster.publish(self.channel(document_id), {"t": "hello", "d": document_id})
@@ -325,12 +330,20 @@ class SharedDocuments:
         if held is None or held.joining or self.deps.hub.members(document_id):
             return  # someone is joining or here again: it stays
         del self.held[document_id]
-        await self._give_up(held)
+        left = self._leaving[document_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._give_up(held)
+        finally:
+            if self._leaving.get(document_id) is left:
+                del self._leaving[document_id]
+            left.set_result(None)
 
     async def _give_up(self, held: Held) -> None:
         try:
             await self.cluster.pubsub.unsubscribe(self.channel(held.document_id))
             if held.owner:
+                if "slow_give_up" in self.hooks:
+                    await asyncio.sleep(float(self.hooks["slow_give_up"]))
                 held.owner = False
                 await self._release(keys=[self.lease_key(held.document_id)], args=[held.token])
                 self.cluster.publish(self.channel(held.document_id), {"t": "released", "d": held.document_id})
@@ -354,7 +367,9 @@ class SharedDocuments:
                 return True
             value = await redis.get(key)
             if value is not None:
-                held.owner, held.owner_node = False, value.decode().rpartition(":")[0]
+                owner_node = value.decode().rpartition(":")[0]
+                # Our own lease, left by a copy being reset: nobody to forward to until it is released.
+                held.owner, held.owner_node = False, None if owner_node == self.cluster.node_id else owner_node
                 return False
         raise RuntimeError(f"could not read or take the lease of {held.document_id}")
 
@@ -637,6 +652,8 @@ class SharedDocuments:
 
     async def _ask(self, held: Held, body: dict) -> tuple[dict, int]:
         from .protocol import AppError, ErrorCode
+        if held.owner_node is None:
+            raise _server_error("the document's owner is changing; retry")
         query = uuid.uuid4().hex
         answer = asyncio.get_running_loop().create_future()
         self._questions[query] = answer

@@ -471,6 +471,44 @@ async def test_a_restore_on_any_node_is_made_by_the_owner(cluster, redis_server)
         task.cancel()
 
 
+async def test_a_document_taken_again_while_its_node_gives_it_up_waits_for_that(cluster, redis_server):
+    """A restore or a join on the node that is still giving the document up (its channel left, its lease
+    not yet released) waits for that, then owns the document: it neither follows itself nor waits for an
+    answer from itself, which never comes (a node does not hear its own publishes)."""
+    import redis
+    node, = await cluster(1, env={"MCPRT_CLUSTER_TEST_HOOKS": "slow_give_up=1.5"})
+    await node.call("POST", "/api/documents", {"document_id": "past", "format": "text"}, admin=True)
+    channel = f"{cluster.prefix}:doc:past"
+
+    def giving_up() -> bool:  # off its channel, still holding the lease
+        client = redis.Redis.from_url(redis_server.url())
+        try:
+            subscribers = dict(client.pubsub_numsub(channel))[channel.encode()]
+        finally:
+            client.close()
+        return subscribers == 0 and lease_owner(cluster, redis_server, "past") == node.name
+
+    alice, alice_ws, alice_task = await _editor(node, "alice", "past", OTClient)
+    for word in ("one ", "two "):
+        await alice.edit({"position": len(alice.content), "insert": word})
+        await _until(lambda: alice.synchronized, what="alice's ack")
+    await alice_ws.close()
+    await _until(giving_up, what="the node giving the document up")
+    code, state = await node.call("POST", "/api/documents/past/restore", {"revision": 1}, admin=True)
+    assert code == 200 and state["content"] == "one " and state["revision"] == 3
+    await _until(lambda: lease_owner(cluster, redis_server, "past") is None, what="the restore's lease given up")
+
+    bob, bob_ws, bob_task = await _editor(node, "bob", "past", OTClient)
+    await bob_ws.close()
+    await _until(giving_up, what="the node giving the document up again")
+    carol, carol_ws, carol_task = await _editor(node, "carol", "past", OTClient)  # joins meanwhile
+    await carol.edit({"position": len(carol.content), "insert": "three"})
+    await _until(lambda: carol.synchronized, seconds=5, what="carol's ack")
+    assert carol.content == "one three" and lease_owner(cluster, redis_server, "past") == node.name
+    for task in (alice_task, bob_task, carol_task):
+        task.cancel()
+
+
 async def test_a_change_of_members_reaches_sockets_on_every_node(cluster):
     import jwt
     secret = "a-deployment-secret-of-at-least-32-characters"
