@@ -95,7 +95,7 @@ class Staged:
     span: tuple[int, int] | None = None  # of content, what sanitizing must see of it (None: all)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made once per edit and only read (see edits.Reply)
 class Applied:
     """The result of one accepted edit."""
 
@@ -212,7 +212,6 @@ class DocumentService:
         self.engine, self.max_bytes, self.snapshot_every = engine, max_bytes, snapshot_every
         self._open: dict[str, Document] = {}
         self._loading: dict[str, asyncio.Future] = {}
-        self._pending: set[asyncio.Future] = set()
 
     @property
     def open_count(self) -> int:
@@ -565,8 +564,6 @@ class DocumentService:
                 and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.text)):
             self.store.enqueue(snapshot_written(document.document_id, document.revision, document.content, now))
             document.snapshot_revision, document.op_bytes = document.revision, 0
-        self._pending.add(durable)
-        durable.add_done_callback(self._pending.discard)
         return durable, op_json
 
     async def restore_op(self, document_id: str, revision: int) -> tuple[Document, TextOperation]:
@@ -576,6 +573,8 @@ class DocumentService:
         return document, diff(document.content, old["content"])
 
     async def flush(self) -> None:
-        """Wait until every applied edit is durable."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait until every applied edit is durable (or could not be stored: each edit reports its own)."""
+        try:
+            await self.store.barrier()
+        except Exception:
+            pass

@@ -55,3 +55,20 @@ async def test_stopping_the_server_finishes_the_session_it_was_ending(start):
         assert row.state == "Invalidated"
     finally:
         await store.close()
+
+
+async def test_what_a_batch_is_handed_runs_in_order_as_the_outermost_batch_ends(caplog):
+    from mcprt import turn
+    ran = []
+    assert not turn.at_end(lambda: ran.append("outside"))  # no batch open: the caller does it another way
+    with turn.batch():
+        assert turn.at_end(lambda: ran.append("first"))
+        with turn.batch():
+            turn.at_end(lambda: ran.append("inner"))
+            turn.at_end(lambda: 1 / 0)  # logged; the others still run
+        assert ran == []  # an inner batch ends with the outer one
+        turn.at_end(lambda: turn.at_end(lambda: ran.append("added by an end")))
+        turn.at_end(lambda: ran.append("last"))
+    assert ran == ["first", "inner", "last", "added by an end"]
+    assert any(r.exc_info and isinstance(r.exc_info[1], ZeroDivisionError) for r in caplog.records)
+    assert not turn.at_end(lambda: None)  # closed again

@@ -15,6 +15,7 @@ from tornado.iostream import StreamClosedError
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
+from .. import turn
 from ..transport import output_budget
 
 log = logging.getLogger("mcprt.ws")
@@ -124,6 +125,9 @@ class Protocol(WebSocketProtocol13):
         frame = header + data
         self._wire_bytes_out += len(frame)
         if self._later is None:
+            if turn.at_end(self._write_later):  # within a commit's acks, or a read's answers
+                self._later, self._later_bytes = [frame], len(frame)
+                return
             stream.write_now(frame)
             self._later = []
             asyncio.get_running_loop().call_soon(self._write_later)
@@ -177,7 +181,8 @@ class Protocol(WebSocketProtocol13):
     def _received(self, data: bytes) -> None:
         self._wire_bytes_in += len(data)
         buffer, self._unparsed = (self._unparsed + data if self._unparsed else data), b""
-        used = self._frames(buffer)
+        with turn.batch():
+            used = self._frames(buffer)
         if used >= 0:
             self._unparsed = buffer[used:]
 

@@ -150,6 +150,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             raise AppError(ErrorCode.RATE_LIMITED, f"this session was disconnected for abuse; retry in "
                            f"{cooldown:.0f} s", {"close_code": CLOSE_COOLING_DOWN, "retry_after": round(cooldown, 1)})
         self.session, self.user_id, self.peer_id = session, session.user_id, session.peer_id
+        self.author = Author(self.user_id, self.peer_id, self.session_id)  # of each edit (none of it changes)
         self.expires = session.expires_at
         deps.limits.check_connection(deps.hub.session_connections(self.session_id), deps.hub.connection_count)
         self.bucket = deps.limits.bucket(self.session_id)
@@ -440,7 +441,7 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         if route == "local":
             return False
         if route == "forward":
-            self.deps.shared.forward(self.document, message, Author(self.user_id, self.peer_id, self.session_id),
+            self.deps.shared.forward(self.document, message, self.author,
                                      self, self._ack_for(message))
         else:
             self.send_error(AppError(ErrorCode.SERVER_ERROR, "the document is moving between nodes; send the edit "
@@ -470,9 +471,8 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
             self.end(CLOSE_SERVER_ERROR, "server_error")
             return
 
-        author = Author(self.user_id, self.peer_id, self.session_id)
         reply = Reply(self._ack_for(message), lambda exc: self.reject(exc, None, message["id"]), self.abuse_disconnect)
-        self.deps.edits.submit(self.document, message, author, self, self.where, reply, base_content)
+        self.deps.edits.submit(self.document, message, self.author, self, self.where, reply, base_content)
 
     def on_cursor_update(self, message: dict) -> None:
         payload = message["payload"]

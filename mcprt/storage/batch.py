@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Callable, Iterable
 
+from .. import turn
 from .base import ChainBroken, StoreFailed, Write
 
 log = logging.getLogger("mcprt.store")
@@ -364,8 +365,9 @@ class GroupCommit:
         return failed
 
     def _settle(self, batch: list[Unit], failed: dict[int, Exception], everything: Exception | None) -> None:
-        for unit in batch:
-            self._resolve(unit, everything or failed.get(id(unit)))
+        with turn.batch():  # the acks the callbacks write leave as the batch ends, each socket's in one write
+            for unit in batch:
+                self._resolve(unit, everything or failed.get(id(unit)))
 
     def _resolve(self, unit: Unit, error: Exception | None) -> None:
         """Resolve a unit's future (to its result, or `error`) and run the callback given to then()."""
