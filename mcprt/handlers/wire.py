@@ -114,7 +114,9 @@ class Protocol(WebSocketProtocol13):
                 self._too_slow(over, adding)
 
     def _write_text(self, data: bytes) -> None:
-        """One unmasked, final text frame: the first of this turn to the stream now, later ones at its end."""
+        """One unmasked, final text frame. Within a batch (mcprt.turn: a commit's acks, a read's answers)
+        it is held to the batch's end; otherwise the first of this turn goes to the stream now, later ones
+        at the turn's end."""
         self._check_budget(len(data))
         stream = self.stream
         if stream is None or stream.closed():
