@@ -1,0 +1,88 @@
+'use strict'
+// What the load clients share: their command line, the handshake with run.py and the edit loop.
+//
+//   node X_client.js --port P [--warmup 1] [--seconds 4] [--echo] [--lean] [--format text|html]
+//
+// The client edits for `warmup` seconds, prints "timing" and waits for a line on stdin (run.py reads the
+// server's CPU then), edits for `seconds`, prints {"edits", "seconds", "rate"} and waits for another line
+// before it disconnects. stdin at its end counts as a line, so `< /dev/null` runs a client by hand.
+const { parseArgs } = require('node:util')
+const readline = require('node:readline')
+const { performance } = require('node:perf_hooks')
+
+const ACK_TIMEOUT_MS = 5000
+
+function options () {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string' },
+      warmup: { type: 'string', default: '1' },
+      seconds: { type: 'string', default: '4' },
+      echo: { type: 'boolean', default: false }, // pace by a second client receiving each edit
+      lean: { type: 'boolean', default: false }, // mcprt only: the mcprt.ops.v1 subprotocol
+      format: { type: 'string', default: 'text' } // mcprt only: the document's format, text or html
+    }
+  })
+  if (!values.port) fail('--port is required')
+  return { ...values, port: Number(values.port), warmup: Number(values.warmup), seconds: Number(values.seconds) }
+}
+
+const lines = readline.createInterface({ input: process.stdin })
+const waiting = []
+lines.on('line', () => { const w = waiting.shift(); if (w) w() })
+lines.on('close', () => { while (waiting.length) waiting.shift()() })
+let closed = false
+lines.on('close', () => { closed = true })
+
+function handshake (text) {
+  process.stdout.write(text + '\n')
+  return closed ? Promise.resolve() : new Promise(resolve => waiting.push(resolve))
+}
+
+function fail (message) {
+  process.stderr.write(`${process.argv[1].split('/').pop()}: ${message}\n`)
+  process.exit(1)
+}
+
+// A promise with its resolve and reject, settled by whoever sees the answer.
+function deferred () {
+  let resolve, reject
+  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
+  return { promise, resolve, reject }
+}
+
+function withTimeout (promise, what) {
+  let timer
+  const late = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${ACK_TIMEOUT_MS / 1000} s`)), ACK_TIMEOUT_MS)
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
+// edit(i) makes edit i and returns a promise settled by its acknowledgement; one is in flight at a time.
+async function run (opts, edit, close) {
+  let i = 0
+  const until = async end => {
+    let n = 0
+    while (performance.now() < end) {
+      await withTimeout(edit(i), `acknowledgement of edit ${i}`)
+      i++
+      n++
+    }
+    return n
+  }
+  await until(performance.now() + opts.warmup * 1000)
+  await handshake('timing')
+  const started = performance.now()
+  const edits = await until(started + opts.seconds * 1000)
+  const seconds = (performance.now() - started) / 1000
+  await handshake(JSON.stringify({ edits, seconds, rate: edits / seconds }))
+  await close()
+  process.exit(0)
+}
+
+function main (body) {
+  body(options()).catch(error => fail(error && error.message ? error.message : String(error)))
+}
+
+module.exports = { main, run, deferred, withTimeout, fail }
