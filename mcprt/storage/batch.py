@@ -155,14 +155,16 @@ class GroupCommit:
         batch, self._gathering = self._gathering, None
         if not batch:
             return
-        simple = (not self._busy and self._queue.empty() and self.failed is None and not self._broken_chains
-                  and all(u.writes and u.reset is None for u in batch)
-                  and sum(len(u.writes) for u in batch) <= BATCH_MAX)
+        writes, simple = 0, not self._busy and self._queue.empty() and self.failed is None and not self._broken_chains
+        for unit in batch:
+            writes += len(unit.writes)
+            if not unit.writes or unit.reset is not None:  # a barrier or a reset keeps the writer's order
+                simple = False
         started = time.perf_counter()
         try:
-            committed = simple and self._commit_now(batch)
+            committed = simple and writes <= BATCH_MAX and self._commit_now(batch)
         except Lost as lost:
-            self._lost(batch, lost, sum(len(u.writes) for u in batch))
+            self._lost(batch, lost, writes)
             return
         except Exception:  # the writer task tries again, and goes unit by unit if it must
             committed = False
@@ -172,7 +174,7 @@ class GroupCommit:
             return
         self._settle(batch, {}, None)
         try:
-            self._notify(time.perf_counter() - started, sum(len(u.writes) for u in batch))
+            self._notify(time.perf_counter() - started, writes)
         except Exception as exc:
             self._writer_failed(exc, [])
 
