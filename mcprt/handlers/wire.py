@@ -146,7 +146,10 @@ class Protocol(WebSocketProtocol13):
         if later:
             self._later_bytes = 0
             if self.stream is not None and not self.stream.closed():
-                self.stream.write_now(b"".join(later))
+                try:
+                    self.stream.write_now(b"".join(later))
+                except StreamClosedError:  # reset by the peer, its close not delivered yet: nobody to tell
+                    pass
 
     def _too_slow(self, which: str, adding: int) -> None:
         handler = self.handler
