@@ -219,17 +219,15 @@ class EditService:
         if not receivers:
             return  # an editor alone on its document: nothing to build
         payload = message["payload"] if message else {}
-        body = {"cursor_position": payload.get("cursor_position"), "user_id": author.user_id,
-                "operation": payload.get("operation", "edit"), "op": applied.op.to_json(),
-                "revision": applied.revision, "base_revision": applied.revision - 1}
         stamp = iso(self.clock())
-        id_ = f"{message['id']}-broadcast" if message and message.get("id") else None
-        session_info = {"user_id": author.user_id, "peer_id": author.peer_id, "timestamp": stamp}
+        id_ = f"{message['id']}-broadcast" if message and message.get("id") else P.new_id()
+        op_json = applied.op_json or P.dumps(applied.op.to_json())
         texts = {}
         for lean in {peer.lean for peer in receivers}:
-            mode = {"length": applied.length} if lean else {
-                "content": applied.content, "change_delta": to_delta(applied.op)}
-            texts[lean] = P.dumps(P.build(P.REALTIME_EDIT, {**body, **mode}, stamp, id_, session_info=session_info))
+            texts[lean] = P.realtime_edit_text(
+                id_, author.user_id, author.peer_id, payload.get("cursor_position"), payload.get("operation", "edit"),
+                op_json, applied.revision, applied.length if lean else None, None if lean else applied.content,
+                None if lean else P.dumps(to_delta(applied.op)), stamp)
         n = self.hub.publish_modes(receivers, texts)
         self.metrics.sent[P.REALTIME_EDIT].inc(n)
 

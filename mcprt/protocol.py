@@ -99,9 +99,13 @@ def build_error(error: AppError, timestamp: str, id_: str | None = None) -> dict
     return build(ERROR, error_body(error.code, error.message, error.details), timestamp, id_)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps with
+# these options builds an encoder per call (10.8 against 8.6 us for a realtime_edit)
+
+
 def dumps(message: dict) -> str:
     """Compact JSON, non-ASCII kept (smaller frames)."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(message)
 
 
 _ENCODE_STRING = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as dumps does)
@@ -116,6 +120,32 @@ def edit_ack_text(id_: str, revision: int, op_json: str, correction_json: str | 
     quoted = _ENCODE_STRING(id_)
     return (f'{{"id":{quoted},"type":"{EDIT_ACK}","payload":{{"edit_id":{quoted},"revision":{revision:d},'
             f'"op":{op_json},"correction":{correction_json or "null"},{tail}}},"timestamp":"{timestamp}"}}')
+
+
+def _value(value: Any) -> str:
+    """One JSON value as dumps writes it; the common kinds without the encoder."""
+    if value is None:
+        return "null"
+    if value.__class__ is str:
+        return _ENCODE_STRING(value)
+    if value.__class__ is int:
+        return str(value)
+    return dumps(value)
+
+
+def realtime_edit_text(id_: str, user_id: str, peer_id: str | None, cursor_position: Any, operation: Any,
+                       op_json: str, revision: int, length: int | None, content: str | None,
+                       delta_json: str | None, timestamp: str) -> str:
+    """dumps(build(REALTIME_EDIT, ..., session_info=...)) written out by hand: the broadcast of an applied
+    edit, its op JSON already (as stored). With `length` the lean form, else the reference form with
+    `content` and its change_delta (`delta_json`)."""
+    tail = (f'"length":{length:d}' if length is not None else
+            f'"content":{_ENCODE_STRING(content)},"change_delta":{delta_json}')
+    user, stamp = _value(user_id), f'"{timestamp}"'
+    return (f'{{"id":{_ENCODE_STRING(id_)},"type":"{REALTIME_EDIT}","payload":{{"cursor_position":'
+            f'{_value(cursor_position)},"user_id":{user},"operation":{_value(operation)},"op":{op_json},'
+            f'"revision":{revision:d},"base_revision":{revision - 1:d},{tail}}},"timestamp":{stamp},'
+            f'"session_info":{{"user_id":{user},"peer_id":{_value(peer_id)},"timestamp":{stamp}}}}}')
 
 
 def _pointer(path) -> str:

@@ -81,6 +81,30 @@ def test_the_hand_written_edit_ack_is_the_generic_one(id_, revision, op, correct
         assert text == P.dumps(P.build(P.EDIT_ACK, payload, stamp, id_))  # byte for byte, key order too
 
 
+_scalars = st.none() | st.integers(0, 2**53 - 1) | st.floats(0, 2**53, allow_nan=False) | st.text(max_size=40) | st.booleans()
+
+
+@given(id_=st.text(min_size=1, max_size=140), user_id=st.text(min_size=1, max_size=128),
+       peer_id=st.none() | st.text(max_size=64), cursor=_scalars, operation=_scalars, op=_ops,
+       revision=st.integers(1, 2**53 - 1), lean=st.booleans(), content=st.text(), ascii_op=st.booleans())
+def test_the_hand_written_broadcast_is_the_generic_one(id_, user_id, peer_id, cursor, operation, op, revision, lean,
+                                                       content, ascii_op):
+    stamp = "2026-12-05T08:00:00.000000Z"
+    delta = [{"position": 0, "insert": content}]
+    op_json = json.dumps(op) if ascii_op else P.dumps(op)  # stored ops are ASCII-escaped JSON
+    text = P.realtime_edit_text(id_, user_id, peer_id, cursor, operation, op_json, revision,
+                                len(content) if lean else None, None if lean else content,
+                                None if lean else P.dumps(delta), stamp)
+    body = {"cursor_position": cursor, "user_id": user_id, "operation": operation, "op": op, "revision": revision,
+            "base_revision": revision - 1, **({"length": len(content)} if lean else
+                                               {"content": content, "change_delta": delta})}
+    generic = P.build(P.REALTIME_EDIT, body, stamp, id_,
+                      session_info={"user_id": user_id, "peer_id": peer_id, "timestamp": stamp})
+    assert json.loads(text) == generic
+    if not ascii_op:
+        assert text == P.dumps(generic)  # byte for byte, key order too
+
+
 stamps = st.sampled_from(["2026-12-05T08:00:00Z", "2026-12-05 08:00:00.123456789+01:00", "2026-12-05T08:00:00Z\n",
                           "2026-12-05T08:00:00", "", "x" * 70]) | st.none() | st.integers()
 envelopes = st.fixed_dictionaries(
