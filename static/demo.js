@@ -864,7 +864,10 @@ class Editor {
     for (const node of rich.querySelectorAll('[style]')) node.removeAttribute('style');
     const now = rich.innerHTML;
     if (now === this.shown) return;
-    const edit = diff(this.shown, now);
+    // Where the caret is says which side of an equal neighbour a keystroke went (see diff).
+    const selection = selectionUnits(rich);
+    const caret = selection ? utf16ToCp(now, htmlIndexOfText(now, selection[1])) : null;
+    const edit = diff(this.shown, now, caret);
     let op = edit;
     if (this.shown !== this.content) {
       // The browser writes some things its own way (e.g. U+00A0 as &nbsp;): send the edit
@@ -872,7 +875,7 @@ class Editor {
       const rewrite = diff(this.content, this.shown);
       const a = spanOf(edit), b = spanOf(rewrite.invert(this.content));
       op = a && b && a[0] <= b[1] && b[0] <= a[1]
-        ? diff(this.content, now)
+        ? diff(this.content, now, caret)
         : TextOperation.transform(edit, rewrite.invert(this.content))[0];
     }
     this.shown = now;
@@ -886,8 +889,9 @@ class Editor {
       this.render(this.content, null);
       return;
     }
-    const now = this.els.plain.value;
-    if (now !== this.content) this.localEdit(diff(this.content, now));
+    const { plain } = this.els;
+    const now = plain.value;
+    if (now !== this.content) this.localEdit(diff(this.content, now, utf16ToCp(now, plain.selectionEnd)));
   }
 
   // -------------------------------------------------------------- rendering

@@ -248,13 +248,27 @@ export function toDelta(op) {
 }
 
 /** The smallest single-span operation turning `before` into `after` (common prefix and suffix kept). */
-export function diff(before, after) {
+export function diff(before, after, caret = null) {
   const a = Array.from(before), b = Array.from(after);
   const limit = Math.min(a.length, b.length);
   let prefix = 0;
   while (prefix < limit && a[prefix] === b[prefix]) prefix++;
   let suffix = 0;
   while (suffix < limit - prefix && a[a.length - 1 - suffix] === b[b.length - 1 - suffix]) suffix++;
+  if (caret !== null) {
+    // Typing "a" after an "a" (or deleting one of two) reads the same either side: the caret, where the
+    // edit left it (code points of `after`), says which. The longest prefix puts the change rightmost; slide
+    // a lone insert or delete left, to an equal edit, until it ends at the caret. Which side matters once
+    // someone else types there too.
+    const inserted = b.length - prefix - suffix, deleted = a.length - prefix - suffix;
+    if (inserted > 0 && deleted === 0) {
+      while (prefix > caret - inserted && prefix > 0 && a[prefix - 1] === b[prefix + inserted - 1]) {
+        prefix--; suffix++;
+      }
+    } else if (deleted > 0 && inserted === 0) {
+      while (prefix > caret && prefix > 0 && a[prefix - 1] === a[prefix + deleted - 1]) { prefix--; suffix++; }
+    }
+  }
   return new TextOperation()
     .retain(prefix)
     .delete(a.length - prefix - suffix)

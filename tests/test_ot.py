@@ -619,7 +619,8 @@ console.log(JSON.stringify(cases.map(({ doc, a, b, c, cursor }) => {
     const [head, tail] = splitOp(ja, 2, 2);
     return { a2: a2.toJSON(), b2: b2.toJSON(), ac: ja.compose(jc).toJSON(), applied: ja.apply(doc),
              cursor: transformCursor(cursor, ja), own: transformCursor(cursor, ja, true),
-             split: tail.apply(head.apply(doc)), diff: diff(doc, ja.apply(doc)).apply(doc) };
+             split: tail.apply(head.apply(doc)), diff: diff(doc, ja.apply(doc)).apply(doc),
+             caretDiff: diff(doc, ja.apply(doc), cursor).apply(doc) };
 })));
 """
 
@@ -647,6 +648,38 @@ def test_the_demos_ot_js_agrees_with_the_server(tmp_path):
         after = a.apply(case["doc"])
         assert (js["a2"], js["b2"]) == (a2.to_json(), b2.to_json()), case
         assert js["ac"] == a.compose(c).to_json(), case
-        assert js["applied"] == js["split"] == js["diff"] == after, case
+        assert js["applied"] == js["split"] == js["diff"] == js["caretDiff"] == after, case
         assert js["cursor"] == transform_cursor(case["cursor"], a), case
         assert js["own"] == transform_cursor(case["cursor"], a, own=True), case
+
+
+DIFF_AT_CARET = r"""
+const { diff } = await import(process.argv[2]);
+const cases = [
+  ['Start. da', 'Start. daa', 9], ['Start. da', 'Start. daa', 10], ['Start. da', 'Start. daa', null],
+  ['aaa', 'aaaa', 1], ['xaay', 'xay', 1], ['xaay', 'xay', 2], ['ab', 'aXb', 2], ['é\u{1F600}', 'é\u{1F600}\u{1F600}', 2],
+];
+console.log(JSON.stringify(cases.map(([before, after, caret]) => diff(before, after, caret).toJSON())));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js runs the demo's ot.js")
+def test_the_demos_diff_puts_a_keystroke_where_the_caret_says(tmp_path):
+    """Typing "a" after an "a" reads the same on either side of it; the caret decides, so that a typist's
+    next keystroke lands beside their own, not beyond a collaborator's letter that happens to match."""
+    module = tmp_path / "ot.mjs"
+    module.write_text((ROOT / "static" / "ot.js").read_text(encoding="utf-8"), encoding="utf-8")
+    script = tmp_path / "diff.mjs"
+    script.write_text(DIFF_AT_CARET, encoding="utf-8")
+    run = subprocess.run(["node", str(script), module.as_uri()], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [
+        [8, "a", 1],   # the caret after the typed letter, before the other one
+        [9, "a"],      # the caret after both: the second
+        [9, "a"],      # no caret: the longest common prefix, as before
+        ["a", 3],      # slid to the caret through a run (the caret after the first: typed at 0)
+        [1, -1, 2],    # a delete too
+        [2, -1, 1],
+        [1, "X", 1],   # nothing ambiguous: unchanged
+        [1, "\U0001F600", 1],  # code points, not UTF-16 units (the caret after the first emoji)
+    ]
