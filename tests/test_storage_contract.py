@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import BACKENDS, database_for
+from mcprt import turn
 from mcprt.storage import store_for
 from mcprt.storage.base import (ChainBroken, ConnectionRecord, EventRecord, MigrationError, SessionRecord,
                                 StoreFailed, Write, connection_closed, connection_opened, document_chain,
@@ -107,6 +108,29 @@ async def test_submit_resolves_after_the_commit_and_a_barrier_after_everything_b
     await store.barrier()
     assert all(p.done() for p in pending)
     assert {e.type for e in await store.events(limit=100)} == {f"w{i}" for i in range(20)} | {"unawaited"}
+
+
+@pytest.mark.asyncio
+async def test_writes_put_while_reading_commit_as_the_read_ends_when_nothing_else_waits_in_the_turn(tmp_path):
+    """A backend that commits on the loop's thread (SQLite) commits what a read put as that read ends, when
+    no other callback waits in the turn; when one does (another socket's read, say), at the next turn, so
+    that its writes join the same commit."""
+    store = await store_for(str(tmp_path / "turn.db")).open()
+    try:
+        loop = asyncio.get_running_loop()
+        done_at = {}
+        for name, neighbour in (("alone", False), ("beside", True)):
+            await asyncio.sleep(0.05)  # the store's own start-up callbacks have run
+            if neighbour:
+                loop.call_soon(lambda: None)  # another callback of this turn, still to run
+            with turn.batch():
+                future = store.submit(event(name))
+            done_at[name] = future.done()
+            await future
+        assert done_at == {"alone": True, "beside": False}
+        assert {e.type for e in await store.events(limit=10)} == {"alone", "beside"}
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio
