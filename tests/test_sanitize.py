@@ -546,3 +546,16 @@ def test_typical_markup_edits_clean_only_their_span(engine, edit):
     assert spliced is not None and spliced == whole
     if "onerror" in insert:
         assert spliced.removed == ("onerror attribute",)
+
+
+def test_the_ascii_fast_paths_agree_with_the_patterns_for_every_low_character():
+    """normalize() and the edit check skip their patterns for printable ASCII: each of the 256 lowest
+    characters, alone and inside printable text, gets what the patterns say."""
+    for text in (t for code in range(0x100) for t in (chr(code), f"ab{chr(code)}cd", chr(code) * 3)):
+        expected = text.replace("\r\n", "\n").replace("\r", "\n")
+        if sanitize._REFUSED.search(expected):
+            with pytest.raises(UnsafeText):
+                normalize(text)
+        else:
+            assert normalize(text) == expected
+        assert sanitize._plain(text) is (sanitize._UNSAFE_INSERT.search(text) is None)
