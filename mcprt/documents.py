@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -200,6 +199,14 @@ def check_document_id(document_id: str) -> str:
         raise AppError(ErrorCode.INVALID_MESSAGE, "document_id must be 1-128 characters of A-Z a-z 0-9 . _ - (not . or ..)",
                        {"pointer": "document_id"})
     return document_id
+
+
+def _has_cr(op: TextOperation) -> bool:
+    """An insert of op holds a CR."""
+    for c in op.ops:
+        if c.__class__ is str and "\r" in c:
+            return True
+    return False
 
 
 class DocumentService:
@@ -425,9 +432,11 @@ class DocumentService:
         return positions
 
     def _clean_inserts(self, delta, format_: str):
-        parts = delta if isinstance(delta, list) else [delta]
-        cleaned = [{**p, "insert": self._check(p["insert"], format_)} if "insert" in p else p for p in parts]
-        return cleaned if isinstance(delta, list) else cleaned[0]
+        """The delta as sent, once each inserted text passed _check."""
+        for part in delta if isinstance(delta, list) else (delta,):
+            if "insert" in part:
+                self._check(part["insert"], format_)
+        return delta
 
     @staticmethod
     def _check(text: str, format_: str) -> str:
@@ -449,7 +458,7 @@ class DocumentService:
         # A text document's edit copies only the chunks it touches; markup is sanitized as one string.
         content = document.text.apply(op) if document.format == "text" else op.apply(document.content)
         correction = None
-        if any(isinstance(c, str) and "\r" in c for c in op.ops):  # stored content never holds a CR
+        if _has_cr(op):  # stored content never holds a CR
             normalized = sanitize.normalize(str(content))
             correction, content = diff(str(content), normalized), normalized
         if document.format != "html" or self._inert(document.content, op):
@@ -555,10 +564,10 @@ class DocumentService:
                  correction: TextOperation | None) -> tuple[asyncio.Future, str]:
         """Queue the op's row (and a snapshot when due): the future of its commit, and the op's JSON."""
         now = self.clock()
-        op_json = json.dumps(op.to_json())
+        op_json = op.json()
         durable = self.store.submit(op_written(document.document_id, document.revision, op_json, author.user_id,
                                                author.peer_id, message_id, now,
-                                               json.dumps(correction.to_json()) if correction is not None else None))
+                                               correction.json() if correction is not None else None))
         document.op_bytes += len(op_json)
         if (document.revision - document.snapshot_revision >= self.snapshot_every
                 and SNAPSHOT_OP_SHARE * document.op_bytes >= len(document.text)):

@@ -10,6 +10,8 @@ two units, a letter with a combining accent is two units.
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring_ascii as _ascii_json  # a JSON string as json.dumps writes it
+
 Component = int | str
 
 
@@ -200,6 +202,10 @@ class TextOperation:
         """The ot.js wire form, e.g. [5, "abc", -2]."""
         return list(self.ops)
 
+    def json(self) -> str:
+        """json.dumps(self.to_json()), the stored form, byte for byte, without the encoder's machinery."""
+        return "[" + ", ".join([_ascii_json(c) if c.__class__ is str else str(c) for c in self.ops]) + "]"
+
     @classmethod
     def from_json(cls, ops: list) -> TextOperation:
         """Build from the ot.js wire form; anything malformed raises OpError."""
@@ -386,12 +392,17 @@ def span(op: TextOperation) -> tuple[int, int, str] | None:
     ops = op.ops
     start = 1 if ops and _is_retain(ops[0]) else 0
     end = len(ops) - 1 if len(ops) > start and _is_retain(ops[-1]) else len(ops)
-    middle = ops[start:end]
-    if not middle or any(_is_retain(c) for c in middle):
+    if start >= end:
         return None
-    position = ops[0] if start else 0
-    text = "".join(c for c in middle if _is_insert(c))
-    return position, -sum(c for c in middle if _is_delete(c)), text
+    text, deleted = "", 0
+    for c in ops[start:end]:  # one insert and one delete at most, in a normalized op
+        if c.__class__ is str:
+            text += c
+        elif c > 0:
+            return None
+        else:
+            deleted -= c
+    return (ops[0] if start else 0), deleted, text
 
 
 def extent(op: TextOperation) -> tuple[int, int] | None:

@@ -421,6 +421,21 @@ def test_span_describes_single_edits_exactly(case):
         assert o.apply(doc) == doc[:position] + text + doc[position + deleted:]
 
 
+@given(doc_and_ops(1))
+def test_span_is_none_exactly_when_the_changes_are_not_in_one_place(case):
+    _, o = case
+    changes = [i for i, c in enumerate(o.ops) if not (isinstance(c, int) and c > 0)]
+    in_one_place = bool(changes) and all(not (isinstance(c, int) and c > 0) for c in o.ops[changes[0]:changes[-1]])
+    assert (span(o) is not None) == in_one_place
+
+
+@given(doc_and_ops(1))
+def test_an_ops_stored_json_is_what_json_dumps_writes(case):
+    _, o = case
+    assert o.json() == json.dumps(o.to_json())
+    assert TextOperation.from_json(json.loads(o.json())) == o
+
+
 # --- cursors --------------------------------------------------------------------------
 
 

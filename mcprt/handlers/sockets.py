@@ -142,7 +142,7 @@ class SocketStream(asyncio.Protocol):
         """Bytes written and not yet taken by the kernel."""
         if self._closed:
             return 0
-        held = sum(len(b) for b in self._unsent)
+        held = sum(map(len, self._unsent)) if self._unsent else 0
         return held if self.transport is None else held + self.transport.get_write_buffer_size()
 
     def closed(self) -> bool:

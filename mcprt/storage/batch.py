@@ -68,8 +68,11 @@ class Unit:
         return {w.chain for w in self.writes if w.chain is not None}
 
     def result(self) -> int | None:
-        counted = [w.result for w in self.writes if w.counted]
-        return counted[-1] if counted else None
+        result = None
+        for write in self.writes:
+            if write.counted:
+                result = write.result
+        return result
 
 
 class GroupCommit:
