@@ -1,7 +1,7 @@
 'use strict'
 // What the load clients share: their command line, the handshake with run.py and the edit loop.
 //
-//   node X_client.js --port P [--warmup 1] [--seconds 4] [--echo] [--lean] [--format text|html]
+//   node X_client.js --port P [--warmup 1] [--seconds 4] [--echo] [--lean] [--format text|html] [--bare]
 //
 // The client edits for `warmup` seconds, prints "timing" and waits for a line on stdin (run.py reads the
 // server's CPU then), edits for `seconds`, prints {"edits", "seconds", "rate"} and waits for another line
@@ -20,7 +20,8 @@ function options () {
       seconds: { type: 'string', default: '4' },
       echo: { type: 'boolean', default: false }, // pace by a second client receiving each edit
       lean: { type: 'boolean', default: false }, // mcprt only: the mcprt.ops.v1 subprotocol
-      format: { type: 'string', default: 'text' } // mcprt only: the document's format, text or html
+      format: { type: 'string', default: 'text' }, // mcprt only: the document's format, text or html
+      bare: { type: 'boolean', default: false } // mcprt_client.js only: a bare echo server, no session or document
     }
   })
   if (!values.port) fail('--port is required')

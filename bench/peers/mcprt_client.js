@@ -5,6 +5,8 @@
 // edit_ack with its id.
 // --lean offers the mcprt.ops.v1 subprotocol (acks carry the length, not the whole content).
 // --echo: an edit counts once its realtime_edit broadcast reaches a second socket (another session).
+// --bare: the server is a bare JSON echo (python -m mcprt.bench_servers bare, asyncio_echo_server.py):
+// no session or document, the socket opens on its hello, and an edit counts when it comes back.
 const WebSocket = require('ws')
 const { main, run, deferred } = require('./common')
 
@@ -47,9 +49,10 @@ main(async opts => {
     else if (message.type === wanted && message.id === waiting.id) waiting.ack.resolve()
   }
   const session = async user => (await post(opts.port, '/api/sessions', { user_id: user })).session_id
-  const editorSession = await session('bench')
-  await post(opts.port, '/api/documents', { document_id: documentId, format: opts.format }, editorSession)
-  const editor = await join(opts.port, editorSession, documentId, opts.lean, answer(opts.echo ? null : 'edit_ack'))
+  const editorSession = opts.bare ? 'bare' : await session('bench')
+  if (!opts.bare) await post(opts.port, '/api/documents', { document_id: documentId, format: opts.format }, editorSession)
+  const wanted = opts.bare ? 'realtime_edit' : opts.echo ? null : 'edit_ack'
+  const editor = await join(opts.port, editorSession, documentId, opts.lean && !opts.bare, answer(wanted))
   const observer = opts.echo
     ? await join(opts.port, await session('bench-observer'), documentId, opts.lean, message => answer('realtime_edit')(
       { ...message, id: message.id && message.id.replace(/-broadcast$/, '') }))

@@ -53,6 +53,10 @@ PEERS = (
          "HocuspocusProvider (Node, ws); the update reaching a second provider"),
     Peer("pycrdt", "pycrdt", ("pycrdt_client.js",), True,
          "y-websocket WebsocketProvider (Node, ws); the update reaching a second provider (no ack in the protocol)"),
+    Peer("tornado-echo", "tornado-echo", ("mcprt_client.js", "--bare"), False,
+         "Node ws client, mcprt's edit message; a bare Tornado WebSocketHandler echoing it (bench's baseline)"),
+    Peer("asyncio-echo", "asyncio-echo", ("mcprt_client.js", "--bare"), False,
+         "Node ws client, mcprt's edit message; a bare asyncio Protocol echoing it (a Python server's floor)"),
 )
 PYTHON_HOW = ("mcprt.bench_client (Python websockets; edit_rate, window 1: 200-byte replaces at position 0, "
               "reference mode); the edit_ack")
@@ -93,6 +97,10 @@ def server_command(server: str, workdir: str, run: int) -> list[str]:
         return [sys.executable, "-m", "mcprt.bench_servers", "real", db, "asyncio"]
     if server == "pycrdt":
         return [str(PYCRDT_PYTHON), str(HERE / "pycrdt_server.py")]
+    if server == "tornado-echo":
+        return [sys.executable, "-m", "mcprt.bench_servers", "bare"]
+    if server == "asyncio-echo":
+        return [sys.executable, str(HERE / "asyncio_echo_server.py")]
     return ["node", str(HERE / f"{server}_server.js")]
 
 
