@@ -22,6 +22,8 @@ from typing import Callable
 
 import redis.asyncio as aioredis
 
+from .ratelimit import seconds
+
 log = logging.getLogger("mcprt.cluster")
 
 
@@ -202,6 +204,20 @@ class SharedSessions:
 # Compare-and-expire and compare-and-delete: a node renews or gives up only the lease it holds.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# A session creation from an address, on any node: drop the window's entries older than ARGV[2]; at
+# ARGV[3] entries or more refuse, with the oldest entry's time; else add this one (time ARGV[1], member
+# ARGV[4]) and keep the key ARGV[5] ms. A fixed window per clock minute let twice the limit through
+# around a minute's turn; this is the node's own sliding window, shared.
+_CREATE = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[2])
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {0, redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')[2]}
+end
+redis.call('zadd', KEYS[1], ARGV[1], ARGV[4])
+redis.call('pexpire', KEYS[1], ARGV[5])
+return {1, ARGV[1]}
+"""
+CREATE_WINDOW = 60.0  # s, as the node's own window (Limits.session_creates)
 # What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>[+…]
 # (leave the publish of those revisions out, once each), ignore_lease (keep serving past the lease and
 # past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it),
@@ -851,8 +867,9 @@ class SharedLimits:
     Messages: each node keeps its token bucket per session (no Redis round trip on a message) and every
     FLUSH adds what its sessions spent to a Redis counter per session; what the counter grew by beyond
     this node's share was spent on other nodes, and is debited from the local bucket. A session spread
-    over nodes gets its rate once, give or take what FLUSH lets through. Session creation: a Redis counter
-    per address and minute, beside the node's own window."""
+    over nodes gets its rate once, give or take what FLUSH lets through. Session creation: a sliding
+    window per address in Redis (a sorted set of the creations' times, checked and added to in one
+    script), beside the node's own window; like that one it counts what it allowed, for the last 60 s."""
 
     FLUSH = 0.1  # s
 
@@ -860,6 +877,9 @@ class SharedLimits:
         self.cluster, self.limits, self.clock = cluster, limits, clock
         self._spent: dict[str, int] = {}   # session -> messages spent here since the last flush
         self._seen: dict[str, int] = {}    # session -> its counter after this node's last flush
+        self._created = 0  # this process's creations so far: a unique member of the window, after _me
+        self._me = f"{cluster.node_id}:{uuid.uuid4().hex[:8]}"
+        self._create = cluster.redis.register_script(_CREATE)
         limits.on_spend = self._spend
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
@@ -901,13 +921,14 @@ class SharedLimits:
     async def create_session(self, addr: str | None) -> None:
         """Count a session creation from an address across nodes, or RATE_LIMITED."""
         from .protocol import AppError, ErrorCode
-        minute = int(time.time() // 60)
-        key = self.cluster.key("creates", addr or "-", str(minute))
-        pipe = self.cluster.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = await pipe.execute()
         limit = self.limits.session_creates.limit
-        if count > limit:
+        now = self.clock()
+        self._created += 1
+        allowed, oldest = await self._create(keys=[self.cluster.key("creates", addr or "-")],
+                                             args=[repr(now), repr(now - CREATE_WINDOW), limit,
+                                                   f"{self._me}:{self._created}",
+                                                   int(CREATE_WINDOW * 1000)])
+        if not allowed:
             raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
-                           {"limit_per_minute": limit, "retry_after": 60 - int(time.time() % 60)})
+                           {"limit_per_minute": limit,
+                            "retry_after": seconds(float(oldest) + CREATE_WINDOW - now)})

@@ -447,6 +447,44 @@ async def test_rate_limits_hold_for_one_session_spread_over_two_nodes(cluster):
     assert [code for code, _ in created] == [201, 201, 201, 201, 429]  # five a minute from this address, in all
 
 
+async def test_session_creates_count_in_a_sliding_window_the_nodes_share(redis_server):
+    """Five a minute from an address, in all: over any 60 s, not per clock minute (a window per minute let
+    the limit through twice around a minute's turn: three at :59 and five more at :01)."""
+    from mcprt.cluster import Cluster, SharedLimits
+    from mcprt.config import Settings
+    from mcprt.limits import Limits
+    from mcprt.protocol import AppError, ErrorCode
+    now = [60 * 16_667 + 59.0]  # a second before a clock minute turns
+    prefix, nodes = f"t{uuid.uuid4().hex[:8]}", []
+    for name in ("n1", "n2"):
+        cluster = Cluster(redis_server.url(), prefix, name)
+        nodes.append((cluster, SharedLimits(cluster, Limits(Settings(session_create_limit=5), lambda: now[0]),
+                                            lambda: now[0])))
+    (_, one), (_, two) = nodes
+    try:
+        for _ in range(3):
+            await one.create_session("10.0.0.1")
+        now[0] += 2  # the minute has turned
+        for _ in range(2):
+            await two.create_session("10.0.0.1")
+        with pytest.raises(AppError) as refused:
+            await two.create_session("10.0.0.1")
+        assert refused.value.code is ErrorCode.RATE_LIMITED
+        assert refused.value.details == {"limit_per_minute": 5, "retry_after": 58}  # when the first three leave
+        await two.create_session("10.0.0.2")  # another address has a window of its own
+        with pytest.raises(AppError):  # a refusal did not count: still refused, not later
+            await one.create_session("10.0.0.1")
+        now[0] += 58  # 60 s after the first three: they leave the window, the two at :01 stay
+        for _ in range(3):
+            await one.create_session("10.0.0.1")
+        with pytest.raises(AppError):
+            await two.create_session("10.0.0.1")
+    finally:
+        for cluster, limits in nodes:
+            await limits.stop()
+            await cluster.stop()
+
+
 async def test_a_restore_on_any_node_is_made_by_the_owner(cluster, redis_server):
     a, b = await cluster(2)
     await a.call("POST", "/api/documents", {"document_id": "past", "format": "text"}, admin=True)
