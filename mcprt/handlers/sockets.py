@@ -52,6 +52,8 @@ class SocketStream(asyncio.Protocol):
             self.error = exc
             self.socket.close()
             self._set_lost()
+        finally:
+            self._connecting = None  # done: the task need not outlive its work (it would, for the socket's life)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
 

@@ -174,14 +174,18 @@ class Protocol(WebSocketProtocol13):
         """Tornado's loop reads each frame in three or four awaited reads (header, length, mask, payload);
         here the socket hands over whatever has arrived (sockets.SocketStream) and every whole frame in it is
         handled at once, with Tornado's checks and answers (abort, or 1009 for a message over the size
-        limit). A handler that returns a future holds the next frames until it is done, as Tornado's did."""
+        limit). A handler that returns a future holds the next frames until it is done, as Tornado's did.
+
+        It returns at once, and the end of the connection is a callback: awaiting it here would keep
+        Tornado's request coroutines (the handler's _execute, its get, the handshake) and everything they
+        hold alive for as long as the socket is open."""
         if self.handler.joined:
             self.stream.promote()  # an authenticated editor no longer counts under the pre-auth caps
-        try:
-            await self.stream.start_reading(self._received)
-        finally:
-            self._abort()
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+        self.stream.start_reading(self._received).add_done_callback(self._connection_lost)
+
+    def _connection_lost(self, _lost: asyncio.Future) -> None:
+        self._abort()
+        self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
     def _received(self, data: bytes) -> None:
         self._wire_bytes_in += len(data)

@@ -84,8 +84,12 @@ class EditorSocket(tornado.websocket.WebSocketHandler):
         return wire.protocol_for(self)
 
     def _detach_stream(self):
-        """The socket, once the handshake is answered, on an asyncio transport (sockets.SocketStream)."""
-        return SocketStream(super()._detach_stream())
+        """The socket, once the handshake is answered, on an asyncio transport (sockets.SocketStream).
+        The request lets go of Tornado's server connection, which holds the IOStream and its buffers for
+        as long as the request lives (the socket's lifetime)."""
+        stream = SocketStream(super()._detach_stream())
+        self.request.server_connection = None
+        return stream
 
     # -- handshake -------------------------------------------------------
 
