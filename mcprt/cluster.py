@@ -217,7 +217,6 @@ redis.call('zadd', KEYS[1], ARGV[1], ARGV[4])
 redis.call('pexpire', KEYS[1], ARGV[5])
 return {1, ARGV[1]}
 """
-CREATE_WINDOW = 60.0  # s, as the node's own window (Limits.session_creates)
 # What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>[+…]
 # (leave the publish of those revisions out, once each), ignore_lease (keep serving past the lease and
 # past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it),
@@ -877,8 +876,6 @@ class SharedLimits:
         self.cluster, self.limits, self.clock = cluster, limits, clock
         self._spent: dict[str, int] = {}   # session -> messages spent here since the last flush
         self._seen: dict[str, int] = {}    # session -> its counter after this node's last flush
-        self._created = 0  # this process's creations so far: a unique member of the window, after _me
-        self._me = f"{cluster.node_id}:{uuid.uuid4().hex[:8]}"
         self._create = cluster.redis.register_script(_CREATE)
         limits.on_spend = self._spend
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -921,14 +918,12 @@ class SharedLimits:
     async def create_session(self, addr: str | None) -> None:
         """Count a session creation from an address across nodes, or RATE_LIMITED."""
         from .protocol import AppError, ErrorCode
-        limit = self.limits.session_creates.limit
+        limit, window = self.limits.session_creates.limit, self.limits.session_creates.window  # the node's own
         now = self.clock()
-        self._created += 1
         allowed, oldest = await self._create(keys=[self.cluster.key("creates", addr or "-")],
-                                             args=[repr(now), repr(now - CREATE_WINDOW), limit,
-                                                   f"{self._me}:{self._created}",
-                                                   int(CREATE_WINDOW * 1000)])
+                                             args=[repr(now), repr(now - window), limit, uuid.uuid4().hex,
+                                                   int(window * 1000)])
         if not allowed:
             raise AppError(ErrorCode.RATE_LIMITED, "too many sessions created from this address; slow down",
                            {"limit_per_minute": limit,
-                            "retry_after": seconds(float(oldest) + CREATE_WINDOW - now)})
+                            "retry_after": seconds(float(oldest) + window - now)})
