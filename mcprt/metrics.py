@@ -35,17 +35,18 @@ class _Count:
         self.value += amount
 
 
-class _Counts:
-    """A counter by one label: its children (_Count) by label value, made on first use."""
+class _Counts(dict):
+    """A counter by one label: its children (_Count) by label value, made on first use. A dict, so that
+    `counts[value]` of a child made already is a lookup in C, not a call of Python."""
 
     def __init__(self, name: str, documentation: str, label: str | None = None):
+        super().__init__()
         self.name, self.documentation, self.label = name, documentation, label
-        self.children: dict[str, _Count] = {}
 
-    def __getitem__(self, value: str) -> _Count:
-        child = self.children.get(value)
-        if child is None:
-            child = self.children[value] = _Count()
+    __hash__, __eq__ = object.__hash__, object.__eq__  # a collector: the registry keys its collectors by identity
+
+    def __missing__(self, value: str) -> _Count:
+        child = self[value] = _Count()
         return child
 
     def inc(self, amount: float = 1) -> None:  # an unlabelled counter
@@ -56,7 +57,7 @@ class _Counts:
         if self.label is None:
             family.add_metric([], self[""].value)  # an unlabelled counter is there from the start, at 0
         else:
-            for value, count in list(self.children.items()):
+            for value, count in list(self.items()):
                 family.add_metric([value], count.value)
         yield family
 

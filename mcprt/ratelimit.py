@@ -17,9 +17,9 @@ class TokenBucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend `cost` tokens if available; False means over the limit."""
-        elapsed = max(0.0, now - self.stamp)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.stamp = max(self.stamp, now)  # a clock stepping back and forth again earns nothing
+        if now > self.stamp:  # a clock stepping back and forth again earns nothing
+            tokens = self.tokens + (now - self.stamp) * self.rate
+            self.tokens, self.stamp = tokens if tokens < self.burst else float(self.burst), now
         if self.tokens >= cost:
             self.tokens -= cost
             return True

@@ -557,7 +557,7 @@ def _plain(text: str) -> bool:
 
 def _text_node_start(content: str, position: int) -> int | None:
     """Where the text node holding position starts, or None if unsure."""
-    low = max(0, position - _WINDOW)
+    low = position - _WINDOW if position > _WINDOW else 0
     lt = content.rfind("<", low, position)
     gt = content.rfind(">", low, position)
     if gt > lt:
