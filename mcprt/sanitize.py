@@ -109,10 +109,25 @@ class Cleaned:
         return bool(self.removed)
 
 
+# The last string found to be printable ASCII (U+0020-U+007E only). An edit's insert is checked by
+# normalize and again by the markup fast path (_plain), as the same object: the second check is an identity
+# test instead of a walk of each character. Held here, so its identity cannot pass to another string.
+_printable: list = [None]
+
+
+def _printable_ascii(text: str) -> bool:
+    if text is _printable[0]:
+        return True
+    if text.isascii() and text.isprintable():  # a C loop, where a pattern's search costs several times more
+        _printable[0] = text
+        return True
+    return False
+
+
 def normalize(text: str) -> str:
     """Turn CRLF and lone CR into LF; refuse other control characters."""
-    if text.isascii() and text.isprintable():  # U+0020-U+007E only: nothing to turn or refuse (and a
-        return text                            # C loop, where the pattern's search costs several times more)
+    if _printable_ascii(text):  # nothing to turn or refuse
+        return text
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     bad = _REFUSED.search(text)
     if bad:
@@ -548,7 +563,7 @@ def _scheme(url: str) -> str:
 
 def _plain(text: str) -> bool:
     """True if text holds no character that markup, entities or engines touch."""
-    if text.isascii() and text.isprintable():  # U+0020-U+007E only (as in normalize)
+    if _printable_ascii(text):
         return "<" not in text and ">" not in text and "&" not in text
     if _UNSAFE_INSERT.search(text):
         return False
