@@ -116,9 +116,9 @@ def edit_ack_text(id_: str, revision: int, op_json: str, correction_json: str | 
     """dumps(build(EDIT_ACK, ...)) written out by hand: the message every edit is answered with, where the
     op is JSON already (as stored) and a generic encoder would walk the dicts again. With `length` the lean
     form, else the reference form with `content`."""
-    tail = f'"length":{length:d}' if length is not None else f'"content":{_ENCODE_STRING(content)}'
-    quoted = _ENCODE_STRING(id_)
-    return (f'{{"id":{quoted},"type":"{EDIT_ACK}","payload":{{"edit_id":{quoted},"revision":{revision:d},'
+    tail = f'"length":{length}' if length is not None else f'"content":{_ENCODE_STRING(content)}'
+    quoted = _ENCODE_STRING(id_)  # (ints without a format spec: "{n:d}" parses the spec on every call)
+    return (f'{{"id":{quoted},"type":"{EDIT_ACK}","payload":{{"edit_id":{quoted},"revision":{revision},'
             f'"op":{op_json},"correction":{correction_json or "null"},{tail}}},"timestamp":"{timestamp}"}}')
 
 
@@ -139,12 +139,12 @@ def realtime_edit_text(id_: str, user_id: str, peer_id: str | None, cursor_posit
     """dumps(build(REALTIME_EDIT, ..., session_info=...)) written out by hand: the broadcast of an applied
     edit, its op JSON already (as stored). With `length` the lean form, else the reference form with
     `content` and its change_delta (`delta_json`)."""
-    tail = (f'"length":{length:d}' if length is not None else
+    tail = (f'"length":{length}' if length is not None else
             f'"content":{_ENCODE_STRING(content)},"change_delta":{delta_json}')
     user, stamp = _value(user_id), f'"{timestamp}"'
     return (f'{{"id":{_ENCODE_STRING(id_)},"type":"{REALTIME_EDIT}","payload":{{"cursor_position":'
             f'{_value(cursor_position)},"user_id":{user},"operation":{_value(operation)},"op":{op_json},'
-            f'"revision":{revision:d},"base_revision":{revision - 1:d},{tail}}},"timestamp":{stamp},'
+            f'"revision":{revision},"base_revision":{revision - 1},{tail}}},"timestamp":{stamp},'
             f'"session_info":{{"user_id":{user},"peer_id":{_value(peer_id)},"timestamp":{stamp}}}}}')
 
 

@@ -337,16 +337,16 @@ class SqliteStore(SqlStore):
             raise Lost(lost[0], f"; {lost[1]}{_still_open(lost[1])}")
 
     def _inline_fits(self, groups: list, now: float) -> bool:
-        if (now < self._inline_after or self._restart_pending
-                or sum(len(rows) for _, rows, _ in groups) > _INLINE_MAX_WRITES):
+        if now < self._inline_after or self._restart_pending:
             return False
-        chars = 0
+        count = chars = 0
         for _, rows, _ in groups:
+            count += len(rows)
             for row in rows:
                 for value in row:
-                    if isinstance(value, str):
+                    if value.__class__ is str:
                         chars += len(value)
-        return chars <= _INLINE_MAX_CHARS
+        return count <= _INLINE_MAX_WRITES and chars <= _INLINE_MAX_CHARS
 
     def _commit_inline(self, groups: list, started: float) -> bool:
         """The batch in one transaction on this (the loop's) thread; False when it did not commit: then
