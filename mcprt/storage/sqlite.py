@@ -327,6 +327,9 @@ class SqliteStore(SqlStore):
             self._writer.in_transaction  # noqa: B018 (a closed connection raises)
         except sqlite3.ProgrammingError as exc:
             raise WriterBroken(f"the writer connection cannot be used: {exc}") from exc
+        if len(units) == 1 and len(units[0].writes) == 1:  # one row (an edit at low load): nothing to group
+            write = units[0].writes[0]
+            return [(STATEMENTS[write.kind], [self._times(write.kind, write.values)], units[0].writes)]
         return [(STATEMENTS[kind], [self._times(kind, w.values) for w in writes], writes)
                 for kind, writes in grouped(units)]
 
