@@ -300,8 +300,8 @@ def _part_op(part: object, length: int) -> TextOperation:
     """One change_delta part as an operation on a document of `length` code points."""
     if not isinstance(part, dict):
         raise OpError(f"a change_delta part is an object, got {type(part).__name__}")
-    if extra := set(part) - _DELTA_KEYS:
-        raise OpError(f"unknown change_delta fields: {sorted(map(str, extra))}")
+    if not part.keys() <= _DELTA_KEYS:
+        raise OpError(f"unknown change_delta fields: {sorted(map(str, set(part) - _DELTA_KEYS))}")
     if "position" not in part:
         raise OpError("a change_delta part needs a position")
     pos = _count(part["position"], "position")
@@ -317,7 +317,12 @@ def _part_op(part: object, length: int) -> TextOperation:
         raise OpError(f"deleting {count} at {pos} runs past the end (length {length})")
     if not text and not count:
         raise OpError("a change_delta part must insert or delete something")
-    return TextOperation().retain(pos).delete(count).insert(text).retain(length - pos - count)
+    # What retain(pos).delete(count).insert(text).retain(rest) builds, in its canonical order (the insert
+    # before the delete), made at once: the values are checked above, and this runs once per edit.
+    op = TextOperation()
+    op.ops = [c for c in (pos, text, -count, length - pos - count) if c]
+    op.base_length, op.target_length = length, length - count + len(text)
+    return op
 
 
 def to_delta(op: TextOperation) -> list[dict]:

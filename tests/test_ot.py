@@ -304,6 +304,22 @@ def test_from_delta_with_empty_insert_and_a_delete_just_deletes():
     assert from_delta({"position": 0, "delete": 1, "insert": ""}, 2) == op(-1, 1)
 
 
+@given(st.data())
+def test_a_delta_part_makes_the_op_the_builder_makes(data):
+    """from_delta builds one part's op at once; it is the op retain, delete, insert and retain build."""
+    length = data.draw(st.integers(0, 30))
+    pos = data.draw(st.integers(0, length))
+    count = data.draw(st.integers(0, length - pos))
+    text = data.draw(st.text(max_size=5))
+    if not count and not text:
+        text = "x"
+    part = {"position": pos, **({"delete": count} if count else {}), **({"insert": text} if text or data.draw(
+        st.booleans()) else {})}
+    made = from_delta(part, length)
+    built = TextOperation().retain(pos).delete(count).insert(text).retain(length - pos - count)
+    assert (made.ops, made.base_length, made.target_length) == (built.ops, built.base_length, built.target_length)
+
+
 def test_from_delta_list_applies_parts_in_order():
     parts = [
         {"position": 0, "insert": "ab"},  # "abxyz"
