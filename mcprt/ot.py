@@ -111,7 +111,7 @@ class TextOperation:
         self._check_fits(doc)
         parts, index = [], 0
         for c in self.ops:
-            if _is_insert(c):
+            if c.__class__ is str:  # an insert (_is_insert, without a call per component)
                 parts.append(c)
             elif c > 0:
                 parts.append(doc[index:index + c])
