@@ -289,11 +289,8 @@ class SqliteStore(SqlStore):
 
     # -- times and reads --------------------------------------------------------------------------------
 
-    def _time_in(self, ts: float) -> str:
-        return iso(ts)
-
-    def _time_out(self, value: str) -> float:
-        return parse_iso(value)
+    _time_in = staticmethod(iso)  # a time is stored as RFC 3339 text (iso itself: one call fewer per row)
+    _time_out = staticmethod(parse_iso)
 
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
         return list(await self._reader.execute_fetchall(sql, params))
