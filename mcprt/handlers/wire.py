@@ -108,9 +108,8 @@ class Protocol(WebSocketProtocol13):
         return super()._write_frame(fin, opcode, data, flags)
 
     def _check_budget(self, adding: int) -> None:
-        stream = self.stream
-        if stream is not None and not stream.closed():  # (pending(), without its second check of the stream)
-            over = self.budget.verdict(stream.buffered() + self._later_bytes, adding + 14, time.monotonic())
+        if self.stream is not None and not self.stream.closed():
+            over = self.budget.verdict(self.pending(), adding + 14, time.monotonic())
             if over is not None:
                 self._too_slow(over, adding)
 
