@@ -220,7 +220,9 @@ return {1, ARGV[1]}
 # What a test may ask of a node through MCPRT_CLUSTER_TEST_HOOKS (comma-separated): drop_op=<revision>[+…]
 # (leave the publish of those revisions out, once each), ignore_lease (keep serving past the lease and
 # past a failed renewal, as an owner paused at the wrong moment would: only the store's fence stops it),
-# slow_give_up=<seconds> (hold the lease that long after leaving a document's channel, as a slow Redis would).
+# slow_give_up=<seconds> (hold the lease that long after leaving a document's channel, as a slow Redis would),
+# slow_take_over=<seconds> (wait that long after taking a lease before catching the copy up from the store),
+# ignore_released (do not act on another node's "released", as if that message were late).
 TEST_HOOKS = "MCPRT_CLUSTER_TEST_HOOKS"
 
 
@@ -247,11 +249,24 @@ class Held:
         self.forwarded: list[dict] = []   # edits other nodes forwarded to us, in arrival order
         self.forwarding = False
         self.pending: dict[tuple, list[_Forwarded]] = {}  # (peer id, message id) -> edits forwarded by us
-        self.moving = False               # a claim and a take-over are under way
+        self.steady = asyncio.Event()     # set unless a claim and a take-over are under way (`moving`)
+        self.steady.set()
         self.checking = False             # a renewal or a claim is under way
         self.joining = 0                  # joins between attach() and the room (or a refusal)
         self.quiet = False                # owner: no other node follows, ops are not published
         self.hellos = 0                   # owner: hellos heard (a publish result older than one is moot)
+
+    @property
+    def moving(self) -> bool:
+        """A claim and a take-over are under way: this copy may be behind the store, nothing commits."""
+        return not self.steady.is_set()
+
+    @moving.setter
+    def moving(self, value: bool) -> None:
+        if value:
+            self.steady.clear()
+        else:
+            self.steady.set()
 
 
 class SharedDocuments:
@@ -644,31 +659,57 @@ class SharedDocuments:
 
     def _on_released(self, body: dict) -> None:
         held = self.held.get(body["d"])
-        if held is not None and not held.owner:
+        if held is not None and not held.owner and "ignore_released" not in self.hooks:
             self.deps.tasks.spawn(self._recheck(held), f"take over {held.document_id}")
 
     # -- restore ---------------------------------------------------------------------------------------
 
     async def restore(self, document_id: str, revision: int, author) -> tuple[dict, int]:
         """A restore (REST) on whichever node owns the document: here when this node owns it, or nobody
-        does (then only for the restore); else asked of the owner. (The document's state, the new revision.)"""
-        temporary = document_id not in self.held
+        does (then only for the restore); else asked of the owner. A take-over under way is waited for, and
+        an owner that gave the document up meanwhile sends us to the lease again, until forward_timeout
+        has passed. (The document's state, the new revision.)"""
         held = await self.attach(document_id)
-        self.joined(document_id)
-        try:
-            if held.owner:
-                applied = await self.deps.edits.restore(document_id, revision, author)
-                return applied.document.state(), applied.revision
-            return await self._ask(held, {"t": "restore", "d": document_id, "rev": revision,
-                                          "a": [author.user_id, author.peer_id, author.session_id]})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.forward_timeout
+        body = {"t": "restore", "d": document_id, "rev": revision,
+                "a": [author.user_id, author.peer_id, author.session_id]}
+        try:  # joining until the end: a member leaving meanwhile does not give the lease up under the restore
+            while True:
+                try:
+                    return await self._restore_here(held, document_id, revision, author, deadline)
+                except _Moved:
+                    pass
+                if held.owner_node is not None:
+                    try:
+                        return await self._ask(held, body)
+                    except _Moved:
+                        pass
+                if loop.time() >= deadline:
+                    raise _server_error("the document's owner is changing; retry")
+                await self._recheck(held)  # a lease nobody holds is taken; else we learn who holds it
+                if not held.owner:
+                    await asyncio.sleep(0.02)  # another look at the lease is under way, or its holder just left
         finally:
-            if temporary and not self.deps.hub.members(document_id):
+            self.joined(document_id)
+            if not self.deps.hub.members(document_id):
                 await self.detach(document_id)
+
+    async def _restore_here(self, held: Held, document_id: str, revision: int, author,
+                            deadline: float) -> tuple[dict, int]:
+        """The restore, once a take-over under way has ended, if this node owns the document; else _Moved."""
+        if not held.steady.is_set():
+            try:
+                await asyncio.wait_for(held.steady.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                raise _server_error("the document's owner is changing; retry") from None
+        if not held.owner or self.held.get(document_id) is not held:
+            raise _Moved()
+        applied = await self.deps.edits.restore(document_id, revision, author)
+        return applied.document.state(), applied.revision
 
     async def _ask(self, held: Held, body: dict) -> tuple[dict, int]:
         from .protocol import AppError, ErrorCode
-        if held.owner_node is None:
-            raise _server_error("the document's owner is changing; retry")
         query = uuid.uuid4().hex
         answer = asyncio.get_running_loop().create_future()
         self._questions[query] = answer
@@ -679,6 +720,8 @@ class SharedDocuments:
             raise _server_error("the document's owner did not answer in time; retry") from None
         finally:
             self._questions.pop(query, None)
+        if reply.get("moved"):
+            raise _Moved()
         if "code" in reply:
             raise AppError(ErrorCode(reply["code"]), reply["message"], reply.get("details") or {})
         return reply["state"], reply["r"]
@@ -692,11 +735,19 @@ class SharedDocuments:
         to = self.cluster.key("node", body["from"])
         held = self.held.get(body["d"])
         try:
-            if held is None or not held.owner:
-                raise _server_error("this node does not own the document any more; retry")
-            applied = await self.deps.edits.restore(body["d"], body["rev"], Author(*body["a"]))
-            self.cluster.publish(to, {"t": "answer", "q": body["q"], "state": applied.document.state(),
-                                      "r": applied.revision})
+            if held is None:
+                raise _Moved()
+            deadline = asyncio.get_running_loop().time() + self.forward_timeout
+            held.joining += 1  # the lease stays while the restore runs
+            try:
+                state, revision = await self._restore_here(held, body["d"], body["rev"], Author(*body["a"]), deadline)
+            finally:
+                self.joined(body["d"])
+                if not self.deps.hub.members(body["d"]):
+                    await self.detach(body["d"])
+            self.cluster.publish(to, {"t": "answer", "q": body["q"], "state": state, "r": revision})
+        except _Moved:  # the asking node looks at the lease again
+            self.cluster.publish(to, {"t": "answer", "q": body["q"], "moved": True})
         except AppError as exc:
             self.cluster.publish(to, {"t": "answer", "q": body["q"], "code": exc.code.value, "message": exc.message,
                                       "details": exc.details})
@@ -826,6 +877,8 @@ class SharedDocuments:
         if document is None:
             return
         held.inbox.clear()
+        if "slow_take_over" in self.hooks:
+            await asyncio.sleep(float(self.hooks["slow_take_over"]))
         await self._fill(held, document, None)
         await self.deps.documents.take_over(document)
         log.info("node %s took over %s at revision %d", self.cluster.node_id, held.document_id, document.revision)
@@ -851,6 +904,10 @@ class SharedDocuments:
             await self._release(keys=[self.lease_key(held.document_id)], args=[held.token])
         except Exception as exc:
             log.warning("releasing %s: %s", held.document_id, exc)
+
+
+class _Moved(Exception):
+    """The node asked does not own the document (any more): look at the lease again."""
 
 
 def _server_error(message: str):

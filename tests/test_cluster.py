@@ -509,6 +509,52 @@ async def test_a_restore_on_any_node_is_made_by_the_owner(cluster, redis_server)
         task.cancel()
 
 
+async def test_a_restore_during_a_take_over_waits_for_the_copy_to_catch_up(cluster, redis_server):
+    """The node taking a document over may be behind the store (here a publish was lost): a restore there
+    waits until its copy has caught up, rather than commit against the stale copy."""
+    a, = await cluster(1, env={"MCPRT_CLUSTER_TEST_HOOKS": "drop_op=2"})
+    b, = await cluster(1, env={"MCPRT_CLUSTER_TEST_HOOKS": "slow_take_over=1.5"})
+    await a.call("POST", "/api/documents", {"document_id": "past", "format": "text"}, admin=True)
+    alice, alice_ws, alice_task = await _editor(a, "alice", "past", OTClient)
+    bob, bob_ws, bob_task = await _editor(b, "bob", "past", OTClient)
+    for word in ("one ", "two "):  # revision 2 does not reach bob's node
+        await alice.edit({"position": len(alice.content), "insert": word})
+        await _until(lambda: alice.synchronized, what="alice's ack")
+    await alice_ws.close()
+    await _until(lambda: lease_owner(cluster, redis_server, "past") == b.name, what="bob's node to take the lease")
+    code, state = await b.call("POST", "/api/documents/past/restore", {"revision": 1}, admin=True)
+    assert code == 200 and state["content"] == "one " and state["revision"] == 3
+    await _until(lambda: bob.revision == 3, what="the restore at bob")
+    assert bob.content == "one " and bob.errors == []
+    code, history = await b.call("GET", "/api/documents/past/history", admin=True)
+    assert [op["revision"] for op in history["ops"]] == [1, 2, 3]
+    for task in (alice_task, bob_task):
+        task.cancel()
+
+
+async def test_a_restore_asked_of_a_node_that_gave_the_document_up_goes_to_the_lease_again(cluster, redis_server):
+    """A node that still takes the last owner for the owner (the "released" has not reached it) asks it;
+    told that it owns nothing any more, it takes the lease itself and restores, rather than fail."""
+    a, = await cluster(1)
+    b, = await cluster(1, env={"MCPRT_CLUSTER_TEST_HOOKS": "ignore_released"})
+    await a.call("POST", "/api/documents", {"document_id": "past", "format": "text"}, admin=True)
+    alice, alice_ws, alice_task = await _editor(a, "alice", "past", OTClient)
+    bob, bob_ws, bob_task = await _editor(b, "bob", "past", OTClient)
+    for word in ("one ", "two "):
+        await alice.edit({"position": len(alice.content), "insert": word})
+        await _until(lambda: alice.synchronized, what="alice's ack")
+    await _until(lambda: bob.revision == 2, what="bob at revision 2")
+    await alice_ws.close()
+    await _until(lambda: lease_owner(cluster, redis_server, "past") is None, what="alice's node to give it up")
+    code, state = await b.call("POST", "/api/documents/past/restore", {"revision": 1}, admin=True)
+    assert code == 200 and state["content"] == "one " and state["revision"] == 3
+    assert lease_owner(cluster, redis_server, "past") == b.name
+    await _until(lambda: bob.revision == 3, what="the restore at bob")
+    assert bob.content == "one " and bob.errors == []
+    for task in (alice_task, bob_task):
+        task.cancel()
+
+
 async def test_a_document_taken_again_while_its_node_gives_it_up_waits_for_that(cluster, redis_server):
     """A restore or a join on the node that is still giving the document up (its channel left, its lease
     not yet released) waits for that, then owns the document: it neither follows itself nor waits for an
