@@ -210,6 +210,80 @@ async def test_the_migration_keeps_a_database_that_holds_duplicates(tmp_path):
     assert rows == [(1, "dup"), (2, None)]
 
 
+async def test_resent_edits_are_known_before_and_after_the_writer_indexes_their_message_ids(tmp_path):
+    """SQLite keeps the exactly-once index off the commit path (migration 0007): op_messages is filled
+    between two batches from the ops past a document's messages_through, and a lookup reads both. So a
+    message id is found at every point of that, across a restart, and it goes with its document."""
+    from mcprt.storage.base import document_deleted, document_written, op_written
+    from mcprt.storage.sqlite import SqliteStore
+    db, t0 = str(tmp_path / "x.db"), 1767225600.0
+
+    async def indexed(store) -> tuple[dict, int | None]:  # op_messages of "d", and its messages_through
+        rows = await store._fetch("SELECT message_id, revision FROM op_messages WHERE document_id = 'd'")
+        through = await store._fetch("SELECT messages_through FROM documents WHERE document_id = 'd'")
+        return dict(rows), through[0][0] if through else None
+
+    async def maintained(store) -> None:  # one maintenance pass, between two batches
+        store.request_maintenance()
+        await store.barrier()  # committed in the batch before the pass
+        await store.barrier()  # waits for the pass to end
+
+    store = await SqliteStore(db).open()
+    await store.submit(document_written("d", "text", t0))
+    for r in (1, 2, 3):
+        await store.submit(op_written("d", r, '["x"]', "u", "p", f"m{r}", t0))
+    assert await indexed(store) == ({}, 0)
+    assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3}
+    await maintained(store)
+    assert await indexed(store) == ({"m1": 1, "m2": 2, "m3": 3}, 3)
+    await store.submit(op_written("d", 4, '["x"]', "u", "p", "m4", t0), op_written("d", 5, '["x"]', "u", "q", "m5", t0))
+    assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
+    await store.close()
+
+    store = await SqliteStore(db).open()  # 4 and 5 not indexed yet: read from the ops, indexed at the next pass
+    try:
+        assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
+        assert await store.message_revisions("d", "q") == {"m5": 5}
+        await maintained(store)
+        assert await indexed(store) == ({"m1": 1, "m2": 2, "m3": 3, "m4": 4, "m5": 5}, 5)
+        assert await store.message_revisions("d", "q") == {"m5": 5}
+        await store.submit(*document_deleted("d"))
+        assert await indexed(store) == ({}, None)
+        assert await store.message_revisions("d", "p") == {}
+    finally:
+        await store.close()
+
+
+async def test_the_migration_that_moves_the_message_index_keeps_every_message_id(tmp_path):
+    import sqlite3
+
+    from mcprt.storage.migrations import MIGRATIONS_DIR
+    from mcprt.storage.sqlite import SqliteStore
+    db = tmp_path / "old.db"
+    store = SqliteStore(str(db), migrations_dir=tmp_path / "m")
+    store.migrations_dir.mkdir()
+    for path in sorted((MIGRATIONS_DIR / "sqlite").glob("000[1-6]_*.sql")):  # a database from before 0007
+        (store.migrations_dir / path.name).write_text(path.read_text())
+    await store.open()
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        for document, revisions in (("d", 3), ("e", 2)):
+            conn.execute("INSERT INTO documents VALUES (?, 'text', '2025-11-07T10:00:00.000000Z')", (document,))
+            for revision in range(1, revisions + 1):
+                conn.execute("INSERT INTO ops (document_id, revision, op, peer_id, message_id, time)"
+                             " VALUES (?, ?, '[\"x\"]', 'p', ?, '2025-11-07T10:00:00.000000Z')",
+                             (document, revision, None if (document, revision) == ("d", 2) else f"{document}{revision}"))
+    store = await SqliteStore(str(db)).open()
+    try:
+        assert await store.message_revisions("d", "p") == {"d1": 1, "d3": 3}
+        assert await store.message_revisions("e", "p") == {"e1": 1, "e2": 2}
+        assert sorted(await store._fetch("SELECT document_id, messages_through FROM documents")) == [("d", 3), ("e", 2)]
+        assert len(await store._fetch("SELECT * FROM op_messages")) == 4
+        assert await store._fetch("SELECT name FROM sqlite_master WHERE name = 'ops_message'") == []
+    finally:
+        await store.close()
+
+
 async def test_lean_clients_get_ops_and_lengths_and_converge_with_reference_clients(app):
     session, other = await app.session("lean"), await app.session("reference")
     lean = await app.ws_connect(session["session_id"], subprotocols=["mcprt.ops.v1"])

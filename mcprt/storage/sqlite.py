@@ -73,6 +73,24 @@ def _identities(path: str) -> dict[str, tuple[int, int]]:
     return found
 
 
+# The exactly-once index, kept off the commit path (migration 0007): op_messages is filled from the ops past
+# a document's messages_through, and a lookup reads both.
+_INDEX_MESSAGES = (
+    "INSERT OR IGNORE INTO op_messages (document_id, peer_id, message_id, revision)"
+    " SELECT document_id, peer_id, message_id, revision FROM ops WHERE document_id = ?1 AND revision >"
+    " (SELECT messages_through FROM documents WHERE document_id = ?1)"
+    " AND peer_id IS NOT NULL AND message_id IS NOT NULL ORDER BY revision")  # a (bad) duplicate: the first
+_MESSAGES_THROUGH = ("UPDATE documents SET messages_through = (SELECT coalesce(max(revision), 0) FROM ops"
+                     " WHERE document_id = ?1) WHERE document_id = ?1")
+_UNINDEXED = ("SELECT document_id FROM documents WHERE messages_through <"
+              " (SELECT coalesce(max(revision), 0) FROM ops WHERE ops.document_id = documents.document_id)")
+_MESSAGE_REVISIONS = (
+    "SELECT message_id, revision FROM op_messages WHERE document_id = ?1 AND peer_id = ?2"
+    " UNION ALL SELECT message_id, revision FROM ops WHERE document_id = ?1 AND peer_id = ?2"
+    " AND message_id IS NOT NULL AND revision >"
+    " coalesce((SELECT messages_through FROM documents WHERE document_id = ?1), 0)")
+
+
 def _still_open(path: str) -> str:
     """Where a removed file is still reachable while this process runs (Linux), as a hint for the log."""
     gone = os.path.realpath(path) + " (deleted)"
@@ -118,6 +136,8 @@ class SqliteStore(SqlStore):
         self._inline_after = 0.0  # time.perf_counter() before which batches commit on the writer thread
         self._restart_pending = False  # the next commit starts the WAL over: on the writer thread
         self._identity: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) at open
+        self._unindexed: set[str] = set()  # documents with ops past their messages_through
+        self._message_index = True  # the schema has op_messages (migration 0007)
 
     def describe(self) -> str:
         return self.path
@@ -159,6 +179,10 @@ class SqliteStore(SqlStore):
             if recovery is not None and recovery.lost:
                 await self._on_writer(self._log_last_revisions)
             self._identity = _identities(self.path)
+            self._message_index = bool(await self._on_writer(
+                self._read_writer, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'op_messages'"))
+            if self._message_index:  # (not in a schema migrated only part of the way, as some tests make)
+                self._unindexed = {row[0] for row in await self._on_writer(self._read_writer, _UNINDEXED)}
             # Commits on the loop's thread never wait for a lock; the writer thread's set their own timeout.
             await self._on_writer(self._writer.execute, "PRAGMA busy_timeout=0")
         except BaseException:
@@ -212,11 +236,18 @@ class SqliteStore(SqlStore):
         starts the WAL over) and none touches the connection while it does."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            if self._commits_since_checkpoint and self.failed is None:  # a failed store stays as it is
+            if (self._commits_since_checkpoint or self._unindexed and self._message_index) and self.failed is None:  # a failed store stays
                 self._commits_since_checkpoint = 0
                 self.request_maintenance()
 
     async def _maintain(self) -> None:
+        if self._unindexed and self._message_index:
+            documents, self._unindexed = self._unindexed, set()
+            try:
+                await self._on_writer(self._index_messages, documents)
+            except sqlite3.Error as exc:  # a lock another process holds, say: next time
+                self._unindexed |= documents
+                log.warning("indexing message ids failed: %s", exc)
         try:
             _, frames, copied = await self._on_writer(self._checkpoint, "PASSIVE")
         except sqlite3.Error as exc:  # a reader holding an old snapshot, say: next time
@@ -231,6 +262,25 @@ class SqliteStore(SqlStore):
         PRAGMA's statement open until the loop dropped it, and a COMMIT of the next batch, running
         meanwhile, would fail with "SQL statements in progress"."""
         return tuple(self._writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+
+    def _read_writer(self, sql: str) -> list[tuple]:
+        """On the writer thread: a read through the writer connection (while opening)."""
+        return self._writer.execute(sql).fetchall()
+
+    def _index_messages(self, documents: set[str]) -> None:
+        """On the writer thread, between two batches: the message ids of these documents' ops past their
+        messages_through into op_messages, in one transaction."""
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for document_id in documents:
+                db.execute(_INDEX_MESSAGES, (document_id,))
+                db.execute(_MESSAGES_THROUGH, (document_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _log_last_revisions(self) -> None:
         """On the writer thread, after a recovery that dropped frames: what each document kept."""
@@ -295,6 +345,15 @@ class SqliteStore(SqlStore):
     async def _fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
         return list(await self._reader.execute_fetchall(sql, params))
 
+    async def message_revisions(self, document_id: str, peer_id: str) -> dict[str, int]:
+        if not self._message_index:
+            return await super().message_revisions(document_id, peer_id)
+        found: dict[str, int] = {}
+        for message_id, revision in await self._fetch(_MESSAGE_REVISIONS, (document_id, peer_id)):
+            if found.get(message_id, revision) >= revision:  # (a duplicate, which no commit makes: the first)
+                found[message_id] = revision
+        return found
+
     # -- commits ---------------------------------------------------------------------------------------
 
     sync_commits = True  # a batch that fits commits on the loop's thread (_commit_now)
@@ -326,9 +385,15 @@ class SqliteStore(SqlStore):
             raise WriterBroken(f"the writer connection cannot be used: {exc}") from exc
         if len(units) == 1 and len(units[0].writes) == 1:  # one row (an edit at low load): nothing to group
             write = units[0].writes[0]
+            if write.kind == "insert_op":
+                self._unindexed.add(write.values[0])
             return [(STATEMENTS[write.kind], [self._times(write.kind, write.values)], units[0].writes)]
-        return [(STATEMENTS[kind], [self._times(kind, w.values) for w in writes], writes)
-                for kind, writes in grouped(units)]
+        groups = []
+        for kind, writes in grouped(units):
+            if kind == "insert_op":
+                self._unindexed.update(w.values[0] for w in writes)
+            groups.append((STATEMENTS[kind], [self._times(kind, w.values) for w in writes], writes))
+        return groups
 
     def _committed(self) -> None:
         self._commits_since_checkpoint += 1
