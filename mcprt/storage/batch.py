@@ -83,6 +83,7 @@ class GroupCommit:
     def __init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the writer's (get_running_loop() costs a getpid())
         self._busy = False  # the writer task holds a batch (or runs maintenance)
         self._failures: list[float] = []  # time.monotonic() of the writer's recent failures
         self._then: dict[asyncio.Future, Callable[[asyncio.Future], None]] = {}  # see then()
@@ -117,7 +118,7 @@ class GroupCommit:
     # -- the write path ---------------------------------------------------------------------------------
 
     def submit(self, *writes: Write) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        future = (self._loop or asyncio.get_running_loop()).create_future()
         if self.failed is not None:
             future.set_exception(StoreFailed(self.failed))
         else:
@@ -161,7 +162,7 @@ class GroupCommit:
         cannot be seen (uvloop), at the start of the next turn as before."""
         if self._gathering is None:  # committed meanwhile (the store closing)
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         ready = getattr(loop, "_ready", None)  # asyncio's callbacks still to run, this turn's and the next's
         if ready is not None and not ready and not self._flushing:  # (not from within a commit's acks)
             self._flush()
@@ -213,7 +214,8 @@ class GroupCommit:
         return self._queue.qsize() + len(self._gathering or ())
 
     def _start_writer(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._write_loop())
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._write_loop())
 
     async def _stop_writer(self) -> None:
         """Drain the queue: every write accepted before this is committed (or failed)."""
