@@ -210,41 +210,54 @@ async def test_the_migration_keeps_a_database_that_holds_duplicates(tmp_path):
     assert rows == [(1, "dup"), (2, None)]
 
 
-async def test_resent_edits_are_known_before_and_after_the_writer_indexes_their_message_ids(tmp_path):
+async def test_resent_edits_are_known_before_and_after_the_writer_indexes_their_message_ids(tmp_path, monkeypatch):
     """SQLite keeps the exactly-once index off the commit path (migration 0007): op_messages is filled
-    between two batches from the ops past a document's messages_through, and a lookup reads both. So a
-    message id is found at every point of that, across a restart, and it goes with its document."""
+    between two batches from the ops past a document's messages_through, a bounded chunk a pass, and a
+    lookup reads both. So a message id is found at every point of that, across a restart, and it goes
+    with its document."""
+    from mcprt.storage import sqlite
     from mcprt.storage.base import document_deleted, document_written, op_written
     from mcprt.storage.sqlite import SqliteStore
     db, t0 = str(tmp_path / "x.db"), 1767225600.0
+    monkeypatch.setattr(sqlite, "_INDEX_CHUNK", 2)  # revisions of a document a pass: 3 take two passes
 
     async def indexed(store) -> tuple[dict, int | None]:  # op_messages of "d", and its messages_through
         rows = await store._fetch("SELECT message_id, revision FROM op_messages WHERE document_id = 'd'")
         through = await store._fetch("SELECT messages_through FROM documents WHERE document_id = 'd'")
         return dict(rows), through[0][0] if through else None
 
-    async def maintained(store) -> None:  # one maintenance pass, between two batches
-        store.request_maintenance()
-        await store.barrier()  # committed in the batch before the pass
-        await store.barrier()  # waits for the pass to end
+    async def maintained(store, through: int) -> int:  # maintenance passes until "d" is indexed through
+        passes, index = [], store._index_messages  # `through`; how many passes that took
 
-    store = await SqliteStore(db).open()
+        def counted(documents):
+            passes.append(documents)
+            return index(documents)
+        store._index_messages = counted
+        store.request_maintenance()
+        for _ in range(50):
+            await store.barrier()
+            if (await indexed(store))[1] == through:
+                break
+        del store._index_messages
+        return len(passes)
+
+    store = await SqliteStore(db, checkpoint_interval=3600).open()  # no pass but the test's own
     await store.submit(document_written("d", "text", t0))
     for r in (1, 2, 3):
         await store.submit(op_written("d", r, '["x"]', "u", "p", f"m{r}", t0))
     assert await indexed(store) == ({}, 0)
     assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3}
-    await maintained(store)
+    assert await maintained(store, 3) == 2  # two revisions a pass
     assert await indexed(store) == ({"m1": 1, "m2": 2, "m3": 3}, 3)
     await store.submit(op_written("d", 4, '["x"]', "u", "p", "m4", t0), op_written("d", 5, '["x"]', "u", "q", "m5", t0))
     assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
     await store.close()
 
-    store = await SqliteStore(db).open()  # 4 and 5 not indexed yet: read from the ops, indexed at the next pass
+    store = await SqliteStore(db, checkpoint_interval=3600).open()  # 4 and 5 not indexed yet: read from the ops, indexed at the next pass
     try:
         assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
         assert await store.message_revisions("d", "q") == {"m5": 5}
-        await maintained(store)
+        assert await maintained(store, 5) == 1
         assert await indexed(store) == ({"m1": 1, "m2": 2, "m3": 3, "m4": 4, "m5": 5}, 5)
         assert await store.message_revisions("d", "q") == {"m5": 5}
         await store.submit(*document_deleted("d"))

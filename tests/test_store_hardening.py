@@ -325,7 +325,7 @@ async def test_the_commit_that_starts_the_wal_over_runs_on_the_writer_thread(tmp
         for i in range(5):
             await store.submit(event_written(EventRecord(time=1.0 + i, kind="t", type=f"e{i}", severity="low")))
         assert threads == []  # small commits on the loop's thread
-        await store._maintain()
+        await store._checkpoint_pass()  # as the checkpoint loop's maintenance pass runs it
         await store.submit(event_written(EventRecord(time=9.0, kind="t", type="after", severity="low")))
         assert len(threads) == 1  # the one that starts the WAL over
         await store.submit(event_written(EventRecord(time=10.0, kind="t", type="next", severity="low")))
