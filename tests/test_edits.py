@@ -253,7 +253,8 @@ async def test_resent_edits_are_known_before_and_after_the_writer_indexes_their_
     assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
     await store.close()
 
-    store = await SqliteStore(db, checkpoint_interval=3600).open()  # 4 and 5 not indexed yet: read from the ops, indexed at the next pass
+    # 4 and 5 are not indexed yet: read from the ops, and indexed at the next pass
+    store = await SqliteStore(db, checkpoint_interval=3600).open()
     try:
         assert await store.message_revisions("d", "p") == {"m1": 1, "m2": 2, "m3": 3, "m4": 4}
         assert await store.message_revisions("d", "q") == {"m5": 5}
@@ -285,7 +286,7 @@ async def test_the_migration_that_moves_the_message_index_keeps_every_message_id
             for revision in range(1, revisions + 1):
                 conn.execute("INSERT INTO ops (document_id, revision, op, peer_id, message_id, time)"
                              " VALUES (?, ?, '[\"x\"]', 'p', ?, '2025-11-07T10:00:00.000000Z')",
-                             (document, revision, None if (document, revision) == ("d", 2) else f"{document}{revision}"))
+                             (document, revision, None if (document, revision) == ("d", 2) else document + str(revision)))
     store = await SqliteStore(str(db)).open()
     try:
         assert await store.message_revisions("d", "p") == {"d1": 1, "d3": 3}

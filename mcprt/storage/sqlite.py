@@ -245,7 +245,8 @@ class SqliteStore(SqlStore):
         starts the WAL over) and none touches the connection while it does."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            if (self._commits_since_checkpoint or self._unindexed and self._message_index) and self.failed is None:  # a failed store stays
+            due = self._commits_since_checkpoint or (self._unindexed and self._message_index)
+            if due and self.failed is None:  # a failed store stays as it is
                 self._commits_since_checkpoint = 0
                 self._checkpoint_wanted = True
                 self.request_maintenance()
