@@ -284,9 +284,10 @@ async def test_the_migration_that_moves_the_message_index_keeps_every_message_id
         for document, revisions in (("d", 3), ("e", 2)):
             conn.execute("INSERT INTO documents VALUES (?, 'text', '2025-11-07T10:00:00.000000Z')", (document,))
             for revision in range(1, revisions + 1):
+                message = None if (document, revision) == ("d", 2) else f"{document}{revision}"
                 conn.execute("INSERT INTO ops (document_id, revision, op, peer_id, message_id, time)"
                              " VALUES (?, ?, '[\"x\"]', 'p', ?, '2025-11-07T10:00:00.000000Z')",
-                             (document, revision, None if (document, revision) == ("d", 2) else document + str(revision)))
+                             (document, revision, message))
     store = await SqliteStore(str(db)).open()
     try:
         assert await store.message_revisions("d", "p") == {"d1": 1, "d3": 3}
