@@ -692,8 +692,7 @@ class SharedDocuments:
                     await asyncio.sleep(0.02)  # another look at the lease is under way, or its holder just left
         finally:
             self.joined(document_id)
-            if not self.deps.hub.members(document_id):
-                await self.detach(document_id)
+            await self.detach(document_id)  # (it stays while anyone is here or joining)
 
     async def _restore_here(self, held: Held, document_id: str, revision: int, author,
                             deadline: float) -> tuple[dict, int]:
@@ -743,8 +742,7 @@ class SharedDocuments:
                 state, revision = await self._restore_here(held, body["d"], body["rev"], Author(*body["a"]), deadline)
             finally:
                 self.joined(body["d"])
-                if not self.deps.hub.members(body["d"]):
-                    await self.detach(body["d"])
+                await self.detach(body["d"])  # (it stays while anyone is here or joining)
             self.cluster.publish(to, {"t": "answer", "q": body["q"], "state": state, "r": revision})
         except _Moved:  # the asking node looks at the lease again
             self.cluster.publish(to, {"t": "answer", "q": body["q"], "moved": True})

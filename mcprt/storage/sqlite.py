@@ -80,16 +80,13 @@ def _identities(path: str) -> dict[str, tuple[int, int]]:
 # rows: the batches behind it wait that long), and asks for the next pass at once while any is behind.
 _INDEX_CHUNK = 1000
 _INDEX_DOCUMENTS = 16
-_INDEX_MESSAGES = (
+_INDEX_BOUNDS = ("SELECT messages_through, (SELECT coalesce(max(revision), 0) FROM ops WHERE document_id = ?1)"
+                 " FROM documents WHERE document_id = ?1")
+_INDEX_MESSAGES = (  # (a duplicate, which no commit makes: the first revision stays)
     "INSERT OR IGNORE INTO op_messages (document_id, peer_id, message_id, revision)"
-    " SELECT document_id, peer_id, message_id, revision FROM ops WHERE document_id = ?1"
-    " AND revision > (SELECT messages_through FROM documents WHERE document_id = ?1)"
-    " AND revision <= (SELECT messages_through FROM documents WHERE document_id = ?1) + ?2"
-    " AND peer_id IS NOT NULL AND message_id IS NOT NULL ORDER BY revision")  # a (bad) duplicate: the first
-_MESSAGES_THROUGH = ("UPDATE documents SET messages_through = min(messages_through + ?2,"
-                     " (SELECT coalesce(max(revision), 0) FROM ops WHERE document_id = ?1)) WHERE document_id = ?1")
-_BEHIND = ("SELECT 1 FROM documents WHERE document_id = ?1 AND messages_through <"
-           " (SELECT coalesce(max(revision), 0) FROM ops WHERE document_id = ?1)")
+    " SELECT document_id, peer_id, message_id, revision FROM ops WHERE document_id = ? AND revision > ?"
+    " AND revision <= ? AND peer_id IS NOT NULL AND message_id IS NOT NULL ORDER BY revision")
+_MESSAGES_THROUGH = "UPDATE documents SET messages_through = ? WHERE document_id = ?"
 _UNINDEXED = ("SELECT document_id FROM documents WHERE messages_through <"
               " (SELECT coalesce(max(revision), 0) FROM ops WHERE ops.document_id = documents.document_id)")
 _MESSAGE_REVISIONS = (
@@ -301,9 +298,14 @@ class SqliteStore(SqlStore):
         db.execute("BEGIN IMMEDIATE")
         try:
             for document_id in documents:
-                db.execute(_INDEX_MESSAGES, (document_id, _INDEX_CHUNK))
-                db.execute(_MESSAGES_THROUGH, (document_id, _INDEX_CHUNK))
-                if db.execute(_BEHIND, (document_id,)).fetchone():
+                bounds = db.execute(_INDEX_BOUNDS, (document_id,)).fetchone()
+                if bounds is None:  # deleted meanwhile (its entries went with it)
+                    continue
+                through, last = bounds
+                upto = min(last, through + _INDEX_CHUNK)
+                db.execute(_INDEX_MESSAGES, (document_id, through, upto))
+                db.execute(_MESSAGES_THROUGH, (upto, document_id))
+                if upto < last:
                     behind.add(document_id)
             db.execute("COMMIT")
         except BaseException:
