@@ -3,6 +3,11 @@
 The handshake is written by hand and each text frame is decoded as JSON, encoded again and sent back,
 so a round trip costs what a Python server cannot avoid (the event loop, the socket calls, the frame
 and the JSON). mcprt's sockets are on asyncio transports too, so this is what its edit path sits on.
+
+`--commit FILE` adds what a server whose ack means "committed" cannot avoid either: each message is
+inserted as one row of a SQLite file (WAL, `synchronous=NORMAL`, mcprt's settings), its own transaction
+committed on the loop's thread, before it is sent back. Nothing is parsed beyond the JSON, nothing is
+transformed or checked and no event is written: the least a durable ack costs a Python server.
 Prints `PORT n` once listening; serves until SIGTERM. `uvloop` as the first argument runs it on uvloop.
 """
 
@@ -13,6 +18,7 @@ import base64
 import hashlib
 import json
 import signal
+import sqlite3
 import struct
 import sys
 
@@ -34,6 +40,8 @@ def frame(data: bytes) -> bytes:
 
 
 class Echo(asyncio.Protocol):
+    db: sqlite3.Connection | None = None  # --commit: each message is a row, committed before the echo
+
     def connection_made(self, transport) -> None:
         self.transport, self.buffer, self.open = transport, b"", False
 
@@ -74,7 +82,10 @@ class Echo(asyncio.Protocol):
                 self.transport.close()
                 return
             if opcode == 1:
-                out.append(frame(json.dumps(json.loads(payload), separators=(",", ":")).encode()))
+                message = json.dumps(json.loads(payload), separators=(",", ":"))
+                if self.db is not None:
+                    self.db.execute("INSERT INTO messages (message) VALUES (?)", (message,))  # autocommit
+                out.append(frame(message.encode()))
         self.buffer = buffer[at:]
         if out:
             self.transport.write(b"".join(out))
@@ -91,8 +102,22 @@ async def serve() -> None:
     server.close()
 
 
+def open_log(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)  # autocommit: each INSERT is its own transaction
+    for pragma in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"):
+        db.execute(pragma)
+    db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, message TEXT NOT NULL)")
+    return db
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["uvloop"]:
+    args = sys.argv[1:]
+    if args[:1] == ["uvloop"]:
         import uvloop
         uvloop.install()
+        args = args[1:]
+    if args[:1] == ["--commit"] and len(args) == 2:
+        Echo.db = open_log(args[1])
+    elif args:
+        sys.exit("usage: asyncio_echo_server.py [uvloop] [--commit FILE]")
     asyncio.run(serve())

@@ -57,6 +57,11 @@ PEERS = (
          "Node ws client, mcprt's edit message; a bare Tornado WebSocketHandler echoing it (bench's baseline)"),
     Peer("asyncio-echo", "asyncio-echo", ("mcprt_client.js", "--bare"), False,
          "Node ws client, mcprt's edit message; a bare asyncio Protocol echoing it (a Python server's floor)"),
+    Peer("asyncio-commit", "asyncio-commit", ("mcprt_client.js", "--bare"), False,
+         "Node ws client, mcprt's edit message; the asyncio echo committing each message to SQLite first "
+         "(a durable Python server's floor)"),
+    Peer("mcprt-uvloop", "mcprt-uvloop", ("mcprt_client.js",), False,
+         "Node ws client; the edit_ack with the edit's id, from mcprt on uvloop (--loop uvloop)"),
 )
 PYTHON_HOW = ("mcprt.bench_client (Python websockets; edit_rate, window 1: 200-byte replaces at position 0, "
               "reference mode); the edit_ack")
@@ -92,15 +97,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def server_command(server: str, workdir: str, run: int) -> list[str]:
-    if server == "mcprt":
+    if server in ("mcprt", "mcprt-uvloop"):
         db = os.path.join(workdir, f"mcprt-{run}.db")
-        return [sys.executable, "-m", "mcprt.bench_servers", "real", db, "asyncio"]
+        return [sys.executable, "-m", "mcprt.bench_servers", "real", db, server.partition("-")[2] or "asyncio"]
     if server == "pycrdt":
         return [str(PYCRDT_PYTHON), str(HERE / "pycrdt_server.py")]
     if server == "tornado-echo":
         return [sys.executable, "-m", "mcprt.bench_servers", "bare"]
     if server == "asyncio-echo":
         return [sys.executable, str(HERE / "asyncio_echo_server.py")]
+    if server == "asyncio-commit":
+        return [sys.executable, str(HERE / "asyncio_echo_server.py"), "--commit", os.path.join(workdir, f"echo-{run}.db")]
     return ["node", str(HERE / f"{server}_server.js")]
 
 
@@ -118,7 +125,7 @@ def start(server: str, workdir: str, run: int, log) -> tuple[subprocess.Popen, i
 def drive(peer: Peer, port: int, pid: int, args) -> tuple[float, float]:
     """Run the peer's client against the server; (edits/s, server CPU ms per edit) of the timed part."""
     flags = []
-    if peer.server == "mcprt":
+    if peer.server.startswith("mcprt"):
         flags = ["--format", args.mcprt_format] + (["--lean"] if args.mcprt_mode == "lean" else [])
     client = subprocess.Popen(["node", str(HERE / peer.client[0]), *peer.client[1:], *flags, "--port", str(port),
                                "--warmup", str(args.warmup), "--seconds", str(args.seconds)],
