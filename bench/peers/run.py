@@ -107,7 +107,8 @@ def server_command(server: str, workdir: str, run: int) -> list[str]:
     if server == "asyncio-echo":
         return [sys.executable, str(HERE / "asyncio_echo_server.py")]
     if server == "asyncio-commit":
-        return [sys.executable, str(HERE / "asyncio_echo_server.py"), "--commit", os.path.join(workdir, f"echo-{run}.db")]
+        return [sys.executable, str(HERE / "asyncio_echo_server.py"), "--commit",
+                os.path.join(workdir, f"echo-{run}.db")]
     return ["node", str(HERE / f"{server}_server.js")]
 
 
