@@ -51,7 +51,9 @@ async def measure(size: int, edits: int, directory: str, interval: int = 100) ->
         await store.close()
     with sqlite3.connect(db) as conn:
         snapshots, snapshot_bytes = conn.execute(
-            "SELECT count(*), coalesce(sum(length(content)), 0) FROM snapshots WHERE revision > 1").fetchone()
+            "SELECT count(*), coalesce(sum(length(content) + coalesce(length(pieces), 0)), 0) FROM snapshots"
+            " WHERE revision > 1").fetchone()
+        snapshot_bytes += conn.execute("SELECT coalesce(sum(length(content)), 0) FROM snapshot_pieces").fetchone()[0]
         op_bytes = conn.execute("SELECT sum(length(op)) FROM ops WHERE revision > 1").fetchone()[0]
     return {"size": size, "edits": edits, "snapshots": snapshots, "snapshot_bytes": snapshot_bytes,
             "op_bytes": op_bytes, "snapshot_bytes_per_edit": snapshot_bytes / edits, "load_ms": load_ms,

@@ -9,6 +9,7 @@ together, in one transaction, and resolves once they are durable.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -168,13 +169,15 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
                           "connection_id"), (0,)),
     "insert_document": (("document_id", "format", "created_at"), (2,)),
     "insert_op": (("document_id", "revision", "op", "user_id", "peer_id", "message_id", "time", "correction"), (6,)),
-    "insert_snapshot": (("document_id", "revision", "content", "time"), (3,)),
+    "insert_snapshot": (("document_id", "revision", "content", "time", "pieces"), (3,)),
+    "insert_snapshot_piece": (("document_id", "piece", "content"), ()),
     "prune_events": (("before", "limit"), (0,)),
     "cap_events": (("through_id",), ()),
     "health_probe": (("at",), (0,)),
     "touch_session": (("last_seen", "session_id"), (0,)),
     "delete_ops": (("document_id",), ()),
     "delete_snapshots": (("document_id",), ()),
+    "delete_snapshot_pieces": (("document_id",), ()),
     "delete_members": (("document_id",), ()),
     "delete_document": (("document_id",), ()),
     "set_member": (("document_id", "member", "role"), ()),
@@ -208,7 +211,8 @@ def session_moved(record: SessionRecord, expected_state: str) -> Write:
 def document_deleted(document_id: str) -> tuple[Write, ...]:
     """A document, its ops, snapshots and members gone (one unit: together or not at all); its events stay."""
     return tuple(Write(kind, (document_id,), document_chain(document_id))
-                 for kind in ("delete_ops", "delete_snapshots", "delete_members", "delete_document"))
+                 for kind in ("delete_ops", "delete_snapshots", "delete_snapshot_pieces", "delete_members",
+                              "delete_document"))
 
 
 def session_touched(session_id: str, last_seen: float) -> Write:
@@ -247,7 +251,23 @@ def op_written(document_id: str, revision: int, op_json: str, user_id: str | Non
 
 def snapshot_written(document_id: str, revision: int, content: str, time: float) -> Write:
     """The full content at `revision` (replacing one stored there), in its document's chain."""
-    return Write("insert_snapshot", (document_id, revision, content, time), chain=document_chain(document_id))
+    return Write("insert_snapshot", (document_id, revision, content, time, None), chain=document_chain(document_id))
+
+
+def piece_digest(piece: str) -> str:
+    """The name a snapshot piece is stored under: BLAKE2b-128 of its UTF-8, in hex."""
+    return hashlib.blake2b(piece.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def snapshot_in_pieces(document_id: str, revision: int, digests: list[str], new: dict[str, str],
+                       time: float) -> tuple[Write, ...]:
+    """The content at `revision` as the pieces named by `digests`, in order: the pieces in `new` (digest:
+    piece) that no earlier snapshot of the document stored, then the row naming them all (one unit: the
+    row never lands without its pieces). A piece stored already is kept as it is."""
+    chain = document_chain(document_id)
+    return (*(Write("insert_snapshot_piece", (document_id, digest, piece), chain=chain)
+              for digest, piece in new.items()),
+            Write("insert_snapshot", (document_id, revision, "", time, json.dumps(digests)), chain=chain))
 
 
 def member_set(document_id: str, member: str, role: str) -> Write:

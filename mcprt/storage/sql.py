@@ -15,6 +15,7 @@ from .base import (EVENT_FILTERS, KINDS, ConnectionRecord, DocumentRecord, Event
                    SessionRecord, SnapshotRecord, Write)
 from .batch import GroupCommit
 
+_PIECES_PER_READ = 256  # digests in one IN (...) of a snapshot's read: 4 MB of pieces, under any parameter limit
 EVENT_PRUNE_CHUNK = 2000   # events one pruning write deletes: ~45 ms of the SQLite writer measured
 EVENT_PRUNE_CHUNKS = 25    # pruning writes per sweep (50,000 rows; the next sweep goes on)
 _DECODE_IN_THREAD = 256   # ops: a longer history is decoded off the event loop
@@ -36,7 +37,10 @@ STATEMENTS: dict[str, str] = {
     "insert_document": _insert("documents", "insert_document", " ON CONFLICT (document_id) DO NOTHING"),
     "insert_op": _insert("ops", "insert_op"),
     "insert_snapshot": _insert("snapshots", "insert_snapshot", " ON CONFLICT (document_id, revision)"
-                               " DO UPDATE SET content = excluded.content, time = excluded.time"),
+                               " DO UPDATE SET content = excluded.content, time = excluded.time,"
+                               " pieces = excluded.pieces"),
+    "insert_snapshot_piece": _insert("snapshot_pieces", "insert_snapshot_piece",
+                                     " ON CONFLICT (document_id, piece) DO NOTHING"),
     "prune_events": "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?)",
     "cap_events": "DELETE FROM events WHERE id <= ?",
     "set_member": _insert("members", "set_member", " ON CONFLICT (document_id, member) DO UPDATE SET role = excluded.role"),
@@ -45,6 +49,7 @@ STATEMENTS: dict[str, str] = {
     "remove_member": "DELETE FROM members WHERE document_id = ? AND member = ?",
     "delete_ops": "DELETE FROM ops WHERE document_id = ?",
     "delete_snapshots": "DELETE FROM snapshots WHERE document_id = ?",
+    "delete_snapshot_pieces": "DELETE FROM snapshot_pieces WHERE document_id = ?",
     "delete_members": "DELETE FROM members WHERE document_id = ?",
     "delete_document": "DELETE FROM documents WHERE document_id = ?",
     "touch_session": "UPDATE sessions SET last_seen = ? WHERE session_id = ? AND state IN ('Active', 'Pending')",
@@ -196,9 +201,30 @@ class SqlStore(GroupCommit):
 
     async def latest_snapshot(self, document_id: str, at_or_before: int | None = None) -> SnapshotRecord | None:
         rows = await self._fetch(
-            "SELECT document_id, revision, content, time FROM snapshots WHERE document_id = ? AND revision <= ?"
-            " ORDER BY revision DESC LIMIT 1", (document_id, at_or_before if at_or_before is not None else 2 ** 62))
-        return SnapshotRecord(rows[0][0], rows[0][1], rows[0][2], self._time_out(rows[0][3])) if rows else None
+            "SELECT document_id, revision, content, time, pieces FROM snapshots WHERE document_id = ?"
+            " AND revision <= ? ORDER BY revision DESC LIMIT 1",
+            (document_id, at_or_before if at_or_before is not None else 2 ** 62))
+        if not rows:
+            return None
+        _, revision, content, time, pieces = rows[0]
+        if pieces is not None:
+            content = await self._joined_pieces(document_id, revision, json.loads(pieces))
+        return SnapshotRecord(document_id, revision, content, self._time_out(time))
+
+    async def _joined_pieces(self, document_id: str, revision: int, digests: list[str]) -> str:
+        """A snapshot stored as pieces (see snapshot_in_pieces), joined in order."""
+        wanted = sorted(set(digests))
+        found: dict[str, str] = {}
+        for at in range(0, len(wanted), _PIECES_PER_READ):
+            names = wanted[at:at + _PIECES_PER_READ]
+            found.update(await self._fetch(
+                f"SELECT piece, content FROM snapshot_pieces WHERE document_id = ? AND piece IN"
+                f" ({', '.join('?' * len(names))})", (document_id, *names)))
+        missing = set(wanted) - found.keys()
+        if missing:
+            raise RuntimeError(f"the snapshot of {document_id} at revision {revision} names {len(missing)} "
+                               f"piece(s) the database does not hold")
+        return "".join(found[digest] for digest in digests)
 
     async def members(self, document_id: str) -> dict[str, str]:
         return dict(await self._fetch("SELECT member, role FROM members WHERE document_id = ?", (document_id,)))
