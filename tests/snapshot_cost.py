@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 
+from mcprt.bench_client import prose
 from mcprt.documents import Author, DocumentService
 from mcprt.ot import TextOperation
 from mcprt.storage.sqlite import SqliteStore as Store
@@ -24,7 +25,7 @@ async def measure(size: int, edits: int, directory: str, interval: int = 100) ->
     try:
         documents = DocumentService(store, time.time, "bleach", 2_000_000, interval)
         document = await documents.create("d", "text")
-        documents.apply(document, TextOperation().insert("x" * size), 0, AUTHOR, None)
+        documents.apply(document, TextOperation().insert(prose(size)), 0, AUTHOR, None)  # prose: its pieces differ
         for i in range(edits):
             middle = len(document.content) // 2
             op = TextOperation().retain(middle).insert("abcdefghij"[i % 10]).retain(len(document.content) - middle)
