@@ -1,7 +1,11 @@
 'use strict'
 // What the load clients share: their command line, the handshake with run.py and the edit loop.
 //
-//   node X_client.js --port P [--warmup 1] [--seconds 4] [--echo] [--lean] [--format text|html] [--bare]
+//   node X_client.js --port P [--warmup 1] [--seconds 4] [--window 1] [--echo] [--lean] [--format text|html] [--bare]
+//
+// --window W keeps W edits in flight: edit i + W is made once edit i counted (acknowledgements come in
+// order on every server here). At the end of each part the edits still in flight are waited for and not
+// counted.
 //
 // The client edits for `warmup` seconds, prints "timing" and waits for a line on stdin (run.py reads the
 // server's CPU then), edits for `seconds`, prints {"edits", "seconds", "rate"} and waits for another line
@@ -18,6 +22,7 @@ function options () {
       port: { type: 'string' },
       warmup: { type: 'string', default: '1' },
       seconds: { type: 'string', default: '4' },
+      window: { type: 'string', default: '1' }, // edits in flight
       echo: { type: 'boolean', default: false }, // pace by a second client receiving each edit
       lean: { type: 'boolean', default: false }, // mcprt only: the mcprt.ops.v1 subprotocol
       format: { type: 'string', default: 'text' }, // mcprt only: the document's format, text or html
@@ -25,7 +30,9 @@ function options () {
     }
   })
   if (!values.port) fail('--port is required')
-  return { ...values, port: Number(values.port), warmup: Number(values.warmup), seconds: Number(values.seconds) }
+  const window = Number(values.window)
+  if (!(window >= 1 && Number.isInteger(window))) fail('--window must be a whole number from 1')
+  return { ...values, port: Number(values.port), warmup: Number(values.warmup), seconds: Number(values.seconds), window }
 }
 
 const lines = readline.createInterface({ input: process.stdin })
@@ -60,23 +67,43 @@ function withTimeout (promise, what) {
   return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
-// edit(i) makes edit i and returns a promise settled by its acknowledgement; one is in flight at a time.
+// Promises for "the count has reached n" (a length, a number of acks), settled in order as it grows.
+function gate () {
+  const waiting = [] // [target, deferred], targets rising
+  return {
+    wait (target) { const d = deferred(); waiting.push([target, d]); return d.promise },
+    reached (count) { while (waiting.length && waiting[0][0] <= count) waiting.shift()[1].resolve() },
+    fail (error) { while (waiting.length) waiting.shift()[1].reject(error) }
+  }
+}
+
+// edit(i) makes edit i and returns a promise settled by its acknowledgement; opts.window are in flight.
 async function run (opts, edit, close) {
   let i = 0
+  const flight = []
+  const start = () => {
+    const n = i++
+    const acked = withTimeout(edit(n), `acknowledgement of edit ${n}`)
+    acked.catch(() => {}) // awaited below, in order; this only keeps Node from calling it unhandled first
+    flight.push(acked)
+  }
   const until = async end => {
     let n = 0
     while (performance.now() < end) {
-      await withTimeout(edit(i), `acknowledgement of edit ${i}`)
-      i++
+      while (flight.length < opts.window) start()
+      await flight.shift()
       n++
     }
     return n
   }
+  const drain = async () => { while (flight.length) await flight.shift() }
   await until(performance.now() + opts.warmup * 1000)
+  await drain()
   await handshake('timing')
   const started = performance.now()
   const edits = await until(started + opts.seconds * 1000)
   const seconds = (performance.now() - started) / 1000
+  await drain()
   await handshake(JSON.stringify({ edits, seconds, rate: edits / seconds }))
   await close()
   process.exit(0)
@@ -86,4 +113,4 @@ function main (body) {
   body(options()).catch(error => fail(error && error.message ? error.message : String(error)))
 }
 
-module.exports = { main, run, deferred, withTimeout, fail }
+module.exports = { main, run, deferred, gate, withTimeout, fail }

@@ -6,7 +6,7 @@
 const { HocuspocusProvider } = require('@hocuspocus/provider')
 const WebSocket = require('ws')
 const Y = require('yjs')
-const { main, run, deferred, withTimeout } = require('./common')
+const { main, run, deferred, gate, withTimeout } = require('./common')
 
 function connect (port, name) {
   const provider = new HocuspocusProvider({
@@ -23,16 +23,20 @@ main(async opts => {
   const editor = await connect(opts.port, name)
   const observer = opts.echo ? await connect(opts.port, name) : null
   const text = editor.document.getText('text')
-  let waiting = null // the ack of the edit in flight
+  // Edit i counts once i + 1 edits are acked (the server answers updates in order, and unsyncedChanges
+  // is the number sent and not yet answered), or with --echo once the observer's text is i + 1 longer.
+  const counted = gate()
+  let sent = 0
   if (observer) {
     const seen = observer.document.getText('text')
-    seen.observe(() => { if (waiting && seen.length === text.length) waiting.resolve() })
+    const start = text.length
+    seen.observe(() => counted.reached(seen.length - start))
   } else {
-    editor.on('unsyncedChanges', ({ number }) => { if (waiting && number === 0) waiting.resolve() })
+    editor.on('unsyncedChanges', ({ number }) => counted.reached(sent - number))
   }
   await run(opts, () => {
-    waiting = deferred()
+    const done = counted.wait(++sent)
     text.insert(text.length, 'x')
-    return waiting.promise
+    return done
   }, () => { editor.destroy(); if (observer) observer.destroy() })
 })

@@ -42,11 +42,16 @@ async function join (port, sessionId, documentId, lean, onMessage) {
 
 main(async opts => {
   const documentId = `peers-${process.pid}`
-  let waiting = null // { id, ack }: the edit in flight
+  const waiting = new Map() // id -> deferred: the edits in flight
   const answer = wanted => message => {
-    if (!waiting) return
-    if (message.type === 'error') waiting.ack.reject(new Error(`error: ${JSON.stringify(message.payload)}`))
-    else if (message.type === wanted && message.id === waiting.id) waiting.ack.resolve()
+    if (message.type === 'error') {
+      const error = new Error(`error: ${JSON.stringify(message.payload)}`)
+      for (const ack of waiting.values()) ack.reject(error)
+      waiting.clear()
+    } else if (message.type === wanted && waiting.has(message.id)) {
+      waiting.get(message.id).resolve()
+      waiting.delete(message.id)
+    }
   }
   const session = async user => (await post(opts.port, '/api/sessions', { user_id: user })).session_id
   const editorSession = opts.bare ? 'bare' : await session('bench')
@@ -59,10 +64,11 @@ main(async opts => {
     : null
   let length = [...editor.state.content].length
   await run(opts, i => {
-    waiting = { id: `e${i}`, ack: deferred() }
+    const ack = deferred()
+    waiting.set(`e${i}`, ack)
     editor.socket.send(`{"id":"e${i}","type":"realtime_edit","payload":{"change_delta":{"position":${length},` +
       '"insert":"x"}},"timestamp":"2026-12-05T00:00:00Z"}')
     length++
-    return waiting.ack.promise
+    return ack.promise
   }, () => { editor.socket.close(); if (observer) observer.socket.close() })
 })

@@ -5,7 +5,7 @@
 const { WebsocketProvider } = require('y-websocket')
 const WebSocket = require('ws')
 const Y = require('yjs')
-const { main, run, deferred, withTimeout } = require('./common')
+const { main, run, deferred, gate, withTimeout } = require('./common')
 
 function connect (port, room) {
   const provider = new WebsocketProvider(`ws://127.0.0.1:${port}`, room, new Y.Doc(),
@@ -22,11 +22,12 @@ main(async opts => {
   const observer = await connect(opts.port, room)
   const text = editor.doc.getText('text')
   const seen = observer.doc.getText('text')
-  let waiting = null
-  seen.observe(() => { if (waiting && seen.length === text.length) waiting.resolve() })
+  const counted = gate() // edit i counts once the observer's text is i + 1 longer
+  const start = text.length
+  seen.observe(() => counted.reached(seen.length - start))
   await run(opts, () => {
-    waiting = deferred()
+    const done = counted.wait(text.length + 1 - start)
     text.insert(text.length, 'x')
-    return waiting.promise
+    return done
   }, () => { editor.destroy(); observer.destroy() })
 })

@@ -1,8 +1,8 @@
 """mcprt's edit round trip beside ShareDB, Hocuspocus and pycrdt-websocket, in one run on this machine.
 
-One editor appends one character per edit to one document, one edit in flight, for --seconds after
---warmup. Per server: acknowledged edits per second, and the server process's CPU (utime + stime of all
-its threads, from /proc/PID/stat, read around the timed part) per edit. Medians of --reps repetitions,
+One editor appends one character per edit to one document, --window edits in flight (1 by default),
+for --seconds after --warmup. Per server: acknowledged edits per second, and the server process's CPU
+(utime + stime of all its threads, from /proc/PID/stat, read around the timed part) per edit. Medians of --reps repetitions,
 the servers taking turns within each. Run it with mcprt's venv: `.venv/bin/python bench/peers/run.py`.
 """
 
@@ -48,7 +48,7 @@ PEERS = (
     Peer("sharedb", "sharedb", ("sharedb_client.js",), False,
          "sharedb's Node client (text-unicode); submitOp's callback, the server's ack"),
     Peer("hocuspocus", "hocuspocus", ("hocuspocus_client.js",), False,
-         "HocuspocusProvider (Node, ws); the server's sync-status ack (unsyncedChanges back to 0)"),
+         "HocuspocusProvider (Node, ws); the server's sync-status ack (unsyncedChanges falls by one per answer)"),
     Peer("hocuspocus-echo", "hocuspocus", ("hocuspocus_client.js", "--echo"), True,
          "HocuspocusProvider (Node, ws); the update reaching a second provider"),
     Peer("pycrdt", "pycrdt", ("pycrdt_client.js",), True,
@@ -63,7 +63,7 @@ PEERS = (
     Peer("mcprt-uvloop", "mcprt-uvloop", ("mcprt_client.js",), False,
          "Node ws client; the edit_ack with the edit's id, from mcprt on uvloop (--loop uvloop)"),
 )
-PYTHON_HOW = ("mcprt.bench_client (Python websockets; edit_rate, window 1: 200-byte replaces at position 0, "
+PYTHON_HOW = ("mcprt.bench_client (Python websockets; edit_rate at --window: 200-byte replaces at position 0, "
               "reference mode); the edit_ack")
 
 
@@ -129,7 +129,8 @@ def drive(peer: Peer, port: int, pid: int, args) -> tuple[float, float]:
     if peer.server.startswith("mcprt"):
         flags = ["--format", args.mcprt_format] + (["--lean"] if args.mcprt_mode == "lean" else [])
     client = subprocess.Popen(["node", str(HERE / peer.client[0]), *peer.client[1:], *flags, "--port", str(port),
-                               "--warmup", str(args.warmup), "--seconds", str(args.seconds)],
+                               "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+                               "--window", str(args.window)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=HERE)
     try:
@@ -156,7 +157,7 @@ def drive(peer: Peer, port: int, pid: int, args) -> tuple[float, float]:
 
 
 def drive_python(port: int, pid: int, args) -> tuple[float, float]:
-    """mcprt.bench_client's edit_rate, window 1 (200-byte replaces at position 0, reference mode), on
+    """mcprt.bench_client's edit_rate, --window in flight (200-byte replaces at position 0, reference mode), on
     documents made first in --mcprt-format by the user its session will have."""
     sys.path.insert(0, str(ROOT))
     from mcprt import bench_client as C
@@ -166,8 +167,8 @@ def drive_python(port: int, pid: int, args) -> tuple[float, float]:
         session_id = (await C.create_sessions(target, 1))[0]
         for document_id in ("peers-warmup", "peers-timed"):
             await C.create_document(target, session_id, document_id, args.mcprt_format)
-        await C.edit_rate(target, args.warmup, 1, "peers-warmup")
-        return await C.edit_rate(target, args.seconds, 1, "peers-timed"), target.errors
+        await C.edit_rate(target, args.warmup, args.window, "peers-warmup")
+        return await C.edit_rate(target, args.seconds, args.window, "peers-timed"), target.errors
     result, errors = asyncio.run(both())
     if errors:
         raise Failed(f"the server answered with errors: {errors[0]}")
@@ -201,7 +202,8 @@ def table(peers: list[Peer], results: dict[str, list[tuple[float, float]]], args
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 1, 5) else cell.rjust(w) for i, (cell, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append(f"\nMedians of {args.reps} rep(s) of {args.seconds:g} s after {args.warmup:g} s warm-up; "
+    lines.append(f"\nMedians of {args.reps} rep(s) of {args.seconds:g} s after {args.warmup:g} s warm-up, "
+                 f"{args.window} edit(s) in flight; "
                  f"x mcprt: against mcprt for server acks, mcprt-echo for 2nd-client rows; "
                  f"mcprt: a {args.mcprt_format} document, its Node client in {args.mcprt_mode} mode. "
                  "Each row's client and what counted an edit:")
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="timed part of each run (default 4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="edits before the timed part (default 1 s)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions, servers alternating (default 3)")
+    parser.add_argument("--window", type=int, default=1,
+                        help="edits in flight per editor (default 1); ShareDB's client sends one op at a time "
+                             "and composes the rest into the next")
     parser.add_argument("--only", help="comma-separated rows: " + ",".join(p.name for p in PEERS))
     parser.add_argument("--mcprt-client", choices=("node", "python"), default="node",
                         help="drive the mcprt row with mcprt_client.js (default) or mcprt.bench_client")
@@ -224,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mcprt-format", choices=("text", "html"), default="text",
                         help="the format of mcprt's document: text (default, as the peers') or html (sanitized)")
     args = parser.parse_args(argv)
+    if args.window < 1:
+        parser.error("--window must be 1 or more")
     names = args.only.split(",") if args.only else [p.name for p in PEERS]
     unknown = set(names) - {p.name for p in PEERS}
     if unknown:
