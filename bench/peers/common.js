@@ -32,7 +32,8 @@ function options () {
   if (!values.port) fail('--port is required')
   const window = Number(values.window)
   if (!(window >= 1 && Number.isInteger(window))) fail('--window must be a whole number from 1')
-  return { ...values, port: Number(values.port), warmup: Number(values.warmup), seconds: Number(values.seconds), window }
+  const { port, warmup, seconds } = values
+  return { ...values, port: Number(port), warmup: Number(warmup), seconds: Number(seconds), window }
 }
 
 const lines = readline.createInterface({ input: process.stdin })
@@ -72,8 +73,7 @@ function gate () {
   const waiting = [] // [target, deferred], targets rising
   return {
     wait (target) { const d = deferred(); waiting.push([target, d]); return d.promise },
-    reached (count) { while (waiting.length && waiting[0][0] <= count) waiting.shift()[1].resolve() },
-    fail (error) { while (waiting.length) waiting.shift()[1].reject(error) }
+    reached (count) { while (waiting.length && waiting[0][0] <= count) waiting.shift()[1].resolve() }
   }
 }
 

@@ -2,8 +2,9 @@
 
 One editor appends one character per edit to one document, --window edits in flight (1 by default),
 for --seconds after --warmup. Per server: acknowledged edits per second, and the server process's CPU
-(utime + stime of all its threads, from /proc/PID/stat, read around the timed part) per edit. Medians of --reps repetitions,
-the servers taking turns within each. Run it with mcprt's venv: `.venv/bin/python bench/peers/run.py`.
+(utime + stime of all its threads, from /proc/PID/stat, read around the timed part) per edit. Medians
+of --reps repetitions, the servers taking turns within each. Run it with mcprt's venv:
+`.venv/bin/python bench/peers/run.py`.
 """
 
 from __future__ import annotations
